@@ -1,0 +1,87 @@
+"""Checkpoints: a run's whole state in one `.npz`, written atomically, read without pickle.
+
+Members: `w0, b0, w1, b1, ...` (the network) and `meta`, a JSON document (config, position,
+loader state, generator state, data identity, history) stored as a plain unicode array.
+Names sort by position (`checkpoint-e{epochs done}-s{batches into the next epoch}.npz`), so
+the newest is the last; a name is never reused within a run, so nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import CheckpointError
+from pipeline.fsutil import atomic_path
+from pipeline.model import Network
+
+FORMAT_VERSION = 1
+NAME = re.compile(r"^checkpoint-e(?P<epoch>\d{4})-s(?P<step>\d{7})\.npz$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    network: Network
+    meta: dict[str, Any]
+
+
+def name_for(epoch: int, step: int) -> str:
+    return f"checkpoint-e{epoch:04d}-s{step:07d}.npz"
+
+
+def save(path: Path, network: Network, meta: dict[str, Any]) -> None:
+    arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps({**meta, "format": FORMAT_VERSION}))}
+    for i, (w, b) in enumerate(zip(network.weights, network.biases, strict=True)):
+        arrays[f"w{i}"], arrays[f"b{i}"] = w, b
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def load(path: Path) -> Checkpoint:
+    """Read a checkpoint; anything but our own plain arrays (pickles, damage) is refused."""
+    try:
+        # our own handle: np.load leaks its file when the zip directory is damaged
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as npz:
+            members = {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise CheckpointError(f"{path}: holds a pickled object array; refused") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+    try:
+        meta = json.loads(str(members.pop("meta")[()]))
+        n = len(members) // 2
+        weights = [members.pop(f"w{i}") for i in range(n)]
+        biases = [members.pop(f"b{i}") for i in range(n)]
+    except (KeyError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"{path}: not a pipeline checkpoint (missing {exc})") from None
+    if members or meta.get("format") != FORMAT_VERSION or not weights:
+        raise CheckpointError(f"{path}: not a pipeline checkpoint of format {FORMAT_VERSION}")
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        if w.ndim != 2 or b.shape != (w.shape[1],) or w.dtype.kind != "f" or b.dtype != w.dtype:
+            raise CheckpointError(f"{path}: layer {i} has shapes {w.shape} and {b.shape}")
+        if i and weights[i - 1].shape[1] != w.shape[0]:
+            raise CheckpointError(f"{path}: layer {i} does not fit the layer before it")
+    return Checkpoint(path, Network(weights, biases), meta)
+
+
+def all_in(directory: Path) -> list[Path]:
+    """The directory's checkpoints, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if NAME.match(p.name))
+
+
+def newest(directory: Path) -> Path | None:
+    found = all_in(directory)
+    return found[-1] if found else None

@@ -1,0 +1,252 @@
+"""Streaming mini-batches from a shard set: bounded memory, prefetched, exactly resumable.
+
+An epoch is a sequence of the split's samples: file order, or (with shuffling) the shards in
+an order drawn from (seed, epoch) and each shard's rows permuted by (seed, epoch, shard).
+With `world_size` consumers, rank r takes the r-th contiguous part of that sequence. A
+background thread reads it in chunk-aligned blocks of rows into a small bounded queue;
+batches are sliced from the blocks in memory, so HDF5 is never asked for a single sample.
+
+Memory is bounded by (prefetch + 1) blocks, plus one shard when shuffling: it does not grow
+with the dataset.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from pipeline.shards import Manifest, ShardInfo, open_shard, read_rows
+
+Batch = tuple[np.ndarray, np.ndarray]  # x (batch, features) float32, y (batch, classes) float32
+BLOCK_CHUNKS = 16  # a block is this many HDF5 chunks (4096 rows at the default layout)
+
+
+@dataclass(frozen=True)
+class LoaderState:
+    """Where an iteration stands: plain values, saved in checkpoints to resume exactly."""
+
+    epoch: int
+    batches: int  # batches already consumed in this epoch
+    seed: int
+    batch_size: int
+    shuffle: bool
+    manifest_sha256: str
+
+
+@dataclass(frozen=True)
+class _Segment:
+    shard: ShardInfo
+    index: int  # the shard's position in the manifest (seeds its permutation)
+    start: int  # rows [start, stop) of the shard's epoch order
+    stop: int
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()
+
+
+class Loader:
+    """Mini-batches of one split. `epoch(e)` is a generator over epoch e's batches."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        split: str,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        locking: bool = True,
+        prefetch: int = 2,
+    ) -> None:
+        info = manifest.split(split)
+        if batch_size < 1:
+            raise ConfigError(f"batch size {batch_size}: must be at least 1")
+        if prefetch < 1:  # a Queue of maxsize 0 would be unbounded
+            raise ConfigError(f"prefetch {prefetch}: must be at least 1")
+        if seed < 0:
+            raise ConfigError(f"seed {seed}: must be non-negative")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank}: must lie in [0, world_size={world_size})")
+        if world_size > info.samples:
+            raise ConfigError(
+                f"world_size {world_size}: more consumers than the"
+                f" {info.samples} samples of {split!r}"
+            )
+        self.manifest, self.split, self.shards = manifest, split, info.shards
+        self.batch_size, self.shuffle, self.seed, self.drop_last = (
+            batch_size,
+            shuffle,
+            seed,
+            drop_last,
+        )
+        self.locking, self.prefetch = locking, prefetch
+        self.block_rows = BLOCK_CHUNKS * int(manifest.raw["layout"]["chunk_rows"])
+        # this rank's part of every epoch: positions [lo, hi) of the epoch's sequence
+        self.lo = info.samples * rank // world_size
+        self.hi = info.samples * (rank + 1) // world_size
+        n = self.hi - self.lo
+        self.batches_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    @property
+    def samples(self) -> int:
+        """Samples one epoch yields on this rank."""
+        n = self.hi - self.lo
+        return n - n % self.batch_size if self.drop_last else n
+
+    def state(self, epoch: int, batches: int) -> LoaderState:
+        return LoaderState(
+            epoch, batches, self.seed, self.batch_size, self.shuffle, self.manifest.sha256
+        )
+
+    def resume(self, state: LoaderState) -> Generator[Batch]:
+        """The rest of the epoch a saved state stopped in, exactly as it would have come."""
+        mine = self.state(state.epoch, state.batches)
+        if mine != state:
+            raise ConfigError(f"cannot resume: saved loader state {state} does not fit {mine}")
+        return self.epoch(state.epoch, start_batch=state.batches)
+
+    # --- the epoch's order ---------------------------------------------------------------
+
+    def _shard_order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.shards)))
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+        return [int(i) for i in order]
+
+    def _permutation(self, epoch: int, index: int) -> np.ndarray:
+        rows = self.shards[index].samples
+        return np.random.default_rng([self.seed, epoch, index]).permutation(rows)
+
+    def _segments(self, epoch: int, start_batch: int) -> list[_Segment]:
+        """The parts of shards that batches start_batch.. of this rank's epoch come from."""
+        first = self.lo + start_batch * self.batch_size
+        last = self.lo + self.samples
+        segments, offset = [], 0
+        for index in self._shard_order(epoch):
+            rows = self.shards[index].samples
+            a, b = max(first, offset) - offset, min(last, offset + rows) - offset
+            if a < b:
+                segments.append(_Segment(self.shards[index], index, a, b))
+            offset += rows
+        return segments
+
+    # --- reading (background thread) -----------------------------------------------------
+
+    def _blocks(self, epoch: int, segment: _Segment) -> Iterator[Batch]:
+        path = self.manifest.path(segment.shard)
+        with open_shard(path, locking=self.locking) as f:
+            if not self.shuffle:
+                start = segment.start
+                while start < segment.stop:
+                    # end at a block boundary, so every read covers whole chunks
+                    stop = min(segment.stop, (start // self.block_rows + 1) * self.block_rows)
+                    yield read_rows(f, path, start, stop)
+                    start = stop
+                return
+            # shuffled: read the whole shard in blocks, then hand out permuted blocks of it
+            parts = [
+                read_rows(f, path, s, s + self.block_rows)
+                for s in range(0, segment.shard.samples, self.block_rows)
+            ]
+        x = np.concatenate([p[0] for p in parts])  # (shard rows, features)
+        y = np.concatenate([p[1] for p in parts])  # (shard rows, classes)
+        del parts
+        order = self._permutation(epoch, segment.index)[segment.start : segment.stop]
+        for s in range(0, len(order), self.block_rows):
+            rows = order[s : s + self.block_rows]
+            yield x[rows], y[rows]
+
+    def _produce(
+        self, epoch: int, segments: list[_Segment], q: queue.Queue[object], stop: threading.Event
+    ) -> None:
+        def put(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for segment in segments:
+                for block in self._blocks(epoch, segment):
+                    if not put(block):
+                        return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(_Failure(exc))
+
+    # --- batching (consumer) -------------------------------------------------------------
+
+    def epoch(self, epoch: int, *, start_batch: int = 0) -> Generator[Batch]:
+        """Yield (x, y) batches of `epoch`, from batch `start_batch` on.
+
+        Closing the generator early (or an exception in the consumer) stops and joins the
+        reader thread, which closes its file. Bad arguments are refused here, at the call,
+        not at the first batch; the reader thread starts at the first batch.
+        """
+        if epoch < 0:
+            raise ConfigError(f"epoch {epoch}: must be non-negative")
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ConfigError(f"start batch {start_batch}: epoch has {self.batches_per_epoch}")
+        return self._epoch(epoch, start_batch)
+
+    def _epoch(self, epoch: int, start_batch: int) -> Generator[Batch]:
+        q: queue.Queue[object] = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        reader = threading.Thread(
+            target=self._produce,
+            args=(epoch, self._segments(epoch, start_batch), q, stop),
+            name=f"shard-reader-{self.split}",
+            daemon=True,
+        )
+        reader.start()
+        try:
+            yield from self._batches(q)
+        finally:
+            stop.set()
+            reader.join()
+
+    def _batches(self, q: queue.Queue[object]) -> Generator[Batch]:
+        size = self.batch_size
+        carry: Batch | None = None  # rows left over from the previous block, fewer than size
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, _Failure):
+                raise item.exc
+            x, y = cast(Batch, item)
+            start = 0
+            if carry is not None:
+                start = min(size - len(carry[0]), len(x))
+                carry = (
+                    np.concatenate([carry[0], x[:start]]),
+                    np.concatenate([carry[1], y[:start]]),
+                )
+                if len(carry[0]) < size:
+                    continue
+                yield carry
+                carry = None
+            end = start + (len(x) - start) // size * size
+            for i in range(start, end, size):
+                yield x[i : i + size], y[i : i + size]
+            if end < len(x):
+                carry = (x[end:], y[end:])
+        if carry is not None:
+            yield carry  # the last partial batch (drop_last already trimmed the sequence)

@@ -1,0 +1,286 @@
+"""The train stage: stream batches from the shards through the network, checkpointing as it goes.
+
+A run directory holds one run:
+    run.json                 the config and the data it trains on (written once)
+    checkpoints/*.npz        one per finished epoch, plus the newest mid-epoch one
+    metrics.jsonl            one line per finished epoch (rewritten from the checkpoint)
+Every file is replaced atomically, so a run killed at any instant resumes from its newest
+checkpoint and ends bit-identical to a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline import checkpoint
+from pipeline.errors import CheckpointError, ConfigError, DivergedError, OutputError
+from pipeline.evaluate import confusion_on
+from pipeline.fsutil import atomic_write_bytes, dir_lock
+from pipeline.loader import Loader, LoaderState
+from pipeline.model import Network
+from pipeline.shards import Manifest, load_manifest
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+EVAL_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run. The defaults are the original recipe."""
+
+    hidden: tuple[int, ...] = (500,)
+    epochs: int = 10
+    batch_size: int = 3
+    lr: float = 0.1
+    seed: int = 0
+    shuffle: bool = False
+    init_std: float = 0.01
+    dtype: str = "float32"
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at epoch ends only
+
+    # fields a resumed run may change: they do not alter the weights of the epochs run so far
+    RESUMABLE = ("epochs", "checkpoint_every")
+
+    def check(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr {self.lr}: must be a positive finite number")
+        for option, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise ConfigError(f"{option} {value}: must be at least 1")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"--hidden {list(self.hidden)}: each hidden size must be at least 1")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every {self.checkpoint_every}: must be 0 or more")
+        if not (math.isfinite(self.init_std) and self.init_std > 0):
+            raise ConfigError(f"init_std {self.init_std}: must be a positive finite number")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype {self.dtype!r}: float32 or float64")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in doc.items() if k in known}, "hidden": tuple(doc["hidden"])})
+
+
+class Reporter(Protocol):
+    """What the trainer tells a progress display; the CLI implements it with rich."""
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
+    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
+    def end_epoch(self, record: dict[str, Any]) -> None: ...
+
+
+class Silent:
+    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
+    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
+    def end_epoch(self, record: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class RunState:
+    """The mutable part of a run, saved in every checkpoint."""
+
+    network: Network
+    epoch: int = 0  # epochs finished
+    step: int = 0  # batches done in the current epoch
+    loss_sum: float = 0.0  # summed loss (|a - y|^2 / 2 per sample) over those batches
+    samples: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    network: Network
+    history: list[dict[str, Any]]
+    checkpoint: Path
+    resumed_from: Path | None
+
+
+def _read_run_file(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / RUN_FILE
+    if not path.exists():
+        return None
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+        TrainConfig.from_json(doc["config"])
+        return doc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a readable run file ({exc})") from None
+
+
+def _check_compatible(run_dir: Path, saved: dict[str, Any], config: TrainConfig,
+                      manifest: Manifest) -> None:
+    if saved["manifest_sha256"] != manifest.sha256:
+        raise ConfigError(
+            f"{run_dir}: was trained on another shard set (manifest {saved['manifest_sha256'][:12]}), "
+            f"not {manifest.directory} ({manifest.sha256[:12]})"
+        )
+    old = TrainConfig.from_json(saved["config"]).to_json()
+    new = config.to_json()
+    changed = [k for k in old if k not in TrainConfig.RESUMABLE and old[k] != new[k]]
+    if changed:
+        diffs = ", ".join(f"{k} {old[k]} -> {new[k]}" for k in changed)
+        raise ConfigError(f"{run_dir}: cannot resume with a different config ({diffs})")
+
+
+def _meta(config: TrainConfig, manifest: Manifest, loader: Loader, state: RunState,
+          rng: np.random.Generator) -> dict[str, Any]:
+    return {
+        "config": config.to_json(),
+        "sizes": state.network.sizes,
+        "recipe": "mlp-sigmoid-mse-sgd",
+        "epoch": state.epoch,
+        "step": state.step,
+        "loss_sum": state.loss_sum,
+        "samples": state.samples,
+        "history": state.history,
+        "loader": asdict(loader.state(state.epoch, state.step)),
+        "optimizer": {"name": "sgd", "lr": config.lr},  # plain SGD carries no state
+        "rng": rng.bit_generator.state,
+        "manifest_sha256": manifest.sha256,
+        "dataset": manifest.name,
+        "classes": manifest.classes,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    lines = "".join(json.dumps(record) + "\n" for record in history)
+    atomic_write_bytes(run_dir / METRICS_FILE, lines.encode())
+
+
+def train(
+    data_dir: Path,
+    run_dir: Path,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    report_every: int = 500,
+) -> TrainResult:
+    """Train (or continue) the run in `run_dir` on the shard set in `data_dir`."""
+    config.check()
+    manifest = load_manifest(data_dir)
+    reporter = reporter or Silent()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
+    with dir_lock(run_dir, what="train"):
+        return _train_locked(manifest, run_dir, config, resume, reporter, report_every)
+
+
+def _train_locked(manifest: Manifest, run_dir: Path, config: TrainConfig, resume: bool,
+                  reporter: Reporter, report_every: int) -> TrainResult:
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    saved = _read_run_file(run_dir)
+    if saved is not None and not resume:
+        raise ConfigError(f"{run_dir}: already holds a run; pass --resume or use another --run-dir")
+    if saved is not None:
+        _check_compatible(run_dir, saved, config, manifest)
+    else:
+        doc = {"config": config.to_json(), "manifest_sha256": manifest.sha256,
+               "data": str(manifest.directory.resolve()), "dataset": manifest.name,
+               "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        atomic_write_bytes(run_dir / RUN_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+
+    sizes = [manifest.features, *config.hidden, manifest.n_classes]
+    rng = np.random.default_rng(config.seed)
+    state = RunState(Network.initialize(sizes, rng=rng, std=config.init_std, dtype=config.dtype))
+    train_loader = Loader(manifest, "train", batch_size=config.batch_size,
+                          shuffle=config.shuffle, seed=config.seed)
+    test_loader = Loader(manifest, "test", batch_size=EVAL_BATCH)
+
+    resumed_from = checkpoint.newest(ckpt_dir)
+    if resumed_from is not None:
+        state = _restore(resumed_from, state, rng, manifest, train_loader)
+        _write_metrics(run_dir, state.history)
+
+    last = resumed_from
+    while state.epoch < config.epochs:
+        epoch = state.epoch
+        reporter.start_epoch(epoch, config.epochs, len(train_loader), state.step)
+        started = time.perf_counter()
+        seconds_before = state.history[-1]["seconds_total"] if state.history else 0.0
+        network, lr, every = state.network, config.lr, config.checkpoint_every
+        for x, y in train_loader.epoch(epoch, start_batch=state.step):
+            loss = network.step(x, y, lr)
+            if not math.isfinite(loss):
+                raise DivergedError(
+                    f"loss became {loss} at epoch {epoch + 1}, step {state.step + 1}: "
+                    f"lower --lr; the last good checkpoint is {last.name if last else 'none'}"
+                )
+            state.step += 1
+            state.loss_sum += loss
+            state.samples += len(x)
+            if state.step % report_every == 0:
+                reporter.advance(state.step, state.samples, state.loss_sum)
+            if every and state.step % every == 0 and state.step < len(train_loader):
+                last = _save(ckpt_dir, config, manifest, train_loader, state, rng)
+        reporter.advance(state.step, state.samples, state.loss_sum)
+
+        confusion = confusion_on(network, test_loader)
+        seconds = time.perf_counter() - started
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": state.loss_sum / state.samples,  # mean of |a - y|^2 / 2
+            "test_accuracy": float(np.trace(confusion) / confusion.sum()),
+            "seconds": round(seconds, 3),
+            "seconds_total": round(seconds_before + seconds, 3),
+        }
+        state.history.append(record)
+        state.epoch, state.step, state.loss_sum, state.samples = epoch + 1, 0, 0.0, 0
+        last = _save(ckpt_dir, config, manifest, train_loader, state, rng)
+        _write_metrics(run_dir, state.history)
+        reporter.end_epoch(record)
+    if last is None:  # nothing to train: epochs already done before this call
+        raise CheckpointError(f"{ckpt_dir}: no checkpoint written")
+    return TrainResult(state.network, state.history, last, resumed_from)
+
+
+def _save(ckpt_dir: Path, config: TrainConfig, manifest: Manifest, loader: Loader,
+          state: RunState, rng: np.random.Generator) -> Path:
+    path = ckpt_dir / checkpoint.name_for(state.epoch, state.step)
+    checkpoint.save(path, state.network, _meta(config, manifest, loader, state, rng))
+    # mid-epoch checkpoints are only stepping stones: keep the newest one alone
+    for old in checkpoint.all_in(ckpt_dir):
+        if old != path and not old.name.endswith("-s0000000.npz"):
+            old.unlink(missing_ok=True)
+    return path
+
+
+def _restore(path: Path, fresh: RunState, rng: np.random.Generator, manifest: Manifest,
+             loader: Loader) -> RunState:
+    ckpt = checkpoint.load(path)
+    meta = ckpt.meta
+    if meta.get("manifest_sha256") != manifest.sha256:
+        raise CheckpointError(f"{path}: was written for another shard set")
+    if ckpt.network.sizes != fresh.network.sizes or ckpt.network.dtype != fresh.network.dtype:
+        raise CheckpointError(
+            f"{path}: layers {ckpt.network.sizes} {ckpt.network.dtype} do not fit "
+            f"{fresh.network.sizes} {fresh.network.dtype}"
+        )
+    try:
+        saved_loader = LoaderState(**meta["loader"])
+        rng.bit_generator.state = meta["rng"]
+        state = RunState(ckpt.network, int(meta["epoch"]), int(meta["step"]),
+                         float(meta["loss_sum"]), int(meta["samples"]), list(meta["history"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
+    if saved_loader != loader.state(state.epoch, state.step):
+        raise CheckpointError(f"{path}: its loader state {saved_loader} does not fit this run")
+    return state

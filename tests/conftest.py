@@ -1,0 +1,179 @@
+"""Shared fixtures: real IDX bytes written by the tests, and real MNIST shards.
+
+Small datasets use real IDX files (images 28x28 taken from the real MNIST where a test needs
+realistic pixels, random ones otherwise); nothing here mocks a stage.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline import prepare, shards, sources
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = Path(__file__).resolve().parents[1] / "pipeline" / "data" / "mnist"
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file's bytes for a uint8 array: magic 0x00000803 (or 0801), sizes, data."""
+    assert array.dtype == np.uint8
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    return header + array.tobytes()
+
+
+def write_idx_dir(
+    directory: Path,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    gz: bool = True,
+) -> Path:
+    """Write the four IDX files (images (n, rows, cols) uint8, labels (n,) uint8)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, (images, labels) in (("train", train), ("test", test)):
+        image_stem, label_stem = sources.SPLIT_FILES[split]
+        for stem, array in ((image_stem, images), (label_stem, labels)):
+            data = idx_bytes(array)
+            if gz:
+                (directory / f"{stem}.gz").write_bytes(gzip.compress(data, mtime=0))
+            else:
+                (directory / stem).write_bytes(data)
+    return directory
+
+
+def random_split(
+    rng: np.random.Generator, n: int, shape: tuple[int, int] = (28, 28), classes: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    images[images < 128] = 0  # sparse, like real digits
+    labels = rng.integers(0, classes, n, dtype=np.uint8)
+    return images, labels
+
+
+@pytest.fixture
+def small_idx(tmp_path: Path) -> Path:
+    """A small, valid IDX source: 250 train and 60 test random 28x28 images, gzipped."""
+    rng = np.random.default_rng(7)
+    return write_idx_dir(tmp_path / "raw", random_split(rng, 250), random_split(rng, 60))
+
+
+@pytest.fixture(scope="session")
+def real_mnist() -> sources.RawDataset:
+    return sources.load(None)
+
+
+@pytest.fixture(scope="session")
+def mnist_slice_idx(
+    tmp_path_factory: pytest.TempPathFactory, real_mnist: sources.RawDataset
+) -> Path:
+    """The first 3,000 train and 1,000 test images of the real MNIST, as IDX files."""
+    train, test = real_mnist.splits["train"], real_mnist.splits["test"]
+    return write_idx_dir(
+        tmp_path_factory.mktemp("mnist-slice"),
+        (train.images[:3000].reshape(-1, 28, 28), train.labels[:3000]),
+        (test.images[:1000].reshape(-1, 28, 28), test.labels[:1000]),
+    )
+
+
+@pytest.fixture(scope="session")
+def mnist_shards(
+    tmp_path_factory: pytest.TempPathFactory, real_mnist: sources.RawDataset
+) -> shards.Manifest:
+    """The full real MNIST prepared once per session (read-only for the tests using it)."""
+    out = tmp_path_factory.mktemp("mnist-shards")
+    return prepare.prepare(out, real_mnist).manifest
+
+
+@pytest.fixture(scope="session")
+def slice_shards(
+    tmp_path_factory: pytest.TempPathFactory, mnist_slice_idx: Path
+) -> shards.Manifest:
+    """The 3,000/1,000 real-MNIST slice prepared with 1,000-sample shards."""
+    out = tmp_path_factory.mktemp("slice-shards")
+    raw = sources.load(
+        f"idx:{mnist_slice_idx}", name="mnist-slice", classes=[str(d) for d in range(10)]
+    )
+    return prepare.prepare(out, raw, shard_size=1000).manifest
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """Every entry of `directory`: name -> (inode, mtime_ns, size). Equal snapshots: untouched."""
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(directory.iterdir())
+    }
+
+
+@pytest.fixture
+def mount_tmpfs() -> Iterator[Callable[[Path, str], bool]]:
+    """`mount_tmpfs(directory, options)` mounts a fresh tmpfs there (e.g. "size=2m" or
+    "ro,size=1m"); False when mounting is not permitted (not root, no CAP_SYS_ADMIN).
+    Every mount is undone when the test ends."""
+    mounted: list[Path] = []
+
+    def mount(directory: Path, options: str) -> bool:
+        directory.mkdir(parents=True, exist_ok=True)
+        if shutil.which("mount") is None:
+            return False
+        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)]
+        if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+            return False
+        mounted.append(directory)
+        return True
+
+    yield mount
+    for directory in reversed(mounted):
+        if subprocess.run(["umount", str(directory)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def assert_clean(directory: Path) -> None:
+    """Only the manifest, the lock and the shards the manifest lists: no orphan, no tmp."""
+    manifest = shards.load_manifest(directory)
+    listed = {s.file for split in manifest.splits.values() for s in split.shards}
+    assert {p.name for p in directory.iterdir()} == {shards.MANIFEST, ".lock", *listed}
+
+
+def flip_chunk_byte(path: Path, dataset: str, chunk: int) -> None:
+    """Invert one byte in the middle of one stored chunk of `dataset` (a real on-disk flip)."""
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info(chunk)
+    offset = info.byte_offset + info.size // 2
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0xFF]))
+
+
+def run_size_limited(limit: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline ARGS` with RLIMIT_FSIZE: no file may grow beyond `limit` bytes
+    (SIGXFSZ ignored, so writes fail with EFBIG as they would on a full disk)."""
+    code = (
+        "import resource, runpy, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "sys.argv = ['pipeline', *sys.argv[1:]]\n"
+        "runpy.run_module('pipeline', run_name='__main__', alter_sys=True)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )

@@ -1,0 +1,172 @@
+"""The network's math: finite differences, an independent scalar computation, the fast kernel."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline import kernels
+from pipeline.model import Network, sigmoid
+
+
+def make(sizes: list[int], seed: int = 0, dtype: str = "float64", std: float = 0.5) -> Network:
+    return Network.initialize(sizes, rng=np.random.default_rng(seed), std=std, dtype=dtype)
+
+
+def batch(rng: np.random.Generator, n: int, n_in: int, n_out: int, dtype: str = "float64"):
+    x = rng.random((n, n_in))
+    x[x < 0.5] = 0.0  # sparse like MNIST: exercises the kernel's skipped rows
+    y = np.eye(n_out)[rng.integers(0, n_out, n)]
+    return x.astype(dtype), y.astype(dtype)
+
+
+def total_loss(net: Network, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sum((net.feedforward(x)[-1] - y) ** 2) / 2)
+
+
+@pytest.mark.parametrize("sizes", [[6, 5, 3], [7, 4, 5, 2]])
+def test_backprop_matches_finite_differences(sizes: list[int]) -> None:
+    rng = np.random.default_rng(1)
+    net = make(sizes)
+    x, y = batch(rng, 4, sizes[0], sizes[-1])
+    _, grads_w, grads_b = net.backprop(x, y)
+    eps = 1e-6
+    for params, grads in ((net.weights, grads_w), (net.biases, grads_b)):
+        for param, grad in zip(params, grads, strict=True):
+            numeric = np.zeros_like(param)
+            for index in np.ndindex(param.shape):
+                saved = param[index]
+                param[index] = saved + eps
+                up = total_loss(net, x, y)
+                param[index] = saved - eps
+                down = total_loss(net, x, y)
+                param[index] = saved
+                numeric[index] = (up - down) / (2 * eps) / len(x)  # gradients are batch means
+            np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-9)
+
+
+def scalar_step(w1, b1, w2, b2, x, y, lr):
+    """The recipe's step written with Python scalars only: an independent hand computation."""
+    n_in, n_hid, n_out, size = len(w1), len(b1), len(b2), len(x)
+    sig = lambda v: 1.0 / (1.0 + math.exp(-v))  # noqa: E731
+    a1 = [
+        [sig(b1[j] + sum(x[s][i] * w1[i][j] for i in range(n_in))) for j in range(n_hid)]
+        for s in range(size)
+    ]
+    a2 = [
+        [sig(b2[k] + sum(a1[s][j] * w2[j][k] for j in range(n_hid))) for k in range(n_out)]
+        for s in range(size)
+    ]
+    loss = sum((a2[s][k] - y[s][k]) ** 2 for s in range(size) for k in range(n_out)) / 2
+    d2 = [
+        [(a2[s][k] - y[s][k]) * a2[s][k] * (1 - a2[s][k]) for k in range(n_out)]
+        for s in range(size)
+    ]
+    d1 = [
+        [
+            sum(d2[s][k] * w2[j][k] for k in range(n_out)) * a1[s][j] * (1 - a1[s][j])
+            for j in range(n_hid)
+        ]
+        for s in range(size)
+    ]
+    new_w2 = [
+        [w2[j][k] - lr * sum(a1[s][j] * d2[s][k] for s in range(size)) / size for k in range(n_out)]
+        for j in range(n_hid)
+    ]
+    new_b2 = [b2[k] - lr * sum(d2[s][k] for s in range(size)) / size for k in range(n_out)]
+    new_w1 = [
+        [w1[i][j] - lr * sum(x[s][i] * d1[s][j] for s in range(size)) / size for j in range(n_hid)]
+        for i in range(n_in)
+    ]
+    new_b1 = [b1[j] - lr * sum(d1[s][j] for s in range(size)) / size for j in range(n_hid)]
+    return loss, new_w1, new_b1, new_w2, new_b2
+
+
+@pytest.mark.parametrize("step", ["kernel", "reference"])
+def test_three_steps_match_a_scalar_hand_computation(step: str) -> None:
+    rng = np.random.default_rng(2)
+    net = make([5, 4, 3], seed=3)
+    params = [p.tolist() for p in (net.weights[0], net.biases[0], net.weights[1], net.biases[1])]
+    for size in (3, 3, 2):  # the last batch is partial: averaged over its real size
+        x, y = batch(rng, size, 5, 3)
+        loss_hand, *params = scalar_step(*params, x.tolist(), y.tolist(), 0.1)
+        if step == "kernel":
+            loss = net.step(x, y, 0.1)
+        else:
+            loss, gw, gb = net.backprop(x, y)
+            net.update(gw, gb, 0.1)
+        assert loss == pytest.approx(loss_hand, rel=1e-12)
+        for got, want in zip(
+            (net.weights[0], net.biases[0], net.weights[1], net.biases[1]), params, strict=True
+        ):
+            np.testing.assert_allclose(got, np.array(want), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("size", [1, 3, 8])
+def test_kernel_equals_plain_equations(dtype: str, size: int) -> None:
+    rng = np.random.default_rng(4)
+    fast, plain = (
+        make([784, 50, 10], seed=5, dtype=dtype, std=0.01),
+        make([784, 50, 10], seed=5, dtype=dtype, std=0.01),
+    )
+    for _ in range(30):
+        x, y = batch(rng, size, 784, 10, dtype)
+        loss_fast = fast.step(x, y, 0.1)
+        loss_plain, gw, gb = plain.backprop(x, y)
+        plain.update(gw, gb, 0.1)
+        assert loss_fast == pytest.approx(loss_plain, rel=1e-5 if dtype == "float32" else 1e-12)
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    for a, b in zip(fast.weights + fast.biases, plain.weights + plain.biases, strict=True):
+        assert a.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol)
+
+
+def test_kernel_leaves_weights_of_all_zero_pixels_alone() -> None:
+    net = make([784, 20, 10], std=0.01, dtype="float32")
+    before = net.weights[0].copy()
+    x = np.zeros((3, 784), np.float32)
+    x[:, 100:110] = 0.5
+    net.step(x, np.eye(10, dtype=np.float32)[[1, 2, 3]], 0.1)
+    changed = np.flatnonzero((net.weights[0] != before).any(axis=1))
+    assert set(changed.tolist()) <= set(range(100, 110)) and len(changed) > 0
+
+
+def test_kernel_is_deterministic() -> None:
+    rng = np.random.default_rng(6)
+    batches = [batch(rng, 3, 784, 10, "float32") for _ in range(50)]
+    results = []
+    for _ in range(2):
+        net = make([784, 64, 10], seed=9, dtype="float32", std=0.01)
+        for x, y in batches:
+            net.step(x, y, 0.1)
+        results.append(net.weights + net.biases)
+    for a, b in zip(*results, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_initialization_matches_the_original_draw_order() -> None:
+    net = make([4, 3, 2], seed=11, std=0.01)
+    rng = np.random.default_rng(11)
+    expected = [
+        rng.standard_normal((4, 3)) * 0.01,
+        rng.standard_normal(3) * 0.01,
+        rng.standard_normal((3, 2)) * 0.01,
+        rng.standard_normal(2) * 0.01,
+    ]
+    got = [net.weights[0], net.biases[0], net.weights[1], net.biases[1]]
+    for a, b in zip(got, expected, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_sigmoid_saturates_without_warnings() -> None:
+    assert sigmoid(np.array([-1000.0, 0.0, 1000.0])).tolist() == [0.0, 0.5, 1.0]
+
+
+def test_predict_is_argmax_of_output() -> None:
+    net = make([6, 5, 3])
+    x, _ = batch(np.random.default_rng(8), 10, 6, 3)
+    assert np.array_equal(net.predict(x), net.feedforward(x)[-1].argmax(axis=1))
+    assert kernels is not None

@@ -1,0 +1,323 @@
+"""The trainer: determinism, exact resume after SIGKILL, refusals, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import checkpoint, train
+from pipeline.cli import app
+from pipeline.errors import CheckpointError, ConfigError, DivergedError, LockedError
+from pipeline.fsutil import dir_lock
+from pipeline.shards import Manifest
+
+SMALL = train.TrainConfig(hidden=(32,), epochs=2, lr=1.0)  # a larger lr learns in 2 short epochs
+
+
+def weights(run_dir: Path) -> list[np.ndarray]:
+    ckpt = checkpoint.load(checkpoint.newest(run_dir / "checkpoints"))  # type: ignore[arg-type]
+    return ckpt.network.weights + ckpt.network.biases
+
+
+def assert_identical(a: list[np.ndarray], b: list[np.ndarray]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+def test_run_writes_checkpoints_metrics_and_learns(slice_shards: Manifest, tmp_path: Path) -> None:
+    result = train.train(slice_shards.directory, tmp_path / "run", SMALL)
+    names = [p.name for p in checkpoint.all_in(tmp_path / "run" / "checkpoints")]
+    assert names == ["checkpoint-e0001-s0000000.npz", "checkpoint-e0002-s0000000.npz"]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[1]["train_loss"] < records[0]["train_loss"]
+    assert records[1]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert result.history == records
+    meta = checkpoint.load(result.checkpoint).meta
+    assert meta["manifest_sha256"] == slice_shards.sha256
+    assert meta["config"] == SMALL.to_json()
+    assert meta["loader"] == {
+        "epoch": 2,
+        "batches": 0,
+        "seed": 0,
+        "batch_size": 3,
+        "shuffle": False,
+        "manifest_sha256": slice_shards.sha256,
+    }
+    assert meta["sizes"] == [784, 32, 10]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_same_seed_same_data_gives_bit_identical_weights(
+    slice_shards: Manifest, tmp_path: Path, shuffle: bool
+) -> None:
+    config = train.TrainConfig(hidden=(16,), epochs=2, shuffle=shuffle, seed=5)
+    train.train(slice_shards.directory, tmp_path / "a", config)
+    train.train(slice_shards.directory, tmp_path / "b", config)
+    assert_identical(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    other = train.TrainConfig(hidden=(16,), epochs=2, shuffle=shuffle, seed=6)
+    train.train(slice_shards.directory, tmp_path / "c", other)
+    assert not np.array_equal(weights(tmp_path / "a")[0], weights(tmp_path / "c")[0])
+
+
+def test_resume_in_process_matches_uninterrupted(slice_shards: Manifest, tmp_path: Path) -> None:
+    """A run stopped after epoch 1 (epochs=1) and extended to 3 equals a 3-epoch run."""
+    config = train.TrainConfig(hidden=(16,), epochs=3, shuffle=True, checkpoint_every=170)
+    train.train(slice_shards.directory, tmp_path / "full", config)
+    train.train(
+        slice_shards.directory,
+        tmp_path / "part",
+        train.TrainConfig(hidden=(16,), epochs=1, shuffle=True, checkpoint_every=170),
+    )
+    resumed = train.train(slice_shards.directory, tmp_path / "part", config, resume=True)
+    assert resumed.resumed_from is not None
+    assert_identical(weights(tmp_path / "full"), weights(tmp_path / "part"))
+    full_log = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    part_log = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    drop_time = lambda line: {k: v for k, v in json.loads(line).items() if "seconds" not in k}  # noqa: E731
+    assert [drop_time(x) for x in full_log] == [drop_time(x) for x in part_log]
+
+
+def _train_cmd(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "train",
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        "2",
+        "--checkpoint-every",
+        "997",
+        *extra,
+    ]
+
+
+def test_sigkill_at_any_moment_then_resume_is_bit_identical(
+    mnist_shards: Manifest, tmp_path: Path
+) -> None:
+    """Kill a real training process several times, at different moments; resume each time."""
+    data = mnist_shards.directory
+    reference = tmp_path / "reference"
+    train.train(data, reference, train.TrainConfig(epochs=2, checkpoint_every=997))
+
+    run_dir = tmp_path / "killed"
+    kills = 0
+    for delay in (0.0, 0.3, 0.05, 0.7):  # after a checkpoint appears, wait this long, then kill
+        before = checkpoint.newest(run_dir / "checkpoints")
+        proc = subprocess.Popen(
+            _train_cmd(data, run_dir, *(["--resume"] if kills else [])),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if checkpoint.newest(run_dir / "checkpoints") not in (None, before):
+                break
+            time.sleep(0.002)
+        time.sleep(delay)
+        if proc.poll() is not None:
+            break  # finished before it could be killed: the comparison below still holds
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills >= 2, "the run finished before it could be killed twice"
+    done = subprocess.run(
+        _train_cmd(data, run_dir, "--resume"), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert_identical(weights(reference), weights(run_dir))
+    leftovers = [p.name for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_refuses_other_data(
+    slice_shards: Manifest, mnist_shards: Manifest, tmp_path: Path
+) -> None:
+    train.train(slice_shards.directory, tmp_path / "run", SMALL)
+    with pytest.raises(ConfigError, match="another shard set"):
+        train.train(mnist_shards.directory, tmp_path / "run", SMALL, resume=True)
+
+
+@pytest.mark.parametrize(
+    "change", [{"lr": 0.2}, {"hidden": (33,)}, {"batch_size": 4}, {"seed": 1}, {"shuffle": True}]
+)
+def test_resume_refuses_an_incompatible_config(
+    slice_shards: Manifest, tmp_path: Path, change: dict[str, object]
+) -> None:
+    train.train(slice_shards.directory, tmp_path / "run", SMALL)
+    config = train.TrainConfig(**{**SMALL.__dict__, **change})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="different config"):
+        train.train(slice_shards.directory, tmp_path / "run", config, resume=True)
+
+
+def test_existing_run_needs_resume(slice_shards: Manifest, tmp_path: Path) -> None:
+    train.train(slice_shards.directory, tmp_path / "run", SMALL)
+    before = weights(tmp_path / "run")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train.train(slice_shards.directory, tmp_path / "run", SMALL)
+    assert_identical(before, weights(tmp_path / "run"))
+
+
+def test_pickled_checkpoint_is_refused(slice_shards: Manifest, tmp_path: Path) -> None:
+    result = train.train(slice_shards.directory, tmp_path / "run", SMALL)
+    evil = result.checkpoint.with_name("checkpoint-e0009-s0000000.npz")
+    with evil.open("wb") as f:
+        np.savez(f, meta=np.array([{"format": 1}], dtype=object), w0=np.zeros((784, 32)))
+    with pytest.raises(CheckpointError, match="pickled"):
+        checkpoint.load(evil)
+    with pytest.raises(CheckpointError, match="pickled"):
+        train.train(slice_shards.directory, tmp_path / "run", SMALL, resume=True)
+
+
+def test_truncated_checkpoint_is_refused(slice_shards: Manifest, tmp_path: Path) -> None:
+    result = train.train(slice_shards.directory, tmp_path / "run", SMALL)
+    data = result.checkpoint.read_bytes()
+    result.checkpoint.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(result.checkpoint)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    ok = train.TrainConfig(hidden=(8,), epochs=1)
+    train.train(slice_shards.directory, tmp_path / "run", ok)
+    good = checkpoint.newest(tmp_path / "run" / "checkpoints")
+    assert good is not None
+    good_bytes = good.read_bytes()
+    (tmp_path / "run" / "run.json").unlink()  # a fresh run in the same place, with a huge lr
+    for p in checkpoint.all_in(tmp_path / "run" / "checkpoints"):
+        p.rename(tmp_path / p.name)
+    train.train(slice_shards.directory, tmp_path / "run2", train.TrainConfig(hidden=(8,), epochs=1))
+    blowup = train.TrainConfig(hidden=(8,), epochs=3, lr=1e38)
+    with pytest.raises(DivergedError, match="loss became"):
+        train.train(slice_shards.directory, tmp_path / "run3", blowup)
+    assert checkpoint.all_in(tmp_path / "run3" / "checkpoints") == []
+    # resuming a good run with a diverging lr is refused as a config change, so it stays good
+    assert (tmp_path / good.name).read_bytes() == good_bytes
+
+
+def test_locked_run_dir_is_refused(slice_shards: Manifest, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    with dir_lock(tmp_path / "run", what="train"), pytest.raises(LockedError, match="lock"):
+        train.train(slice_shards.directory, tmp_path / "run", SMALL)
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--lr", "0"], "--lr"),
+        (["--lr", "-1"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "inf"], "--lr"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--epochs", "0"], "--epochs"),
+        (["--hidden", "0"], "--hidden"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every"),
+    ],
+)
+def test_cli_bad_options_one_line(
+    slice_shards: Manifest, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    result = runner.invoke(
+        app,
+        ["train", "--data", str(slice_shards.directory), "--run-dir", str(tmp_path / "run"), *args],
+    )
+    assert result.exit_code in (1, 2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+        (tmp_path / "run" / "checkpoints").iterdir()
+    )
+
+
+def test_cli_bad_data_dirs(tmp_path: Path) -> None:
+    for data in (tmp_path / "missing", tmp_path):
+        result = runner.invoke(
+            app, ["train", "--data", str(data), "--run-dir", str(tmp_path / "r")]
+        )
+        assert result.exit_code == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(data) in lines[0]
+
+
+def test_cli_train_end_to_end_on_a_real_mnist_slice(slice_shards: Manifest, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(slice_shards.directory),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "2",
+            "--hidden",
+            "64",
+            "--lr",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "epoch 2:" in result.stdout and "test accuracy" in result.stdout
+    accuracy = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])[
+        "test_accuracy"
+    ]
+    assert accuracy > 0.8  # 3,000 real digits, 2 epochs
+    again = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(slice_shards.directory),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "2",
+            "--hidden",
+            "64",
+            "--lr",
+            "1",
+        ],
+    )
+    assert again.exit_code == 1 and "--resume" in again.stderr
+    resumed = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(slice_shards.directory),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "3",
+            "--hidden",
+            "64",
+            "--lr",
+            "1",
+            "--resume",
+        ],
+    )
+    assert resumed.exit_code == 0, resumed.stderr
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / "checkpoint-e0003-s0000000.npz")
