@@ -37,11 +37,13 @@ def name_for(epoch: int, step: int) -> str:
 
 
 def save(path: Path, network: Network, meta: dict[str, Any]) -> None:
-    arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps({**meta, "format": FORMAT_VERSION}))}
+    arrays: dict[str, np.ndarray] = {
+        "meta": np.array(json.dumps({**meta, "format": FORMAT_VERSION}))
+    }
     for i, (w, b) in enumerate(zip(network.weights, network.biases, strict=True)):
         arrays[f"w{i}"], arrays[f"b{i}"] = w, b
     with atomic_path(path) as tmp, tmp.open("wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)
 
 
 def load(path: Path) -> Checkpoint:

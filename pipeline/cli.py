@@ -38,13 +38,13 @@ from pipeline.errors import PipelineError
 EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED = 1, 3, 130
 
 
-
 class OneLineErrors(TyperGroup):
     """Report usage errors as one `error:` line, like every other error (typer draws a box)."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False  # errors come back to us instead of being printed
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(*args, **kwargs)
         except typer.TyperException as exc:  # typer's usage errors (its vendored click's)
             if message := exc.format_message():  # empty when the help was shown instead
                 typer.echo(f"error: {message}", err=True)
@@ -80,8 +80,10 @@ def friendly_errors() -> Iterator[None]:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted: every file written is complete; rerun (train: --resume) to go on",
-                   err=True)
+        typer.echo(
+            "interrupted: every file written is complete; rerun (train: --resume) to go on",
+            err=True,
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -118,19 +120,26 @@ class TrainView:
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
         self.started, self.first_step = time.perf_counter(), done
         if self.progress is not None:
-            self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=steps,
-                                               completed=done, info="")
+            self.task = self.progress.add_task(
+                f"epoch {epoch + 1}/{epochs}", total=steps, completed=done, info=""
+            )
 
     def advance(self, step: int, samples: int, loss_sum: float) -> None:
         if self.progress is None or self.task is None:
             return
-        rate = (step - self.first_step) * self.batch_size / max(time.perf_counter() - self.started, 1e-9)
+        rate = (
+            (step - self.first_step)
+            * self.batch_size
+            / max(time.perf_counter() - self.started, 1e-9)
+        )
         info = f"{rate:,.0f} samples/s  loss {loss_sum / max(samples, 1):.4f}"
         self.progress.update(self.task, completed=step, info=info)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
-        line = (f"epoch {record['epoch']}: train loss {record['train_loss']:.5f}, "
-                f"test accuracy {record['test_accuracy']:.2%}, {record['seconds']:.1f} s")
+        line = (
+            f"epoch {record['epoch']}: train loss {record['train_loss']:.5f}, "
+            f"test accuracy {record['test_accuracy']:.2%}, {record['seconds']:.1f} s"
+        )
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, info=f"test accuracy {record['test_accuracy']:.2%}")
         else:
@@ -150,15 +159,25 @@ def _display() -> Iterator[Progress | None]:
 # --- prepare and verify -------------------------------------------------------------------
 
 
-def _do_prepare(out_dir: Path, source: str, name: str | None, classes: str | None,
-                shard_size: int, compression: Compression, force: bool,
-                progress: Progress | None) -> prepare_stage.PrepareResult:
-    raw = sources.load(source, name=name,
-                       classes=[c.strip() for c in classes.split(",")] if classes else None)
+def _do_prepare(
+    out_dir: Path,
+    source: str,
+    name: str | None,
+    classes: str | None,
+    shard_size: int,
+    compression: Compression,
+    force: bool,
+    progress: Progress | None,
+) -> prepare_stage.PrepareResult:
+    raw = sources.load(
+        source, name=name, classes=[c.strip() for c in classes.split(",")] if classes else None
+    )
     tasks = {}
     if progress is not None:
-        tasks = {split: progress.add_task(f"prepare {split}", total=len(data.images), info="")
-                 for split, data in raw.splits.items()}
+        tasks = {
+            split: progress.add_task(f"prepare {split}", total=len(data.images), info="")
+            for split, data in raw.splits.items()
+        }
 
     done = dict.fromkeys(raw.splits, 0)
     split_started = [time.perf_counter()]
@@ -175,8 +194,15 @@ def _do_prepare(out_dir: Path, source: str, name: str | None, classes: str | Non
         if done[split] == total:
             split_started[0] = time.perf_counter()
 
-    result = prepare_stage.prepare(out_dir, raw, shard_size=shard_size, compression=compression.value,
-                                   force=force, command=_command(), on_progress=on_progress)
+    result = prepare_stage.prepare(
+        out_dir,
+        raw,
+        shard_size=shard_size,
+        compression=compression.value,
+        force=force,
+        command=_command(),
+        on_progress=on_progress,
+    )
     if progress is not None:
         for split, task in tasks.items():
             progress.update(task, completed=len(raw.splits[split].images))
@@ -189,8 +215,12 @@ def _summary(result: prepare_stage.PrepareResult) -> None:
     for column in ("split", "samples", "shards", "bytes"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for split, info in manifest.splits.items():
-        table.add_row(split, f"{info.samples:,}", str(len(info.shards)),
-                      f"{sum(s.bytes for s in info.shards):,}")
+        table.add_row(
+            split,
+            f"{info.samples:,}",
+            str(len(info.shards)),
+            f"{sum(s.bytes for s in info.shards):,}",
+        )
     state = "already up to date, nothing written" if result.skipped else "written"
     table.caption = f"{state} in {result.seconds:.2f} s; manifest sha256 {manifest.sha256[:16]}"
     out.print(table)
@@ -198,17 +228,37 @@ def _summary(result: prepare_stage.PrepareResult) -> None:
 
 @app.command()
 def prepare(
-    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Directory for the shard set.")],
-    source: Annotated[str, typer.Option(help="'embedded' (MNIST shipped with the package) or 'idx:DIR'.")] = "embedded",
-    name: Annotated[str | None, typer.Option(help="Dataset name [default: mnist, or DIR's name].")] = None,
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class names [default: by name, else 0-9].")] = None,
-    shard_size: Annotated[int, typer.Option(min=1, help="Samples per shard file.")] = prepare_stage.DEFAULT_SHARD_SIZE,
-    compression: Annotated[Compression, typer.Option(help="HDF5 compression of the shards.")] = Compression.none,
-    force: Annotated[bool, typer.Option(help="Rebuild even if a shard set is there; the old one stays usable until the new one is complete.")] = False,
+    out_dir: Annotated[
+        Path, typer.Option("--out", file_okay=False, help="Directory for the shard set.")
+    ],
+    source: Annotated[
+        str, typer.Option(help="'embedded' (MNIST shipped with the package) or 'idx:DIR'.")
+    ] = "embedded",
+    name: Annotated[
+        str | None, typer.Option(help="Dataset name [default: mnist, or DIR's name].")
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated class names [default: by name, else 0-9].")
+    ] = None,
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Samples per shard file.")
+    ] = prepare_stage.DEFAULT_SHARD_SIZE,
+    compression: Annotated[
+        Compression, typer.Option(help="HDF5 compression of the shards.")
+    ] = Compression.none,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Rebuild even if a shard set is there; the old one stays usable until the "
+            "new one is complete."
+        ),
+    ] = False,
 ) -> None:
     """Read IDX files and write normalized, one-hot HDF5 shards plus manifest.json."""
     with friendly_errors(), _display() as progress:
-        result = _do_prepare(out_dir, source, name, classes, shard_size, compression, force, progress)
+        result = _do_prepare(
+            out_dir, source, name, classes, shard_size, compression, force, progress
+        )
     _summary(result)
 
 
@@ -224,8 +274,12 @@ def verify(
             table.add_column(column)
         problems = []
         for check in shards.verify(manifest):
-            table.add_row(check.split, check.file, f"{check.samples:,}",
-                          "[green]ok[/]" if check.problem is None else f"[red]{check.problem}[/]")
+            table.add_row(
+                check.split,
+                check.file,
+                f"{check.samples:,}",
+                "[green]ok[/]" if check.problem is None else f"[red]{check.problem}[/]",
+            )
             if check.problem is not None:
                 problems.append(f"{data / check.file}: {check.problem}")
     out.print(table)
@@ -236,26 +290,54 @@ def verify(
 
 # --- train, evaluate, run -----------------------------------------------------------------
 
-Hidden = Annotated[list[int] | None, typer.Option("--hidden", help="Hidden layer size; repeat for more layers [default: 500].")]
+Hidden = Annotated[
+    list[int] | None,
+    typer.Option("--hidden", help="Hidden layer size; repeat for more layers [default: 500]."),
+]
 Epochs = Annotated[int, typer.Option(min=1, help="Epochs to train.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Mini-batch size.")]
 LearningRate = Annotated[float, typer.Option(help="SGD learning rate (positive).")]
 Seed = Annotated[int, typer.Option(help="Seed of the initial weights (and of shuffling).")]
-Shuffle = Annotated[bool, typer.Option(help="Shuffle each epoch; off trains in file order, as the original recipe.")]
-CheckpointEvery = Annotated[int, typer.Option(min=0, help="Also checkpoint every N steps (0: at epoch ends only).")]
-MinAccuracy = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Exit with code 3 if accuracy is below this (0-1).")]
+Shuffle = Annotated[
+    bool, typer.Option(help="Shuffle each epoch; off trains in file order, as the original recipe.")
+]
+CheckpointEvery = Annotated[
+    int, typer.Option(min=0, help="Also checkpoint every N steps (0: at epoch ends only).")
+]
+MinAccuracy = Annotated[
+    float | None,
+    typer.Option(min=0.0, max=1.0, help="Exit with code 3 if accuracy is below this (0-1)."),
+]
 RunDir = Annotated[Path, typer.Option("--run-dir", file_okay=False, help="The run's directory.")]
 
 
-def _config(hidden: list[int] | None, epochs: int, batch_size: int, lr: float, seed: int,
-            shuffle: bool, checkpoint_every: int) -> train_stage.TrainConfig:
-    return train_stage.TrainConfig(hidden=tuple(hidden or (500,)), epochs=epochs,
-                                   batch_size=batch_size, lr=lr, seed=seed, shuffle=shuffle,
-                                   checkpoint_every=checkpoint_every)
+def _config(
+    hidden: list[int] | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    shuffle: bool,
+    checkpoint_every: int,
+) -> train_stage.TrainConfig:
+    return train_stage.TrainConfig(
+        hidden=tuple(hidden or (500,)),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        shuffle=shuffle,
+        checkpoint_every=checkpoint_every,
+    )
 
 
-def _do_train(data: Path, run_dir: Path, config: train_stage.TrainConfig, resume: bool,
-              progress: Progress | None) -> train_stage.TrainResult:
+def _do_train(
+    data: Path,
+    run_dir: Path,
+    config: train_stage.TrainConfig,
+    resume: bool,
+    progress: Progress | None,
+) -> train_stage.TrainResult:
     view = TrainView(progress, config.batch_size)
     result = train_stage.train(data, run_dir, config, resume=resume, reporter=view)
     if result.resumed_from is not None:
@@ -269,26 +351,44 @@ def _show_report(evaluation: evaluate_stage.Evaluation) -> None:
     for column in ("class", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in doc["per_class"]:
-        table.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}",
-                      f"{row['f1']:.4f}", str(row["support"]))
-    table.add_row("macro", f"{report.macro_precision:.4f}", f"{report.macro_recall:.4f}",
-                  f"{report.macro_f1:.4f}", str(doc["samples"]), style="bold")
+        table.add_row(
+            row["class"],
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            str(row["support"]),
+        )
+    table.add_row(
+        "macro",
+        f"{report.macro_precision:.4f}",
+        f"{report.macro_recall:.4f}",
+        f"{report.macro_f1:.4f}",
+        str(doc["samples"]),
+        style="bold",
+    )
     out.print(table)
-    out.print(f"accuracy (\"precision\") {report.accuracy:.2%} on {doc['samples']:,} "
-              f"{doc['split']} images; report: {evaluation.run_dir / evaluate_stage.REPORT_MD}",
-              highlight=False)
+    out.print(
+        f'accuracy ("precision") {report.accuracy:.2%} on {doc["samples"]:,} '
+        f"{doc['split']} images; report: {evaluation.run_dir / evaluate_stage.REPORT_MD}",
+        highlight=False,
+    )
 
 
 def _gate(evaluation: evaluate_stage.Evaluation, min_accuracy: float | None) -> None:
     if min_accuracy is not None and evaluation.report.accuracy < min_accuracy:
-        typer.echo(f"quality gate failed: accuracy {evaluation.report.accuracy:.4f} < "
-                   f"--min-accuracy {min_accuracy}", err=True)
+        typer.echo(
+            f"quality gate failed: accuracy {evaluation.report.accuracy:.4f} < "
+            f"--min-accuracy {min_accuracy}",
+            err=True,
+        )
         raise typer.Exit(EXIT_GATE)
 
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option("--data", file_okay=False, help="Shard directory written by prepare.")],
+    data: Annotated[
+        Path, typer.Option("--data", file_okay=False, help="Shard directory written by prepare.")
+    ],
     run_dir: RunDir,
     epochs: Epochs = 10,
     batch_size: BatchSize = 3,
@@ -297,29 +397,41 @@ def train(
     seed: Seed = 0,
     shuffle: Shuffle = False,
     checkpoint_every: CheckpointEvery = 0,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its newest checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --run-dir from its newest checkpoint.")
+    ] = False,
 ) -> None:
     """Train the MLP on the shards (default: the original 784-500-10 recipe)."""
     config = _config(hidden, epochs, batch_size, lr, seed, shuffle, checkpoint_every)
     with friendly_errors(), _display() as progress:
         result = _do_train(data, run_dir, config, resume, progress)
     last = result.history[-1]
-    out.print(f"trained {last['epoch']} epochs: test accuracy {last['test_accuracy']:.2%}; "
-              f"checkpoint {result.checkpoint}", highlight=False)
+    out.print(
+        f"trained {last['epoch']} epochs: test accuracy {last['test_accuracy']:.2%}; "
+        f"checkpoint {result.checkpoint}",
+        highlight=False,
+    )
 
 
 @app.command()
 def evaluate(
     run_dir: RunDir,
-    data: Annotated[Path | None, typer.Option("--data", file_okay=False, help="Shard directory [default: the run's].")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", file_okay=False, help="Shard directory [default: the run's]."),
+    ] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    checkpoint: Annotated[Path | None, typer.Option(dir_okay=False, help="Checkpoint file [default: the run's newest].")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Checkpoint file [default: the run's newest]."),
+    ] = None,
     min_accuracy: MinAccuracy = None,
 ) -> None:
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
     with friendly_errors():
-        evaluation = evaluate_stage.evaluate(run_dir, data_dir=data, split=split,
-                                             checkpoint_path=checkpoint)
+        evaluation = evaluate_stage.evaluate(
+            run_dir, data_dir=data, split=split, checkpoint_path=checkpoint
+        )
     _show_report(evaluation)
     _gate(evaluation, min_accuracy)
 
@@ -327,7 +439,10 @@ def evaluate(
 @app.command()
 def run(
     run_dir: RunDir,
-    data: Annotated[Path | None, typer.Option("--data", file_okay=False, help="Shard directory [default: RUN_DIR/shards].")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", file_okay=False, help="Shard directory [default: RUN_DIR/shards]."),
+    ] = None,
     source: Annotated[str, typer.Option(help="'embedded' MNIST or 'idx:DIR'.")] = "embedded",
     epochs: Epochs = 10,
     batch_size: BatchSize = 3,
@@ -343,8 +458,16 @@ def run(
     data = data or run_dir / "shards"
     with friendly_errors():
         with _display() as progress:
-            prepared = _do_prepare(data, source, None, None, prepare_stage.DEFAULT_SHARD_SIZE,
-                                   Compression.none, False, progress)
+            prepared = _do_prepare(
+                data,
+                source,
+                None,
+                None,
+                prepare_stage.DEFAULT_SHARD_SIZE,
+                Compression.none,
+                False,
+                progress,
+            )
             if prepared.skipped:
                 out.print(f"shards: {data} already up to date", highlight=False)
             _do_train(data, run_dir, config, True, progress)

@@ -51,7 +51,9 @@ def _data_dir(run_dir: Path, data_dir: Path | None) -> Path:
     try:
         return Path(json.loads((run_dir / "run.json").read_text())["data"])
     except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{run_dir}: no readable run.json to find the data; pass --data ({exc})") from None
+        raise ConfigError(
+            f"{run_dir}: no readable run.json to find the data; pass --data ({exc})"
+        ) from None
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
@@ -81,8 +83,8 @@ def evaluate(
     sizes = ckpt.network.sizes
     if (sizes[0], sizes[-1]) != (manifest.features, manifest.n_classes):
         raise CheckpointError(
-            f"{path}: a {sizes[0]}-input, {sizes[-1]}-class model does not fit {manifest.directory} "
-            f"({manifest.features} features, {manifest.n_classes} classes)"
+            f"{path}: a {sizes[0]}-input, {sizes[-1]}-class model does not fit "
+            f"{manifest.directory} ({manifest.features} features, {manifest.n_classes} classes)"
         )
     if manifest.split(split).samples == 0:
         raise ShardSetError(f"{manifest.directory}: split {split!r} is empty")
@@ -94,12 +96,19 @@ def evaluate(
     history = _history(run_dir)
     doc = _report_doc(report, manifest, split, ckpt, run_dir, history)
     try:
-        plots.save_confusion_heatmap(confusion, manifest.classes, run_dir / CONFUSION_PNG,
-                                     title=f"{manifest.name} {split}: accuracy {report.accuracy:.2%}")
+        plots.save_confusion_heatmap(
+            confusion,
+            manifest.classes,
+            run_dir / CONFUSION_PNG,
+            title=f"{manifest.name} {split}: accuracy {report.accuracy:.2%}",
+        )
         if history:
-            plots.save_learning_curves([r["epoch"] for r in history],
-                                       [r["train_loss"] for r in history],
-                                       [r["test_accuracy"] for r in history], run_dir / CURVES_PNG)
+            plots.save_learning_curves(
+                [r["epoch"] for r in history],
+                [r["train_loss"] for r in history],
+                [r["test_accuracy"] for r in history],
+                run_dir / CURVES_PNG,
+            )
         atomic_write_bytes(run_dir / REPORT_MD, _markdown(doc, history).encode())
         atomic_write_bytes(run_dir / REPORT_JSON, (json.dumps(doc, indent=2) + "\n").encode())
     except OSError as exc:
@@ -107,9 +116,14 @@ def evaluate(
     return Evaluation(report, doc, run_dir)
 
 
-def _report_doc(report: ClassificationReport, manifest: Manifest, split: str,
-                ckpt: checkpoint.Checkpoint, run_dir: Path,
-                history: list[dict[str, Any]]) -> dict[str, Any]:
+def _report_doc(
+    report: ClassificationReport,
+    manifest: Manifest,
+    split: str,
+    ckpt: checkpoint.Checkpoint,
+    run_dir: Path,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
     meta = ckpt.meta
     return {
         **report.to_dict(manifest.classes),
@@ -118,18 +132,29 @@ def _report_doc(report: ClassificationReport, manifest: Manifest, split: str,
         "classes": manifest.classes,
         "checkpoint": {
             "file": str(ckpt.path.resolve().relative_to(run_dir.resolve()))
-            if ckpt.path.resolve().is_relative_to(run_dir.resolve()) else str(ckpt.path),
+            if ckpt.path.resolve().is_relative_to(run_dir.resolve())
+            else str(ckpt.path),
             "sha256": sha256_file(ckpt.path),
             "epoch": meta.get("epoch"),
             "step": meta.get("step"),
         },
-        "dataset": {"name": manifest.name, "manifest_sha256": manifest.sha256,
-                    "directory": str(manifest.directory),
-                    "trained_on_same_data": meta.get("manifest_sha256") == manifest.sha256},
-        "model": {"sizes": ckpt.network.sizes, "dtype": str(ckpt.network.dtype),
-                  "recipe": meta.get("recipe"), "config": meta.get("config")},
+        "dataset": {
+            "name": manifest.name,
+            "manifest_sha256": manifest.sha256,
+            "directory": str(manifest.directory),
+            "trained_on_same_data": meta.get("manifest_sha256") == manifest.sha256,
+        },
+        "model": {
+            "sizes": ckpt.network.sizes,
+            "dtype": str(ckpt.network.dtype),
+            "recipe": meta.get("recipe"),
+            "config": meta.get("config"),
+        },
         "history": history,
-        "images": {"confusion_matrix": CONFUSION_PNG, "learning_curves": CURVES_PNG if history else None},
+        "images": {
+            "confusion_matrix": CONFUSION_PNG,
+            "learning_curves": CURVES_PNG if history else None,
+        },
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -137,7 +162,7 @@ def _report_doc(report: ClassificationReport, manifest: Manifest, split: str,
 def _markdown(doc: dict[str, Any], history: list[dict[str, Any]]) -> str:
     classes = doc["classes"]
     lines = [
-        f"# {doc['dataset']['name']} {doc['split']}: accuracy (\"precision\") {doc['accuracy']:.2%}",
+        f'# {doc["dataset"]["name"]} {doc["split"]}: accuracy ("precision") {doc["accuracy"]:.2%}',
         "",
         f"- samples: {doc['samples']}",
         f"- model: {'-'.join(map(str, doc['model']['sizes']))} {doc['model']['dtype']}, "
@@ -153,18 +178,34 @@ def _markdown(doc: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "| class | precision | recall | F1 | support |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    lines += [f"| {c['class']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | "
-              f"{c['support']} |" for c in doc["per_class"]]
-    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "",
-              "| true \\ predicted | " + " | ".join(classes) + " |",
-              "| --- |" + " ---: |" * len(classes)]
-    lines += [f"| {name} | " + " | ".join(map(str, row)) + " |"
-              for name, row in zip(classes, doc["confusion_matrix"], strict=True)]
+    lines += [
+        f"| {c['class']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | "
+        f"{c['support']} |"
+        for c in doc["per_class"]
+    ]
+    lines += [
+        "",
+        "## Confusion matrix (rows: true, columns: predicted)",
+        "",
+        "| true \\ predicted | " + " | ".join(classes) + " |",
+        "| --- |" + " ---: |" * len(classes),
+    ]
+    lines += [
+        f"| {name} | " + " | ".join(map(str, row)) + " |"
+        for name, row in zip(classes, doc["confusion_matrix"], strict=True)
+    ]
     lines += ["", f"![confusion matrix]({CONFUSION_PNG})", ""]
     if history:
-        lines += ["## Training curve", "", "| epoch | train loss | test accuracy | seconds |",
-                  "| ---: | ---: | ---: | ---: |"]
-        lines += [f"| {r['epoch']} | {r['train_loss']:.5f} | {r['test_accuracy']:.4f} | "
-                  f"{r['seconds']:.1f} |" for r in history]
+        lines += [
+            "## Training curve",
+            "",
+            "| epoch | train loss | test accuracy | seconds |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {r['epoch']} | {r['train_loss']:.5f} | {r['test_accuracy']:.4f} | "
+            f"{r['seconds']:.1f} |"
+            for r in history
+        ]
         lines += ["", f"![learning curves]({CURVES_PNG})", ""]
     return "\n".join(lines)

@@ -160,14 +160,9 @@ class Loader:
                     yield read_rows(f, path, start, stop)
                     start = stop
                 return
-            # shuffled: read the whole shard in blocks, then hand out permuted blocks of it
-            parts = [
-                read_rows(f, path, s, s + self.block_rows)
-                for s in range(0, segment.shard.samples, self.block_rows)
-            ]
-        x = np.concatenate([p[0] for p in parts])  # (shard rows, features)
-        y = np.concatenate([p[1] for p in parts])  # (shard rows, classes)
-        del parts
+            # shuffled: read the whole shard in one read (blocks then a concatenation would
+            # hold it twice), then hand out permuted blocks of it
+            x, y = read_rows(f, path, 0, segment.shard.samples)  # (rows, features), (rows, classes)
         order = self._permutation(epoch, segment.index)[segment.start : segment.stop]
         for s in range(0, len(order), self.block_rows):
             rows = order[s : s + self.block_rows]
@@ -196,20 +191,25 @@ class Loader:
 
     # --- batching (consumer) -------------------------------------------------------------
 
-    def epoch(self, epoch: int, *, start_batch: int = 0) -> Generator[Batch]:
+    def epoch(self, epoch: int, *, start_batch: int = 0, group: int = 1) -> Generator[Batch]:
         """Yield (x, y) batches of `epoch`, from batch `start_batch` on.
 
-        Closing the generator early (or an exception in the consumer) stops and joins the
-        reader thread, which closes its file. Bad arguments are refused here, at the call,
-        not at the first batch; the reader thread starts at the first batch.
+        With `group` > 1 an item holds up to `group` consecutive batches back to back
+        (rows a multiple of the batch size, but for the epoch's last partial batch): the
+        same rows in the same order, for a consumer that steps through many batches in one
+        call. Closing the generator early (or an exception in the consumer) stops and joins
+        the reader thread, which closes its file. Bad arguments are refused here, at the
+        call; the reader thread starts at the first item.
         """
         if epoch < 0:
             raise ConfigError(f"epoch {epoch}: must be non-negative")
         if not 0 <= start_batch <= self.batches_per_epoch:
             raise ConfigError(f"start batch {start_batch}: epoch has {self.batches_per_epoch}")
-        return self._epoch(epoch, start_batch)
+        if group < 1:
+            raise ConfigError(f"group {group}: must be at least 1")
+        return self._epoch(epoch, start_batch, group)
 
-    def _epoch(self, epoch: int, start_batch: int) -> Generator[Batch]:
+    def _epoch(self, epoch: int, start_batch: int, group: int) -> Generator[Batch]:
         q: queue.Queue[object] = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         reader = threading.Thread(
@@ -220,12 +220,12 @@ class Loader:
         )
         reader.start()
         try:
-            yield from self._batches(q)
+            yield from self._batches(q, group)
         finally:
             stop.set()
             reader.join()
 
-    def _batches(self, q: queue.Queue[object]) -> Generator[Batch]:
+    def _batches(self, q: queue.Queue[object], group: int) -> Generator[Batch]:
         size = self.batch_size
         carry: Batch | None = None  # rows left over from the previous block, fewer than size
         while (item := q.get()) is not _DONE:
@@ -233,7 +233,7 @@ class Loader:
                 raise item.exc
             x, y = cast(Batch, item)
             start = 0
-            if carry is not None:
+            if carry is not None:  # one batch across the block boundary: a small copy
                 start = min(size - len(carry[0]), len(x))
                 carry = (
                     np.concatenate([carry[0], x[:start]]),
@@ -244,8 +244,9 @@ class Loader:
                 yield carry
                 carry = None
             end = start + (len(x) - start) // size * size
-            for i in range(start, end, size):
-                yield x[i : i + size], y[i : i + size]
+            for i in range(start, end, size * group):  # views, no copies
+                stop = min(i + size * group, end)
+                yield x[i:stop], y[i:stop]
             if end < len(x):
                 carry = (x[end:], y[end:])
         if carry is not None:

@@ -18,6 +18,8 @@ and the tests hold the two to each other.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from pipeline import kernels
@@ -25,7 +27,8 @@ from pipeline import kernels
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):  # exp(-z) overflows to inf for z < -88: sigmoid is 0
-        return 1.0 / (1.0 + np.exp(-z))
+        result: np.ndarray = 1.0 / (1.0 + np.exp(-z))
+    return result
 
 
 def sigmoid_prime(a: np.ndarray) -> np.ndarray:
@@ -45,7 +48,7 @@ class Network:
     ) -> Network:
         """N(0, std) weights and biases, drawn layer by layer (w then b) like the original."""
         weights, biases = [], []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        for n_in, n_out in itertools.pairwise(sizes):
             weights.append((rng.standard_normal((n_in, n_out)) * std).astype(dtype))
             biases.append((rng.standard_normal(n_out) * std).astype(dtype))
         return cls(weights, biases)
@@ -67,7 +70,9 @@ class Network:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(B,) class indices for a (B, n_0) batch."""
-        return np.argmax(self.feedforward(x.astype(self.dtype, copy=False))[-1], axis=1)
+        out = self.feedforward(x.astype(self.dtype, copy=False))[-1]  # (B, n_L)
+        classes: np.ndarray = np.argmax(out, axis=1)
+        return classes
 
     def backprop(
         self, x: np.ndarray, y: np.ndarray
@@ -91,11 +96,23 @@ class Network:
             w -= (lr * gw).astype(w.dtype)
             b -= (lr * gb).astype(b.dtype)
 
-    def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        """One SGD step on a (B, n_0) batch; returns its summed loss."""
+    def steps(self, x: np.ndarray, y: np.ndarray, lr: float, batch_size: int) -> float:
+        """SGD steps over consecutive batches of x (N, n_0), y (N, n_L), the last batch possibly
+        smaller; returns the summed loss. One hidden layer (the recipe) runs the fused kernel."""
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        y = np.ascontiguousarray(y, dtype=self.dtype)
         if len(self.weights) == 2:
             (w1, w2), (b1, b2) = self.weights, self.biases
-            return kernels.sgd_step(w1, b1, w2, b2, x, y, lr)
-        loss, grads_w, grads_b = self.backprop(x, y)
-        self.update(grads_w, grads_b, lr)
-        return loss
+            return float(kernels.sgd_steps(w1, b1, w2, b2, x, y, lr, batch_size))
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            loss, grads_w, grads_b = self.backprop(
+                x[start : start + batch_size], y[start : start + batch_size]
+            )
+            self.update(grads_w, grads_b, lr)
+            total += loss
+        return total
+
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
+        """One SGD step on a (B, n_0) batch; returns its summed loss."""
+        return self.steps(x, y, lr, len(x))

@@ -72,7 +72,9 @@ class TrainConfig:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in doc.items() if k in known}, "hidden": tuple(doc["hidden"])})
+        return cls(
+            **{**{k: v for k, v in doc.items() if k in known}, "hidden": tuple(doc["hidden"])}
+        )
 
 
 class Reporter(Protocol):
@@ -121,12 +123,13 @@ def _read_run_file(run_dir: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path}: not a readable run file ({exc})") from None
 
 
-def _check_compatible(run_dir: Path, saved: dict[str, Any], config: TrainConfig,
-                      manifest: Manifest) -> None:
+def _check_compatible(
+    run_dir: Path, saved: dict[str, Any], config: TrainConfig, manifest: Manifest
+) -> None:
     if saved["manifest_sha256"] != manifest.sha256:
         raise ConfigError(
-            f"{run_dir}: was trained on another shard set (manifest {saved['manifest_sha256'][:12]}), "
-            f"not {manifest.directory} ({manifest.sha256[:12]})"
+            f"{run_dir}: was trained on another shard set (manifest "
+            f"{saved['manifest_sha256'][:12]}), not {manifest.directory} ({manifest.sha256[:12]})"
         )
     old = TrainConfig.from_json(saved["config"]).to_json()
     new = config.to_json()
@@ -136,8 +139,13 @@ def _check_compatible(run_dir: Path, saved: dict[str, Any], config: TrainConfig,
         raise ConfigError(f"{run_dir}: cannot resume with a different config ({diffs})")
 
 
-def _meta(config: TrainConfig, manifest: Manifest, loader: Loader, state: RunState,
-          rng: np.random.Generator) -> dict[str, Any]:
+def _meta(
+    config: TrainConfig,
+    manifest: Manifest,
+    loader: Loader,
+    state: RunState,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     return {
         "config": config.to_json(),
         "sizes": state.network.sizes,
@@ -169,7 +177,6 @@ def train(
     *,
     resume: bool = False,
     reporter: Reporter | None = None,
-    report_every: int = 500,
 ) -> TrainResult:
     """Train (or continue) the run in `run_dir` on the shard set in `data_dir`."""
     config.check()
@@ -181,11 +188,16 @@ def train(
     except OSError as exc:
         raise OutputError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
     with dir_lock(run_dir, what="train"):
-        return _train_locked(manifest, run_dir, config, resume, reporter, report_every)
+        return _train_locked(manifest, run_dir, config, resume, reporter)
 
 
-def _train_locked(manifest: Manifest, run_dir: Path, config: TrainConfig, resume: bool,
-                  reporter: Reporter, report_every: int) -> TrainResult:
+def _train_locked(
+    manifest: Manifest,
+    run_dir: Path,
+    config: TrainConfig,
+    resume: bool,
+    reporter: Reporter,
+) -> TrainResult:
     ckpt_dir = run_dir / CHECKPOINT_DIR
     saved = _read_run_file(run_dir)
     if saved is not None and not resume:
@@ -193,16 +205,21 @@ def _train_locked(manifest: Manifest, run_dir: Path, config: TrainConfig, resume
     if saved is not None:
         _check_compatible(run_dir, saved, config, manifest)
     else:
-        doc = {"config": config.to_json(), "manifest_sha256": manifest.sha256,
-               "data": str(manifest.directory.resolve()), "dataset": manifest.name,
-               "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        doc = {
+            "config": config.to_json(),
+            "manifest_sha256": manifest.sha256,
+            "data": str(manifest.directory.resolve()),
+            "dataset": manifest.name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         atomic_write_bytes(run_dir / RUN_FILE, (json.dumps(doc, indent=2) + "\n").encode())
 
     sizes = [manifest.features, *config.hidden, manifest.n_classes]
     rng = np.random.default_rng(config.seed)
     state = RunState(Network.initialize(sizes, rng=rng, std=config.init_std, dtype=config.dtype))
-    train_loader = Loader(manifest, "train", batch_size=config.batch_size,
-                          shuffle=config.shuffle, seed=config.seed)
+    train_loader = Loader(
+        manifest, "train", batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed
+    )
     test_loader = Loader(manifest, "test", batch_size=EVAL_BATCH)
 
     resumed_from = checkpoint.newest(ckpt_dir)
@@ -216,22 +233,36 @@ def _train_locked(manifest: Manifest, run_dir: Path, config: TrainConfig, resume
         reporter.start_epoch(epoch, config.epochs, len(train_loader), state.step)
         started = time.perf_counter()
         seconds_before = state.history[-1]["seconds_total"] if state.history else 0.0
-        network, lr, every = state.network, config.lr, config.checkpoint_every
-        for x, y in train_loader.epoch(epoch, start_batch=state.step):
-            loss = network.step(x, y, lr)
-            if not math.isfinite(loss):
-                raise DivergedError(
-                    f"loss became {loss} at epoch {epoch + 1}, step {state.step + 1}: "
-                    f"lower --lr; the last good checkpoint is {last.name if last else 'none'}"
-                )
-            state.step += 1
-            state.loss_sum += loss
-            state.samples += len(x)
-            if state.step % report_every == 0:
-                reporter.advance(state.step, state.samples, state.loss_sum)
-            if every and state.step % every == 0 and state.step < len(train_loader):
-                last = _save(ckpt_dir, config, manifest, train_loader, state, rng)
-        reporter.advance(state.step, state.samples, state.loss_sum)
+        network, lr, size, every = (
+            state.network,
+            config.lr,
+            config.batch_size,
+            config.checkpoint_every,
+        )
+        # many batches per call: the kernel's per-call overhead is paid once per block of rows
+        group = max(1, train_loader.block_rows // size)
+        for x, y in train_loader.epoch(epoch, start_batch=state.step, group=group):
+            done, batches = 0, -(-len(x) // size)
+            while done < batches:
+                todo = batches - done
+                if every:  # stop exactly at the next checkpoint step
+                    todo = min(todo, every - state.step % every)
+                rows = slice(done * size, (done + todo) * size)
+                loss = network.steps(x[rows], y[rows], lr, size)
+                if not math.isfinite(loss):
+                    steps = f"{state.step + 1}" + (f"-{state.step + todo}" if todo > 1 else "")
+                    raise DivergedError(
+                        f"loss became {loss} in epoch {epoch + 1}, step {steps}: lower --lr or "
+                        f"check the data (pipeline verify); last good checkpoint: "
+                        f"{last.name if last else 'none yet'}"
+                    )
+                done += todo
+                state.step += todo
+                state.samples += len(x[rows])
+                state.loss_sum += loss
+                if every and state.step % every == 0 and state.step < len(train_loader):
+                    last = _save(ckpt_dir, config, manifest, train_loader, state, rng)
+            reporter.advance(state.step, state.samples, state.loss_sum)
 
         confusion = confusion_on(network, test_loader)
         seconds = time.perf_counter() - started
@@ -252,8 +283,14 @@ def _train_locked(manifest: Manifest, run_dir: Path, config: TrainConfig, resume
     return TrainResult(state.network, state.history, last, resumed_from)
 
 
-def _save(ckpt_dir: Path, config: TrainConfig, manifest: Manifest, loader: Loader,
-          state: RunState, rng: np.random.Generator) -> Path:
+def _save(
+    ckpt_dir: Path,
+    config: TrainConfig,
+    manifest: Manifest,
+    loader: Loader,
+    state: RunState,
+    rng: np.random.Generator,
+) -> Path:
     path = ckpt_dir / checkpoint.name_for(state.epoch, state.step)
     checkpoint.save(path, state.network, _meta(config, manifest, loader, state, rng))
     # mid-epoch checkpoints are only stepping stones: keep the newest one alone
@@ -263,8 +300,9 @@ def _save(ckpt_dir: Path, config: TrainConfig, manifest: Manifest, loader: Loade
     return path
 
 
-def _restore(path: Path, fresh: RunState, rng: np.random.Generator, manifest: Manifest,
-             loader: Loader) -> RunState:
+def _restore(
+    path: Path, fresh: RunState, rng: np.random.Generator, manifest: Manifest, loader: Loader
+) -> RunState:
     ckpt = checkpoint.load(path)
     meta = ckpt.meta
     if meta.get("manifest_sha256") != manifest.sha256:
@@ -277,8 +315,14 @@ def _restore(path: Path, fresh: RunState, rng: np.random.Generator, manifest: Ma
     try:
         saved_loader = LoaderState(**meta["loader"])
         rng.bit_generator.state = meta["rng"]
-        state = RunState(ckpt.network, int(meta["epoch"]), int(meta["step"]),
-                         float(meta["loss_sum"]), int(meta["samples"]), list(meta["history"]))
+        state = RunState(
+            ckpt.network,
+            int(meta["epoch"]),
+            int(meta["step"]),
+            float(meta["loss_sum"]),
+            int(meta["samples"]),
+            list(meta["history"]),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
     if saved_loader != loader.state(state.epoch, state.step):

@@ -17,7 +17,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import (
+from typer.testing import CliRunner, Result
+
+from pipeline import fsutil, shards, sources
+from pipeline.cli import app
+from tests.conftest import (
     REPO,
     assert_clean,
     flip_chunk_byte,
@@ -27,10 +31,6 @@ from conftest import (
     snapshot,
     write_idx_dir,
 )
-from typer.testing import CliRunner, Result
-
-from pipeline import fsutil, shards, sources
-from pipeline.cli import app
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 IMAGES, LABELS = sources.SPLIT_FILES["train"]

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_MNIST, idx_bytes, random_split, write_idx_dir
 
 from pipeline import idx, sources
 from pipeline.errors import IdxFormatError, SourceError
+from tests.conftest import SHARED_MNIST, idx_bytes, random_split, write_idx_dir
 
 IMAGES, LABELS = sources.SPLIT_FILES["train"]
 TEST_IMAGES, TEST_LABELS = sources.SPLIT_FILES["test"]

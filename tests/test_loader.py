@@ -33,11 +33,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import write_idx_dir
 
 from pipeline import prepare, shards, sources
 from pipeline.errors import ConfigError, ShardCorruptError, ShardSetError
 from pipeline.loader import Batch, Loader, LoaderState
+from tests.conftest import write_idx_dir
 
 FEATURES, CLASSES = 784, 10
 BIG_BATCH = 100  # 4,096-row blocks: batch 40 straddles the first block boundary
@@ -142,7 +142,9 @@ def copy_set(manifest: shards.Manifest, to: Path) -> Path:
 
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("batch_size", [1, 7, 100, 120, 128, 1200, 5000])
-def test_every_sample_exactly_once_per_epoch(small: EncodedSet, shuffle: bool, batch_size: int) -> None:
+def test_every_sample_exactly_once_per_epoch(
+    small: EncodedSet, shuffle: bool, batch_size: int
+) -> None:
     # 1,200 = 12 * 100 = 10 * 120: 100 and 120 divide the split (100 > the 97-row shards)
     loader = Loader(small.manifest, "train", batch_size=batch_size, shuffle=shuffle, seed=3)
     for epoch in (0, 1):
@@ -187,9 +189,13 @@ def test_file_order_on_real_mnist_pixels(
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_last_partial_batch_is_yielded_and_drop_last_drops_it(small: EncodedSet, shuffle: bool) -> None:
+def test_last_partial_batch_is_yielded_and_drop_last_drops_it(
+    small: EncodedSet, shuffle: bool
+) -> None:
     full = Loader(small.manifest, "train", batch_size=128, shuffle=shuffle, seed=2)
-    dropped = Loader(small.manifest, "train", batch_size=128, shuffle=shuffle, seed=2, drop_last=True)
+    dropped = Loader(
+        small.manifest, "train", batch_size=128, shuffle=shuffle, seed=2, drop_last=True
+    )
     all_batches, kept = batches_of(full), batches_of(dropped)
     assert [len(x) for x, _ in all_batches] == [128] * 9 + [48]
     assert len(dropped) == 9 and dropped.samples == 1152 and full.samples == 1200
@@ -218,7 +224,9 @@ def test_shuffle_is_deterministic_for_the_same_seed(small: EncodedSet) -> None:
 def test_shuffle_differs_between_epochs_and_seeds_and_permutes_shards_and_rows(
     small: EncodedSet,
 ) -> None:
-    orders = {(seed, epoch): shuffled_ids(small, seed, epoch) for seed in (0, 1) for epoch in range(4)}
+    orders = {
+        (seed, epoch): shuffled_ids(small, seed, epoch) for seed in (0, 1) for epoch in range(4)
+    }
     keys = list(orders)
     for i, a in enumerate(keys):
         assert not np.array_equal(orders[a], np.arange(1200)), a
@@ -235,6 +243,10 @@ def test_shuffle_differs_between_epochs_and_seeds_and_permutes_shards_and_rows(
             rows = ids[shard == k]
             assert not np.array_equal(rows, np.sort(rows))
     assert len(shard_orders) == len(orders)
+    # and each shard's rows come in a different order in every epoch, and for every seed
+    for k in range(13):
+        in_shard = [tuple(ids[ids // 97 == k].tolist()) for ids in orders.values()]
+        assert len(set(in_shard)) == len(in_shard), k
 
 
 # --- resume -----------------------------------------------------------------------------
@@ -282,7 +294,9 @@ def test_resume_refuses_a_state_that_does_not_fit(small: EncodedSet, big: Encode
     assert len(list(loader.resume(good))) == len(loader) - 3
     others = {
         "seed": Loader(small.manifest, "train", batch_size=7, shuffle=True, seed=5).state(1, 3),
-        "batch size": Loader(small.manifest, "train", batch_size=8, shuffle=True, seed=4).state(1, 3),
+        "batch size": Loader(small.manifest, "train", batch_size=8, shuffle=True, seed=4).state(
+            1, 3
+        ),
         "shuffle": Loader(small.manifest, "train", batch_size=7, seed=4).state(1, 3),
         "manifest": Loader(big.manifest, "train", batch_size=7, shuffle=True, seed=4).state(1, 3),
         "past the end": dataclasses.replace(good, batches=len(loader) + 1),
@@ -371,9 +385,17 @@ def start_epoch(loader: Loader, baseline_files: int) -> Iterator[Batch]:
     return gen
 
 
+def fail_in_the_loop(batches: Iterator[Batch], kind: type[BaseException]) -> None:
+    for i, _ in enumerate(batches):
+        if i == 3:
+            raise kind(f"consumer failed at batch {i}")
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("how", ["close", "exception", "interrupt", "dropped", "exhausted"])
-def test_stopping_early_leaves_no_thread_and_no_open_file(big: EncodedSet, how: str, shuffle: bool) -> None:
+def test_stopping_early_leaves_no_thread_and_no_open_file(
+    big: EncodedSet, how: str, shuffle: bool
+) -> None:
     baseline = open_hdf5_files()
     loader = Loader(big.manifest, "train", batch_size=BIG_BATCH, shuffle=shuffle, seed=1)
     gen = start_epoch(loader, baseline)
@@ -381,11 +403,9 @@ def test_stopping_early_leaves_no_thread_and_no_open_file(big: EncodedSet, how: 
         gen.close()  # type: ignore[attr-defined]
     elif how in ("exception", "interrupt"):
         kind = RuntimeError if how == "exception" else KeyboardInterrupt
-        with pytest.raises(kind):
-            for i, _ in enumerate(gen):
-                if i == 3:
-                    raise kind("consumer failed")
-        del gen  # the frame of the failed loop no longer refers to it
+        with pytest.raises(kind, match="consumer failed at batch 3"):
+            fail_in_the_loop(gen, kind)
+        del gen
     elif how == "dropped":
         del gen
         gc.collect()
@@ -441,13 +461,12 @@ def test_a_corrupted_shard_is_reported_by_name_in_the_consumer(
 
     baseline = open_hdf5_files()
     loader = Loader(manifest, "train", batch_size=7, shuffle=shuffle, seed=0)
-    got = 0
+    delivered: list[Batch] = []
     with pytest.raises(ShardCorruptError) as raised:
-        for x, _ in loader.epoch(0):
-            got += len(x)
+        delivered.extend(loader.epoch(0))
     assert victim.name in str(raised.value)
-    if not shuffle:
-        assert got >= 5 * 97 - 7  # the sound shards before it were delivered first
+    if not shuffle:  # the sound shards before it were delivered first, then the error
+        assert sum(len(x) for x, _ in delivered) >= 5 * 97 - 7
     assert readers() == []
     assert open_hdf5_files() == baseline
     # the damage is also what `verify` reports, for this shard only
@@ -540,7 +559,9 @@ def read_only_digest(directory: Path) -> str:
     """A digest of a file-order and a shuffled epoch read from the shard set in `directory`."""
     digests = []
     for shuffle in (False, True):
-        loader = Loader(shards.load_manifest(directory), "train", batch_size=7, shuffle=shuffle, seed=1)
+        loader = Loader(
+            shards.load_manifest(directory), "train", batch_size=7, shuffle=shuffle, seed=1
+        )
         digests.append(epoch_digest(loader.epoch(0)))
     return hashlib.sha256(" ".join(digests).encode()).hexdigest()
 
@@ -588,7 +609,7 @@ def test_a_read_only_shard_directory_works(
         # 2. as root: a read-only file system, like a container volume mounted read-only
         mounted = copy_set(small.manifest, tmp_path / "mnt" / "set")
         subprocess.run(["mount", "-o", "remount,ro", str(tmp_path / "mnt")], check=True)
-        with pytest.raises(OSError) as refused:
+        with pytest.raises(OSError, match="Read-only file system") as refused:
             (mounted / "probe").write_bytes(b"")
         assert refused.value.errno == errno.EROFS
         assert read_only_digest(mounted) == expected
@@ -641,7 +662,9 @@ def test_file_locking_can_be_turned_off(small: EncodedSet, tmp_path: Path) -> No
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
         with pytest.raises(ShardSetError, match=held.name):
             batches_of(Loader(manifest, "train", batch_size=7))  # locking on: refused
-        assert_same_batches(batches_of(Loader(manifest, "train", batch_size=7, locking=False)), expected)
+        assert_same_batches(
+            batches_of(Loader(manifest, "train", batch_size=7, locking=False)), expected
+        )
         # the environment variable has the same effect on a loader with locking on
         env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
         script = (
@@ -663,7 +686,9 @@ def test_file_locking_can_be_turned_off(small: EncodedSet, tmp_path: Path) -> No
 
 def test_a_forked_child_reads_with_a_loader_made_before_the_fork(small: EncodedSet) -> None:
     baseline = open_hdf5_files()
-    loaders = [Loader(small.manifest, "train", batch_size=7, shuffle=s, seed=2) for s in (False, True)]
+    loaders = [
+        Loader(small.manifest, "train", batch_size=7, shuffle=s, seed=2) for s in (False, True)
+    ]
     assert open_hdf5_files() == baseline  # construction opens nothing: files open lazily
     expected = [epoch_digest(loader.epoch(1)) for loader in loaders]  # the parent reads first
     assert readers() == [] and open_hdf5_files() == baseline
@@ -684,3 +709,23 @@ def test_a_forked_child_reads_with_a_loader_made_before_the_fork(small: EncodedS
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert json.loads(reported) == expected
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize(("batch_size", "group"), [(3, 5), (7, 1000), (128, 2)])
+def test_grouped_items_are_the_same_batches_back_to_back(
+    big: EncodedSet, shuffle: bool, batch_size: int, group: int
+) -> None:
+    """`group` only packs consecutive batches together: same rows, same order, resumable."""
+    loader = Loader(big.manifest, "train", batch_size=batch_size, shuffle=shuffle, seed=3)
+    for start in (0, 5):
+        batches = list(loader.epoch(1, start_batch=start))
+        items = list(loader.epoch(1, start_batch=start, group=group))
+        assert all(len(x) % batch_size == 0 for x, _ in items[:-1])
+        assert all(len(x) <= batch_size * group for x, _ in items)
+        assert np.array_equal(
+            np.concatenate([x for x, _ in items]), np.concatenate([x for x, _ in batches])
+        )
+        assert np.array_equal(
+            np.concatenate([y for _, y in items]), np.concatenate([y for _, y in batches])
+        )

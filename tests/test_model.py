@@ -91,7 +91,8 @@ def test_three_steps_match_a_scalar_hand_computation(step: str) -> None:
     params = [p.tolist() for p in (net.weights[0], net.biases[0], net.weights[1], net.biases[1])]
     for size in (3, 3, 2):  # the last batch is partial: averaged over its real size
         x, y = batch(rng, size, 5, 3)
-        loss_hand, *params = scalar_step(*params, x.tolist(), y.tolist(), 0.1)
+        w1, b1, w2, b2 = params
+        loss_hand, *params = scalar_step(w1, b1, w2, b2, x.tolist(), y.tolist(), 0.1)
         if step == "kernel":
             loss = net.step(x, y, 0.1)
         else:

@@ -26,7 +26,12 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from conftest import (
+
+import pipeline
+from pipeline import fsutil, prepare, shards, sources
+from pipeline.errors import LockedError, OutputError, ShardCorruptError, ShardSetError
+from pipeline.shards import MANIFEST, SHARD_NAME
+from tests.conftest import (
     REPO,
     SHARED_MNIST,
     assert_clean,
@@ -35,11 +40,6 @@ from conftest import (
     snapshot,
     write_idx_dir,
 )
-
-import pipeline
-from pipeline import fsutil, prepare, shards, sources
-from pipeline.errors import LockedError, OutputError, ShardCorruptError, ShardSetError
-from pipeline.shards import MANIFEST, SHARD_NAME
 
 MNIST_TEST_HISTOGRAM = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -80,10 +80,6 @@ def assert_verifies(directory: Path) -> shards.Manifest:
 
 def shard_names(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir() if SHARD_NAME.match(p.name)}
-
-
-def tmp_names(directory: Path) -> set[str]:
-    return {p.name for p in directory.iterdir() if p.name.endswith(fsutil.TMP_SUFFIX)}
 
 
 def edit_manifest(directory: Path, edit: Callable[[dict[str, Any]], None]) -> None:
@@ -304,16 +300,6 @@ def test_rerun_is_a_no_op(tmp_path: Path, small_raw: sources.RawDataset) -> None
     assert again.manifest.sha256 == first.manifest.sha256
     assert snapshot(out) == before
     assert_clean(out)
-
-
-def test_rerun_on_the_real_mnist_set_is_a_no_op(
-    mnist_shards: shards.Manifest, real_mnist: sources.RawDataset
-) -> None:
-    before = snapshot(mnist_shards.directory)
-    result = prepare.prepare(mnist_shards.directory, real_mnist)
-    assert result.skipped
-    assert result.manifest.sha256 == mnist_shards.sha256
-    assert snapshot(mnist_shards.directory) == before
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -17,8 +19,8 @@ from typer.testing import CliRunner
 from pipeline import checkpoint, train
 from pipeline.cli import app
 from pipeline.errors import CheckpointError, ConfigError, DivergedError, LockedError
-from pipeline.fsutil import dir_lock
-from pipeline.shards import Manifest
+from pipeline.fsutil import dir_lock, sha256_file
+from pipeline.shards import MANIFEST, Manifest
 
 SMALL = train.TrainConfig(hidden=(32,), epochs=2, lr=1.0)  # a larger lr learns in 2 short epochs
 
@@ -161,7 +163,7 @@ def test_resume_refuses_an_incompatible_config(
     slice_shards: Manifest, tmp_path: Path, change: dict[str, object]
 ) -> None:
     train.train(slice_shards.directory, tmp_path / "run", SMALL)
-    config = train.TrainConfig(**{**SMALL.__dict__, **change})  # type: ignore[arg-type]
+    config = train.TrainConfig(**{**SMALL.__dict__, **change})
     with pytest.raises(ConfigError, match="different config"):
         train.train(slice_shards.directory, tmp_path / "run", config, resume=True)
 
@@ -196,21 +198,26 @@ def test_truncated_checkpoint_is_refused(slice_shards: Manifest, tmp_path: Path)
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     slice_shards: Manifest, tmp_path: Path
 ) -> None:
-    ok = train.TrainConfig(hidden=(8,), epochs=1)
-    train.train(slice_shards.directory, tmp_path / "run", ok)
-    good = checkpoint.newest(tmp_path / "run" / "checkpoints")
-    assert good is not None
-    good_bytes = good.read_bytes()
-    (tmp_path / "run" / "run.json").unlink()  # a fresh run in the same place, with a huge lr
-    for p in checkpoint.all_in(tmp_path / "run" / "checkpoints"):
-        p.rename(tmp_path / p.name)
-    train.train(slice_shards.directory, tmp_path / "run2", train.TrainConfig(hidden=(8,), epochs=1))
-    blowup = train.TrainConfig(hidden=(8,), epochs=3, lr=1e38)
-    with pytest.raises(DivergedError, match="loss became"):
-        train.train(slice_shards.directory, tmp_path / "run3", blowup)
-    assert checkpoint.all_in(tmp_path / "run3" / "checkpoints") == []
-    # resuming a good run with a diverging lr is refused as a config change, so it stays good
-    assert (tmp_path / good.name).read_bytes() == good_bytes
+    """A team's shard set with a NaN pixel (only `verify` checks values): training stops."""
+    data = tmp_path / "shards"
+    shutil.copytree(slice_shards.directory, data)
+    doc = json.loads((data / MANIFEST).read_text())
+    shard = doc["splits"]["train"]["shards"][2]  # samples 2000-2999: step 667 at batch 3
+    with h5py.File(data / shard["file"], "r+") as f:
+        f["images"][0, 300] = np.nan
+    shard["bytes"] = (data / shard["file"]).stat().st_size
+    shard["sha256"] = sha256_file(data / shard["file"])
+    (data / MANIFEST).write_text(json.dumps(doc))
+
+    config = train.TrainConfig(hidden=(8,), epochs=1, checkpoint_every=100)
+    with pytest.raises(DivergedError, match=r"step 667: .*checkpoint-e0000-s0000600\.npz"):
+        train.train(data, tmp_path / "run", config)
+    newest = checkpoint.newest(tmp_path / "run" / "checkpoints")
+    assert newest is not None and newest.name == "checkpoint-e0000-s0000600.npz"
+    assert all(np.isfinite(w).all() for w in checkpoint.load(newest).network.weights)
+    result = runner.invoke(app, ["train", "--data", str(data), "--run-dir", str(tmp_path / "cli")])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "loss became nan" in result.stderr
 
 
 def test_locked_run_dir_is_refused(slice_shards: Manifest, tmp_path: Path) -> None:
