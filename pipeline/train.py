@@ -139,32 +139,6 @@ def _check_compatible(
         raise ConfigError(f"{run_dir}: cannot resume with a different config ({diffs})")
 
 
-def _meta(
-    config: TrainConfig,
-    manifest: Manifest,
-    loader: Loader,
-    state: RunState,
-    rng: np.random.Generator,
-) -> dict[str, Any]:
-    return {
-        "config": config.to_json(),
-        "sizes": state.network.sizes,
-        "recipe": "mlp-sigmoid-mse-sgd",
-        "epoch": state.epoch,
-        "step": state.step,
-        "loss_sum": state.loss_sum,
-        "samples": state.samples,
-        "history": state.history,
-        "loader": asdict(loader.state(state.epoch, state.step)),
-        "optimizer": {"name": "sgd", "lr": config.lr},  # plain SGD carries no state
-        "rng": rng.bit_generator.state,
-        "manifest_sha256": manifest.sha256,
-        "dataset": manifest.name,
-        "classes": manifest.classes,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     lines = "".join(json.dumps(record) + "\n" for record in history)
     atomic_write_bytes(run_dir / METRICS_FILE, lines.encode())
@@ -192,13 +166,8 @@ def train(
 
 
 def _train_locked(
-    manifest: Manifest,
-    run_dir: Path,
-    config: TrainConfig,
-    resume: bool,
-    reporter: Reporter,
+    manifest: Manifest, run_dir: Path, config: TrainConfig, resume: bool, reporter: Reporter
 ) -> TrainResult:
-    ckpt_dir = run_dir / CHECKPOINT_DIR
     saved = _read_run_file(run_dir)
     if saved is not None and not resume:
         raise ConfigError(f"{run_dir}: already holds a run; pass --resume or use another --run-dir")
@@ -213,91 +182,138 @@ def _train_locked(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         atomic_write_bytes(run_dir / RUN_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+    trainer = Trainer(manifest, run_dir, config, reporter)
+    resumed_from = trainer.restore()
+    last = trainer.run()
+    return TrainResult(trainer.state.network, trainer.state.history, last, resumed_from)
 
-    sizes = [manifest.features, *config.hidden, manifest.n_classes]
-    rng = np.random.default_rng(config.seed)
-    state = RunState(Network.initialize(sizes, rng=rng, std=config.init_std, dtype=config.dtype))
-    train_loader = Loader(
-        manifest, "train", batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed
-    )
-    test_loader = Loader(manifest, "test", batch_size=EVAL_BATCH)
 
-    resumed_from = checkpoint.newest(ckpt_dir)
-    if resumed_from is not None:
-        state = _restore(resumed_from, state, rng, manifest, train_loader)
-        _write_metrics(run_dir, state.history)
+class Trainer:
+    """One run: the network and its position, the loaders, and the checkpoints they go to."""
 
-    last = resumed_from
-    while state.epoch < config.epochs:
-        epoch = state.epoch
-        reporter.start_epoch(epoch, config.epochs, len(train_loader), state.step)
-        started = time.perf_counter()
-        seconds_before = state.history[-1]["seconds_total"] if state.history else 0.0
-        network, lr, size, every = (
-            state.network,
-            config.lr,
-            config.batch_size,
-            config.checkpoint_every,
+    def __init__(
+        self, manifest: Manifest, run_dir: Path, config: TrainConfig, reporter: Reporter
+    ) -> None:
+        self.manifest, self.run_dir, self.config, self.reporter = (
+            manifest,
+            run_dir,
+            config,
+            reporter,
         )
-        # many batches per call: the kernel's per-call overhead is paid once per block of rows
-        group = max(1, train_loader.block_rows // size)
-        for x, y in train_loader.epoch(epoch, start_batch=state.step, group=group):
+        self.ckpt_dir = run_dir / CHECKPOINT_DIR
+        sizes = [manifest.features, *config.hidden, manifest.n_classes]
+        self.rng = np.random.default_rng(config.seed)
+        network = Network.initialize(sizes, rng=self.rng, std=config.init_std, dtype=config.dtype)
+        self.state = RunState(network)
+        self.train_loader = Loader(
+            manifest,
+            "train",
+            batch_size=config.batch_size,
+            shuffle=config.shuffle,
+            seed=config.seed,
+        )
+        self.test_loader = Loader(manifest, "test", batch_size=EVAL_BATCH)
+        self.last: Path | None = None  # the newest checkpoint on disk
+
+    def restore(self) -> Path | None:
+        """Continue from the newest checkpoint, if there is one; returns it."""
+        self.last = checkpoint.newest(self.ckpt_dir)
+        if self.last is not None:
+            self.state = _restore(self.last, self.state, self.rng, self.manifest, self.train_loader)
+            _write_metrics(self.run_dir, self.state.history)
+        return self.last
+
+    def run(self) -> Path:
+        """Train up to `config.epochs`; returns the final checkpoint."""
+        while self.state.epoch < self.config.epochs:
+            started = time.perf_counter()
+            self.train_epoch()
+            self.end_epoch(time.perf_counter() - started)
+        if self.last is None:
+            raise CheckpointError(f"{self.ckpt_dir}: no checkpoint written")
+        return self.last
+
+    def train_epoch(self) -> None:
+        """The rest of the current epoch, from the shards, in calls of many batches each."""
+        state, config = self.state, self.config
+        size, every = config.batch_size, config.checkpoint_every
+        self.reporter.start_epoch(state.epoch, config.epochs, len(self.train_loader), state.step)
+        # a block of rows per call: the step's call overhead is paid once per ~1,000 batches
+        group = max(1, self.train_loader.block_rows // size)
+        for x, y in self.train_loader.epoch(state.epoch, start_batch=state.step, group=group):
             done, batches = 0, -(-len(x) // size)
             while done < batches:
                 todo = batches - done
                 if every:  # stop exactly at the next checkpoint step
                     todo = min(todo, every - state.step % every)
                 rows = slice(done * size, (done + todo) * size)
-                loss = network.steps(x[rows], y[rows], lr, size)
+                loss = state.network.steps(x[rows], y[rows], config.lr, size)
                 if not math.isfinite(loss):
-                    steps = f"{state.step + 1}" + (f"-{state.step + todo}" if todo > 1 else "")
-                    raise DivergedError(
-                        f"loss became {loss} in epoch {epoch + 1}, step {steps}: lower --lr or "
-                        f"check the data (pipeline verify); last good checkpoint: "
-                        f"{last.name if last else 'none yet'}"
-                    )
+                    self._diverged(loss, todo)
                 done += todo
                 state.step += todo
                 state.samples += len(x[rows])
                 state.loss_sum += loss
-                if every and state.step % every == 0 and state.step < len(train_loader):
-                    last = _save(ckpt_dir, config, manifest, train_loader, state, rng)
-            reporter.advance(state.step, state.samples, state.loss_sum)
+                if every and state.step % every == 0 and state.step < len(self.train_loader):
+                    self.save()
+            self.reporter.advance(state.step, state.samples, state.loss_sum)
 
-        confusion = confusion_on(network, test_loader)
-        seconds = time.perf_counter() - started
+    def end_epoch(self, seconds: float) -> None:
+        """Score the test split, log the epoch, checkpoint."""
+        state = self.state
+        confusion = confusion_on(state.network, self.test_loader)
+        total = state.history[-1]["seconds_total"] if state.history else 0.0
         record = {
-            "epoch": epoch + 1,
+            "epoch": state.epoch + 1,
             "train_loss": state.loss_sum / state.samples,  # mean of |a - y|^2 / 2
             "test_accuracy": float(np.trace(confusion) / confusion.sum()),
             "seconds": round(seconds, 3),
-            "seconds_total": round(seconds_before + seconds, 3),
+            "seconds_total": round(total + seconds, 3),
         }
         state.history.append(record)
-        state.epoch, state.step, state.loss_sum, state.samples = epoch + 1, 0, 0.0, 0
-        last = _save(ckpt_dir, config, manifest, train_loader, state, rng)
-        _write_metrics(run_dir, state.history)
-        reporter.end_epoch(record)
-    if last is None:  # nothing to train: epochs already done before this call
-        raise CheckpointError(f"{ckpt_dir}: no checkpoint written")
-    return TrainResult(state.network, state.history, last, resumed_from)
+        state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
+        self.save()
+        _write_metrics(self.run_dir, state.history)
+        self.reporter.end_epoch(record)
 
+    def save(self) -> None:
+        state = self.state
+        path = self.ckpt_dir / checkpoint.name_for(state.epoch, state.step)
+        checkpoint.save(path, state.network, self._meta())
+        # mid-epoch checkpoints are only stepping stones: keep the newest one alone
+        for old in checkpoint.all_in(self.ckpt_dir):
+            if old != path and not old.name.endswith("-s0000000.npz"):
+                old.unlink(missing_ok=True)
+        self.last = path
 
-def _save(
-    ckpt_dir: Path,
-    config: TrainConfig,
-    manifest: Manifest,
-    loader: Loader,
-    state: RunState,
-    rng: np.random.Generator,
-) -> Path:
-    path = ckpt_dir / checkpoint.name_for(state.epoch, state.step)
-    checkpoint.save(path, state.network, _meta(config, manifest, loader, state, rng))
-    # mid-epoch checkpoints are only stepping stones: keep the newest one alone
-    for old in checkpoint.all_in(ckpt_dir):
-        if old != path and not old.name.endswith("-s0000000.npz"):
-            old.unlink(missing_ok=True)
-    return path
+    def _diverged(self, loss: float, steps: int) -> None:
+        first = self.state.step + 1
+        where = f"step {first}" + (f"-{first + steps - 1}" if steps > 1 else "")
+        raise DivergedError(
+            f"loss became {loss} in epoch {self.state.epoch + 1}, {where}: lower --lr or check "
+            f"the data (pipeline verify); last good checkpoint: "
+            f"{self.last.name if self.last else 'none yet'}"
+        )
+
+    def _meta(self) -> dict[str, Any]:
+        state, config = self.state, self.config
+        return {
+            "config": config.to_json(),
+            "sizes": state.network.sizes,
+            "recipe": "mlp-sigmoid-mse-sgd",
+            "epoch": state.epoch,
+            "step": state.step,
+            "loss_sum": state.loss_sum,
+            "samples": state.samples,
+            "history": state.history,
+            "loader": asdict(self.train_loader.state(state.epoch, state.step)),
+            "optimizer": {"name": "sgd", "lr": config.lr},  # plain SGD carries no state
+            "rng": self.rng.bit_generator.state,
+            "manifest_sha256": self.manifest.sha256,
+            "dataset": self.manifest.name,
+            "classes": self.manifest.classes,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
 
 
 def _restore(
