@@ -27,6 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from pipeline import evaluate as evaluate_stage
@@ -159,6 +160,38 @@ def _display() -> Iterator[Progress | None]:
 # --- prepare and verify -------------------------------------------------------------------
 
 
+class PrepareView:
+    """Shows samples written and speed per split: a bar on a terminal, else a line per split."""
+
+    def __init__(self, progress: Progress | None, totals: dict[str, int]) -> None:
+        self.progress, self.totals = progress, totals
+        self.done = dict.fromkeys(totals, 0)
+        self.started = time.perf_counter()
+        self.tasks = {}
+        if progress is not None:
+            self.tasks = {
+                s: progress.add_task(f"prepare {s}", total=n, info="") for s, n in totals.items()
+            }
+
+    def __call__(self, split: str, samples: int) -> None:
+        self.done[split] += samples
+        rate = f"{self.done[split] / max(time.perf_counter() - self.started, 1e-9):,.0f} samples/s"
+        if self.progress is not None:
+            self.progress.update(self.tasks[split], advance=samples, info=rate)
+        elif self.done[split] == self.totals[split]:
+            out.print(
+                f"prepare {split}: {self.totals[split]:,} samples written, {rate}", highlight=False
+            )
+        if self.done[split] == self.totals[split]:
+            self.started = time.perf_counter()  # the next split's clock
+
+    def finish(self) -> None:
+        """Fill the bars (a no-op prepare writes nothing)."""
+        if self.progress is not None:
+            for split, task in self.tasks.items():
+                self.progress.update(task, completed=self.totals[split])
+
+
 def _do_prepare(
     out_dir: Path,
     source: str,
@@ -169,31 +202,9 @@ def _do_prepare(
     force: bool,
     progress: Progress | None,
 ) -> prepare_stage.PrepareResult:
-    raw = sources.load(
-        source, name=name, classes=[c.strip() for c in classes.split(",")] if classes else None
-    )
-    tasks = {}
-    if progress is not None:
-        tasks = {
-            split: progress.add_task(f"prepare {split}", total=len(data.images), info="")
-            for split, data in raw.splits.items()
-        }
-
-    done = dict.fromkeys(raw.splits, 0)
-    split_started = [time.perf_counter()]
-
-    def on_progress(split: str, samples: int) -> None:
-        # samples written and speed: on the bar on a terminal, one plain line per split otherwise
-        done[split] += samples
-        total = len(raw.splits[split].images)
-        rate = f"{done[split] / max(time.perf_counter() - split_started[0], 1e-9):,.0f} samples/s"
-        if progress is not None:
-            progress.update(tasks[split], advance=samples, info=rate)
-        elif done[split] == total:
-            out.print(f"prepare {split}: {total:,} samples written, {rate}", highlight=False)
-        if done[split] == total:
-            split_started[0] = time.perf_counter()
-
+    class_names = [c.strip() for c in classes.split(",")] if classes else None
+    raw = sources.load(source, name=name, classes=class_names)
+    view = PrepareView(progress, {split: len(data.images) for split, data in raw.splits.items()})
     result = prepare_stage.prepare(
         out_dir,
         raw,
@@ -201,11 +212,9 @@ def _do_prepare(
         compression=compression.value,
         force=force,
         command=_command(),
-        on_progress=on_progress,
+        on_progress=view,
     )
-    if progress is not None:
-        for split, task in tasks.items():
-            progress.update(task, completed=len(raw.splits[split].images))
+    view.finish()
     return result
 
 
@@ -278,7 +287,7 @@ def verify(
                 check.split,
                 check.file,
                 f"{check.samples:,}",
-                "[green]ok[/]" if check.problem is None else f"[red]{check.problem}[/]",
+                Text("ok", "green") if check.problem is None else Text(check.problem, "red"),
             )
             if check.problem is not None:
                 problems.append(f"{data / check.file}: {check.problem}")
