@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import kernels
 from pipeline.model import Network, sigmoid
 
 
@@ -170,4 +169,29 @@ def test_predict_is_argmax_of_output() -> None:
     net = make([6, 5, 3])
     x, _ = batch(np.random.default_rng(8), 10, 6, 3)
     assert np.array_equal(net.predict(x), net.feedforward(x)[-1].argmax(axis=1))
-    assert kernels is not None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_many_steps_in_one_call_equal_one_call_per_batch(dtype: str) -> None:
+    """`steps` (the kernel's block path) is bit-identical to `step` batch by batch."""
+    rng = np.random.default_rng(12)
+    x, y = batch(rng, 3 * 40 + 2, 784, 10, dtype)  # the last batch is partial
+    blocked = make([784, 30, 10], seed=13, dtype=dtype, std=0.01)
+    stepped = make([784, 30, 10], seed=13, dtype=dtype, std=0.01)
+    total = blocked.steps(x, y, 0.1, 3)
+    losses = [stepped.step(x[i : i + 3], y[i : i + 3], 0.1) for i in range(0, len(x), 3)]
+    assert total == pytest.approx(sum(losses), rel=1e-12)
+    for a, b in zip(
+        blocked.weights + blocked.biases, stepped.weights + stepped.biases, strict=True
+    ):
+        assert np.array_equal(a, b)
+
+
+def test_deeper_networks_train_through_the_plain_equations() -> None:
+    rng = np.random.default_rng(14)
+    net = make([20, 8, 6, 4], seed=15, std=0.5)
+    x, y = batch(rng, 9, 20, 4)
+    before = total_loss(net, x, y)
+    for _ in range(50):
+        net.steps(x, y, 0.5, 3)
+    assert total_loss(net, x, y) < before
