@@ -20,15 +20,8 @@ from pipeline.errors import LockedError
 TMP_SUFFIX = ".tmp"
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file's data, or a directory's entries (a rename), to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -43,9 +36,9 @@ def tmp_path_for(path: Path) -> Path:
 
 def commit(tmp: Path, path: Path) -> None:
     """Make a fully written temporary file durable and move it to its final name."""
-    fsync_file(tmp)
+    fsync(tmp)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync(path.parent)
 
 
 @contextlib.contextmanager
