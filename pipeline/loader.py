@@ -24,6 +24,8 @@ from pipeline.errors import ConfigError
 from pipeline.shards import Manifest, ShardInfo, open_shard, read_rows
 
 Batch = tuple[np.ndarray, np.ndarray]  # x (batch, features) float32, y (batch, classes) float32
+# what the reader hands over: x, y and the rows to take from them, in order (None: all)
+_Block = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 BLOCK_CHUNKS = 16  # a block is this many HDF5 chunks (4096 rows at the default layout)
 
 
@@ -149,7 +151,7 @@ class Loader:
 
     # --- reading (background thread) -----------------------------------------------------
 
-    def _blocks(self, epoch: int, segment: _Segment) -> Iterator[Batch]:
+    def _blocks(self, epoch: int, segment: _Segment) -> Iterator[_Block]:
         path = self.manifest.path(segment.shard)
         with open_shard(path, locking=self.locking) as f:
             if not self.shuffle:
@@ -157,16 +159,16 @@ class Loader:
                 while start < segment.stop:
                     # end at a block boundary, so every read covers whole chunks
                     stop = min(segment.stop, (start // self.block_rows + 1) * self.block_rows)
-                    yield read_rows(f, path, start, stop)
+                    yield (*read_rows(f, path, start, stop), None)
                     start = stop
                 return
             # shuffled: read the whole shard in one read (blocks then a concatenation would
-            # hold it twice), then hand out permuted blocks of it
+            # hold it twice), then hand out permuted blocks of it; the consumer gathers the
+            # rows, so the gather overlaps the reading of the next shard
             x, y = read_rows(f, path, 0, segment.shard.samples)  # (rows, features), (rows, classes)
         order = self._permutation(epoch, segment.index)[segment.start : segment.stop]
         for s in range(0, len(order), self.block_rows):
-            rows = order[s : s + self.block_rows]
-            yield x[rows], y[rows]
+            yield x, y, order[s : s + self.block_rows]
 
     def _produce(
         self, epoch: int, segments: list[_Segment], q: queue.Queue[object], stop: threading.Event
@@ -231,7 +233,9 @@ class Loader:
         while (item := q.get()) is not _DONE:
             if isinstance(item, _Failure):
                 raise item.exc
-            x, y = cast(Batch, item)
+            x, y, rows = cast(_Block, item)
+            if rows is not None:
+                x, y = x[rows], y[rows]  # (block, features), (block, classes)
             start = 0
             if carry is not None:  # one batch across the block boundary: a small copy
                 start = min(size - len(carry[0]), len(x))
