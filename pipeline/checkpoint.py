@@ -8,10 +8,12 @@ the newest is the last; a name is never reused within a run, so nothing is overw
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,10 @@ NAME = re.compile(r"^checkpoint-e(?P<epoch>\d{4})-s(?P<step>\d{7})\.npz$")
 @dataclass(frozen=True)
 class Checkpoint:
     path: Path
+    sha256: str  # of the bytes the network was read from
     network: Network
     meta: dict[str, Any]
+    data: bytes = field(repr=False)  # the file as read
 
 
 def name_for(epoch: int, step: int) -> str:
@@ -47,15 +51,24 @@ def save(path: Path, network: Network, meta: dict[str, Any]) -> None:
 
 
 def load(path: Path) -> Checkpoint:
-    """Read a checkpoint; anything but our own plain arrays (pickles, damage) is refused."""
+    """Read a checkpoint; anything but our own plain arrays (pickles, damage) is refused.
+
+    The file is read once: the network and the sha256 a report quotes come from the same
+    bytes, even if a running `train` replaces the file meanwhile.
+    """
     try:
-        # our own handle: np.load leaks its file when the zip directory is damaged
-        with path.open("rb") as f, np.load(f, allow_pickle=False) as npz:
-            members = {name: npz[name] for name in npz.files}
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    if not data.startswith(b"PK"):
+        raise CheckpointError(f"{path}: not a checkpoint (.npz) file")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            members = {name: npz[name] for name in npz.files}
     except ValueError as exc:
-        if "allow_pickle" in str(exc):
+        if "allow_pickle=False" in str(exc):
             raise CheckpointError(f"{path}: holds a pickled object array; refused") from None
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -67,14 +80,19 @@ def load(path: Path) -> Checkpoint:
         biases = [members.pop(f"b{i}") for i in range(n)]
     except (KeyError, ValueError, IndexError) as exc:
         raise CheckpointError(f"{path}: not a pipeline checkpoint (missing {exc})") from None
-    if members or meta.get("format") != FORMAT_VERSION or not weights:
+    if not isinstance(meta, dict) or members or meta.get("format") != FORMAT_VERSION or not weights:
         raise CheckpointError(f"{path}: not a pipeline checkpoint of format {FORMAT_VERSION}")
     for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
         if w.ndim != 2 or b.shape != (w.shape[1],) or w.dtype.kind != "f" or b.dtype != w.dtype:
             raise CheckpointError(f"{path}: layer {i} has shapes {w.shape} and {b.shape}")
         if i and weights[i - 1].shape[1] != w.shape[0]:
             raise CheckpointError(f"{path}: layer {i} does not fit the layer before it")
-    return Checkpoint(path, Network(weights, biases), meta)
+    return Checkpoint(path, hashlib.sha256(data).hexdigest(), Network(weights, biases), meta, data)
+
+
+def is_kept(path: Path) -> bool:
+    """Epoch-end checkpoints stay for good; mid-epoch ones are replaced by the next."""
+    return NAME.match(path.name) is not None and path.name.endswith("-s0000000.npz")
 
 
 def all_in(directory: Path) -> list[Path]:

@@ -86,6 +86,12 @@ def friendly_errors() -> Iterator[None]:
             err=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except MemoryError:
+        typer.echo("error: out of memory (a smaller --hidden or --batch-size?)", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    except OSError as exc:  # a safety net: the stages turn the ones they expect into errors
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 def _command() -> str:
@@ -195,6 +201,7 @@ class PrepareView:
 def _do_prepare(
     out_dir: Path,
     source: str,
+    *,
     name: str | None,
     classes: str | None,
     shard_size: int,
@@ -266,7 +273,14 @@ def prepare(
     """Read IDX files and write normalized, one-hot HDF5 shards plus manifest.json."""
     with friendly_errors(), _display() as progress:
         result = _do_prepare(
-            out_dir, source, name, classes, shard_size, compression, force, progress
+            out_dir,
+            source,
+            name=name,
+            classes=classes,
+            shard_size=shard_size,
+            compression=compression,
+            force=force,
+            progress=progress,
         )
     _summary(result)
 
@@ -467,18 +481,20 @@ def run(
     data = data or run_dir / "shards"
     with friendly_errors():
         with _display() as progress:
-            prepared = _do_prepare(
-                data,
-                source,
-                None,
-                None,
-                prepare_stage.DEFAULT_SHARD_SIZE,
-                Compression.none,
-                False,
-                progress,
-            )
-            if prepared.skipped:
-                out.print(f"shards: {data} already up to date", highlight=False)
+            existing = prepare_stage.find_set(data, source)
+            if existing is not None:
+                out.print(f"shards: {data} already holds {existing.name}", highlight=False)
+            else:
+                _do_prepare(
+                    data,
+                    source,
+                    name=None,
+                    classes=None,
+                    shard_size=prepare_stage.DEFAULT_SHARD_SIZE,
+                    compression=Compression.none,
+                    force=False,
+                    progress=progress,
+                )
             _do_train(data, run_dir, config, True, progress)
         evaluation = evaluate_stage.evaluate(run_dir, data_dir=data)
     _show_report(evaluation)

@@ -14,28 +14,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline import checkpoint, plots
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
-from pipeline.fsutil import atomic_write_bytes, sha256_file
+from pipeline.fsutil import atomic_write_bytes
 from pipeline.loader import Loader
-from pipeline.metrics import ClassificationReport, classification_report, confusion_matrix
-from pipeline.model import Network
+from pipeline.metrics import ClassificationReport, classification_report, confusion_on
 from pipeline.shards import Manifest, load_manifest
+from pipeline.train import CHECKPOINT_DIR, EVAL_BATCH, RUN_FILE, read_run_file
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
-BATCH = 1000
-
-
-def confusion_on(network: Network, loader: Loader) -> np.ndarray:
-    """(classes, classes) counts of (true, predicted) over one pass of the loader's split."""
-    n = network.sizes[-1]
-    confusion = np.zeros((n, n), np.int64)
-    for x, y in loader.epoch(0):
-        confusion += confusion_matrix(y.argmax(axis=1), network.predict(x), n)
-    return confusion
 
 
 @dataclass(frozen=True)
@@ -48,22 +36,22 @@ class Evaluation:
 def _data_dir(run_dir: Path, data_dir: Path | None) -> Path:
     if data_dir is not None:
         return data_dir
-    try:
-        return Path(json.loads((run_dir / "run.json").read_text())["data"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(
-            f"{run_dir}: no readable run.json to find the data; pass --data ({exc})"
-        ) from None
+    saved = read_run_file(run_dir)
+    if saved is None:
+        raise ConfigError(f"{run_dir}: no {RUN_FILE} to find the shards by; pass --data")
+    return Path(saved["data"])
 
 
-def _history(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not a readable metrics log ({exc})") from None
+def _keep(ckpt: checkpoint.Checkpoint, run_dir: Path) -> Path:
+    """The report's checkpoint, where no later run can remove or overwrite it: the run's own
+    epoch-end checkpoints stay as they are; any other is copied in under its content hash."""
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    if ckpt.path.resolve().parent == ckpt_dir.resolve() and checkpoint.is_kept(ckpt.path):
+        return ckpt.path
+    kept = ckpt_dir / f"evaluated-{ckpt.sha256[:16]}.npz"
+    ckpt_dir.mkdir(exist_ok=True)
+    atomic_write_bytes(kept, ckpt.data)
+    return kept
 
 
 def evaluate(
@@ -75,7 +63,7 @@ def evaluate(
 ) -> Evaluation:
     if not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir}: no such run directory")
-    path = checkpoint_path or checkpoint.newest(run_dir / "checkpoints")
+    path = checkpoint_path or checkpoint.newest(run_dir / CHECKPOINT_DIR)
     if path is None:
         raise CheckpointError(f"{run_dir}: holds no checkpoint; run `pipeline train` first")
     ckpt = checkpoint.load(path)
@@ -91,11 +79,12 @@ def evaluate(
     if not os.access(run_dir, os.W_OK):
         raise OutputError(f"--run-dir {run_dir}: not writable, the report cannot be saved")
 
-    confusion = confusion_on(ckpt.network, Loader(manifest, split, batch_size=BATCH))
+    confusion = confusion_on(ckpt.network, Loader(manifest, split, batch_size=EVAL_BATCH))
     report = classification_report(confusion)
-    history = _history(run_dir)
-    doc = _report_doc(report, manifest, split, ckpt, run_dir, history)
+    history = ckpt.meta.get("history") or []  # the epochs that made this checkpoint
     try:
+        kept = _keep(ckpt, run_dir)
+        doc = _report_doc(report, manifest, split, ckpt, kept, run_dir, history)
         plots.save_confusion_heatmap(
             confusion,
             manifest.classes,
@@ -121,6 +110,7 @@ def _report_doc(
     manifest: Manifest,
     split: str,
     ckpt: checkpoint.Checkpoint,
+    kept: Path,
     run_dir: Path,
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
@@ -131,10 +121,9 @@ def _report_doc(
         "samples": int(report.support.sum()),
         "classes": manifest.classes,
         "checkpoint": {
-            "file": str(ckpt.path.resolve().relative_to(run_dir.resolve()))
-            if ckpt.path.resolve().is_relative_to(run_dir.resolve())
-            else str(ckpt.path),
-            "sha256": sha256_file(ckpt.path),
+            "file": str(kept.resolve().relative_to(run_dir.resolve())),
+            "evaluated": str(ckpt.path),
+            "sha256": ckpt.sha256,
             "epoch": meta.get("epoch"),
             "step": meta.get("step"),
         },

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import LockedError
+from pipeline.errors import LockedError, OutputError
 
 TMP_SUFFIX = ".tmp"
 
@@ -78,7 +78,10 @@ def dir_lock(directory: Path, *, what: str) -> Iterator[None]:
     flock locks die with their process, so a killed writer never leaves a stale lock.
     """
     lock_file = directory / ".lock"
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"{directory}: cannot write here ({exc.strerror})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -96,7 +96,7 @@ class Loader:
             drop_last,
         )
         self.locking, self.prefetch = locking, prefetch
-        self.block_rows = BLOCK_CHUNKS * int(manifest.raw["layout"]["chunk_rows"])
+        self.block_rows = BLOCK_CHUNKS * manifest.chunk_rows
         # this rank's part of every epoch: positions [lo, hi) of the epoch's sequence
         self.lo = info.samples * rank // world_size
         self.hi = info.samples * (rank + 1) // world_size
@@ -117,11 +117,15 @@ class Loader:
             epoch, batches, self.seed, self.batch_size, self.shuffle, self.manifest.sha256
         )
 
+    def check_state(self, state: LoaderState, epoch: int, batches: int) -> None:
+        """Refuse a saved state this loader would not have produced at (epoch, batches)."""
+        mine = self.state(epoch, batches)
+        if mine != state:
+            raise ConfigError(f"saved loader state {state} does not fit this loader's {mine}")
+
     def resume(self, state: LoaderState) -> Generator[Batch]:
         """The rest of the epoch a saved state stopped in, exactly as it would have come."""
-        mine = self.state(state.epoch, state.batches)
-        if mine != state:
-            raise ConfigError(f"cannot resume: saved loader state {state} does not fit {mine}")
+        self.check_state(state, state.epoch, state.batches)
         return self.epoch(state.epoch, start_batch=state.batches)
 
     # --- the epoch's order ---------------------------------------------------------------

@@ -5,10 +5,17 @@ set batch by batch, add up `confusion_matrix` per batch, and call `classificatio
 at the end without ever holding all predictions in memory.
 """
 
+from __future__ import annotations
+
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.loader import Loader
+    from pipeline.model import Network
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -127,3 +134,12 @@ def classification_report(confusion: np.ndarray) -> ClassificationReport:
         support=support,
         confusion=counts,
     )
+
+
+def confusion_on(network: Network, loader: Loader) -> np.ndarray:
+    """(classes, classes) counts of (true, predicted) over one streamed pass of a split."""
+    n = network.sizes[-1]
+    confusion = np.zeros((n, n), np.int64)
+    for x, y in loader.epoch(0):
+        confusion += confusion_matrix(y.argmax(axis=1), network.predict(x), n)
+    return confusion

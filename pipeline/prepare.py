@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import OutputError, PipelineError, ShardSetError
+from pipeline.errors import ConfigError, OutputError, ShardSetError
 from pipeline.fsutil import atomic_write_bytes, dir_lock, remove_stale_tmp
 from pipeline.shards import (
     CHUNK_ROWS,
@@ -34,7 +34,7 @@ from pipeline.shards import (
     load_manifest,
     provenance,
 )
-from pipeline.sources import RawDataset
+from pipeline.sources import RawDataset, resolve
 
 DEFAULT_SHARD_SIZE = 10_000
 # prepare feeds the writer in blocks of this many samples, so progress moves smoothly
@@ -68,6 +68,17 @@ def _existing(out: Path) -> Manifest | None:
         return None  # a damaged set: rebuilding it loses nothing usable
 
 
+def find_set(out: Path, source: str | None) -> Manifest | None:
+    """A complete shard set in `out` built from `source` (any layout options), or None.
+
+    Reads nothing but the manifest and the shard sizes, so it also works on a read-only volume.
+    """
+    existing = _existing(out)
+    if existing is None or existing.raw.get("source", {}).get("spec") != resolve(source)[0]:
+        return None
+    return existing
+
+
 def _remove_orphans(out: Path, keep: Manifest | None) -> None:
     referenced = set()
     if keep is not None:
@@ -89,9 +100,9 @@ def prepare(
 ) -> PrepareResult:
     """Write `raw` as a shard set in `out`; `on_progress(split, samples)` after each block."""
     if shard_size < 1:
-        raise PipelineError(f"--shard-size {shard_size}: must be at least 1")
+        raise ConfigError(f"--shard-size {shard_size}: must be at least 1")
     if compression not in COMPRESSIONS:
-        raise PipelineError(f"--compression {compression!r}: choose one of {COMPRESSIONS}")
+        raise ConfigError(f"--compression {compression!r}: choose one of {COMPRESSIONS}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

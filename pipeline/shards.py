@@ -183,6 +183,7 @@ class Manifest:
     features: int
     image_shape: list[int]
     compression: str
+    chunk_rows: int  # rows per HDF5 chunk: the loader reads whole chunks
     splits: dict[str, SplitInfo]
     raw: dict[str, Any] = field(repr=False)
 
@@ -231,12 +232,17 @@ def _parse(directory: Path, text: bytes) -> Manifest:
             features=int(doc["features"]),
             image_shape=[int(d) for d in doc["image_shape"]],
             compression=str(doc["layout"]["compression"]),
+            chunk_rows=int(doc["layout"]["chunk_rows"]),
             splits=splits,
             raw=doc,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ShardSetError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
-    if manifest.features != int(np.prod(manifest.image_shape)) or manifest.n_classes < 2:
+    if (
+        manifest.features != int(np.prod(manifest.image_shape))
+        or manifest.n_classes < 2
+        or manifest.chunk_rows < 1
+    ):
         raise ShardSetError(f"{where}: inconsistent features/image_shape/classes")
     return manifest
 
@@ -271,7 +277,14 @@ def open_shard(path: Path, *, locking: bool = True) -> h5py.File:
     """Open a shard read-only. `locking=False` for file systems without POSIX locks (NFS)."""
     try:
         return h5py.File(path, "r", locking=locking)
+    except FileNotFoundError:
+        raise ShardSetError(f"{path}: shard listed in the manifest is missing") from None
     except OSError as exc:
+        if "unable to lock file" in str(exc):
+            raise ShardSetError(
+                f"{path}: locked by another process ({exc}); on a file system without POSIX "
+                "locks set HDF5_USE_FILE_LOCKING=FALSE"
+            ) from None
         raise ShardCorruptError(f"{path}: not a readable HDF5 shard ({exc})") from None
 
 
@@ -318,7 +331,7 @@ def _check_shard(
                 stop = min(n, start + 16 * CHUNK_ROWS)
                 images, labels = read_rows(f, path, start, stop)
                 targets = f["targets"][start:stop]
-                if images.min() < 0.0 or images.max() > 1.0:
+                if not ((images >= 0.0) & (images <= 1.0)).all():  # NaN fails this too
                     return f"image values outside [0, 1] in rows {start}:{stop}"
                 if not (np.isin(labels, (0.0, 1.0)).all() and (labels.sum(axis=1) == 1).all()):
                     return f"labels not one-hot in rows {start}:{stop}"

@@ -22,9 +22,9 @@ import numpy as np
 
 from pipeline import checkpoint
 from pipeline.errors import CheckpointError, ConfigError, DivergedError, OutputError
-from pipeline.evaluate import confusion_on
-from pipeline.fsutil import atomic_write_bytes, dir_lock
+from pipeline.fsutil import atomic_write_bytes, dir_lock, remove_stale_tmp
 from pipeline.loader import Loader, LoaderState
+from pipeline.metrics import confusion_on
 from pipeline.model import Network
 from pipeline.shards import Manifest, load_manifest
 
@@ -59,6 +59,8 @@ class TrainConfig:
                 raise ConfigError(f"{option} {value}: must be at least 1")
         if not self.hidden or min(self.hidden) < 1:
             raise ConfigError(f"--hidden {list(self.hidden)}: each hidden size must be at least 1")
+        if self.seed < 0:
+            raise ConfigError(f"--seed {self.seed}: must be 0 or more")
         if self.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every {self.checkpoint_every}: must be 0 or more")
         if not (math.isfinite(self.init_std) and self.init_std > 0):
@@ -111,15 +113,17 @@ class TrainResult:
     resumed_from: Path | None
 
 
-def _read_run_file(run_dir: Path) -> dict[str, Any] | None:
+def read_run_file(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / RUN_FILE
     if not path.exists():
         return None
     try:
         doc: dict[str, Any] = json.loads(path.read_text())
         TrainConfig.from_json(doc["config"])
+        if not isinstance(doc["manifest_sha256"], str) or not isinstance(doc["data"], str):
+            raise TypeError("manifest_sha256 and data must be strings")
         return doc
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path}: not a readable run file ({exc})") from None
 
 
@@ -161,19 +165,25 @@ def train(
         (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
-    with dir_lock(run_dir, what="train"):
-        return _train_locked(manifest, run_dir, config, resume, reporter)
+    try:
+        with dir_lock(run_dir, what="train"):
+            remove_stale_tmp(run_dir)  # left by a run killed while writing
+            remove_stale_tmp(run_dir / CHECKPOINT_DIR)
+            return _train_locked(manifest, run_dir, config, resume, reporter)
+    except OSError as exc:  # a full disk, a read-only volume: whatever the OS refused
+        raise OutputError(f"{run_dir}: cannot write the run ({exc})") from None
 
 
 def _train_locked(
     manifest: Manifest, run_dir: Path, config: TrainConfig, resume: bool, reporter: Reporter
 ) -> TrainResult:
-    saved = _read_run_file(run_dir)
+    saved = read_run_file(run_dir)
     if saved is not None and not resume:
         raise ConfigError(f"{run_dir}: already holds a run; pass --resume or use another --run-dir")
     if saved is not None:
         _check_compatible(run_dir, saved, config, manifest)
-    else:
+    trainer = Trainer(manifest, run_dir, config, reporter)  # before run.json: bad input leaves none
+    if saved is None:
         doc = {
             "config": config.to_json(),
             "manifest_sha256": manifest.sha256,
@@ -182,7 +192,6 @@ def _train_locked(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         atomic_write_bytes(run_dir / RUN_FILE, (json.dumps(doc, indent=2) + "\n").encode())
-    trainer = Trainer(manifest, run_dir, config, reporter)
     resumed_from = trainer.restore()
     last = trainer.run()
     return TrainResult(trainer.state.network, trainer.state.history, last, resumed_from)
@@ -203,7 +212,14 @@ class Trainer:
         self.ckpt_dir = run_dir / CHECKPOINT_DIR
         sizes = [manifest.features, *config.hidden, manifest.n_classes]
         self.rng = np.random.default_rng(config.seed)
-        network = Network.initialize(sizes, rng=self.rng, std=config.init_std, dtype=config.dtype)
+        try:
+            network = Network.initialize(
+                sizes, rng=self.rng, std=config.init_std, dtype=config.dtype
+            )
+        except MemoryError:
+            raise ConfigError(
+                f"--hidden {list(config.hidden)}: the network does not fit in memory"
+            ) from None
         self.state = RunState(network)
         self.train_loader = Loader(
             manifest,
@@ -217,11 +233,43 @@ class Trainer:
 
     def restore(self) -> Path | None:
         """Continue from the newest checkpoint, if there is one; returns it."""
-        self.last = checkpoint.newest(self.ckpt_dir)
-        if self.last is not None:
-            self.state = _restore(self.last, self.state, self.rng, self.manifest, self.train_loader)
-            _write_metrics(self.run_dir, self.state.history)
-        return self.last
+        path = checkpoint.newest(self.ckpt_dir)
+        if path is None:
+            return None
+        ckpt = checkpoint.load(path)
+        meta, network = ckpt.meta, ckpt.network
+        if not isinstance(meta.get("config"), dict):
+            raise CheckpointError(f"{path}: holds no training config")
+        _check_compatible(
+            path,
+            {**meta, "manifest_sha256": meta.get("manifest_sha256")},
+            self.config,
+            self.manifest,
+        )
+        fresh = self.state.network
+        if network.sizes != fresh.sizes or network.dtype != fresh.dtype:
+            raise CheckpointError(
+                f"{path}: layers {network.sizes} {network.dtype} do not fit "
+                f"{fresh.sizes} {fresh.dtype}"
+            )
+        try:
+            position = (int(meta["epoch"]), int(meta["step"]))
+            self.train_loader.check_state(LoaderState(**meta["loader"]), *position)
+            self.rng.bit_generator.state = meta["rng"]
+            self.state = RunState(
+                network,
+                *position,
+                float(meta["loss_sum"]),
+                int(meta["samples"]),
+                list(meta["history"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        _write_metrics(self.run_dir, self.state.history)
+        self.last = path
+        return path
 
     def run(self) -> Path:
         """Train up to `config.epochs`; returns the final checkpoint."""
@@ -282,7 +330,7 @@ class Trainer:
         checkpoint.save(path, state.network, self._meta())
         # mid-epoch checkpoints are only stepping stones: keep the newest one alone
         for old in checkpoint.all_in(self.ckpt_dir):
-            if old != path and not old.name.endswith("-s0000000.npz"):
+            if old != path and not checkpoint.is_kept(old):
                 old.unlink(missing_ok=True)
         self.last = path
 
@@ -314,33 +362,3 @@ class Trainer:
             "classes": self.manifest.classes,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-
-
-def _restore(
-    path: Path, fresh: RunState, rng: np.random.Generator, manifest: Manifest, loader: Loader
-) -> RunState:
-    ckpt = checkpoint.load(path)
-    meta = ckpt.meta
-    if meta.get("manifest_sha256") != manifest.sha256:
-        raise CheckpointError(f"{path}: was written for another shard set")
-    if ckpt.network.sizes != fresh.network.sizes or ckpt.network.dtype != fresh.network.dtype:
-        raise CheckpointError(
-            f"{path}: layers {ckpt.network.sizes} {ckpt.network.dtype} do not fit "
-            f"{fresh.network.sizes} {fresh.network.dtype}"
-        )
-    try:
-        saved_loader = LoaderState(**meta["loader"])
-        rng.bit_generator.state = meta["rng"]
-        state = RunState(
-            ckpt.network,
-            int(meta["epoch"]),
-            int(meta["step"]),
-            float(meta["loss_sum"]),
-            int(meta["samples"]),
-            list(meta["history"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
-    if saved_loader != loader.state(state.epoch, state.step):
-        raise CheckpointError(f"{path}: its loader state {saved_loader} does not fit this run")
-    return state

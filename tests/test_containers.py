@@ -40,7 +40,8 @@ def test_dockerfile_copies_what_exists_and_runs_the_console_script() -> None:
             assert (REPO / source).exists(), f"COPY {source}: not in the repository"
     assert project["scripts"]["pipeline"] == "pipeline.cli:app"
     assert instructions("ENTRYPOINT") == ['["pipeline"]']
-    assert any("python -m pipeline.kernels" in run for run in instructions("RUN"))
+    # the kernel is warmed from /, so the installed package (not /app/pipeline) is compiled
+    assert any("cd / && python -m pipeline.kernels" in run for run in instructions("RUN"))
     assert instructions("USER") == ["pipeline"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -16,9 +17,10 @@ import pytest
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
-from pipeline import evaluate, prepare, sources, train
+from pipeline import checkpoint, evaluate, prepare, sources, train
 from pipeline.cli import EXIT_ERROR, EXIT_GATE, app
 from pipeline.errors import CheckpointError, OutputError, ShardSetError
+from pipeline.fsutil import sha256_file
 from pipeline.shards import MANIFEST, Manifest
 from tests.conftest import random_split, write_idx_dir
 
@@ -110,6 +112,53 @@ def test_named_checkpoint_and_split(trained_run: Path, tmp_path: Path) -> None:
     first = run_dir / "checkpoints" / "checkpoint-e0001-s0000000.npz"
     result = evaluate.evaluate(run_dir, checkpoint_path=first, split="train")
     assert result.doc["checkpoint"]["epoch"] == 1 and result.doc["samples"] == 3000
+    assert result.doc["checkpoint"]["file"] == "checkpoints/checkpoint-e0001-s0000000.npz"
+    assert [r["epoch"] for r in result.doc["history"]] == [1]  # the history of that checkpoint
+
+
+def test_a_checkpoint_from_elsewhere_is_kept_in_the_run_dir(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """The report's checkpoint stays: one from outside (or mid-epoch) is copied in by hash."""
+    run_dir = copy_run(trained_run, tmp_path)
+    outside = tmp_path / "elsewhere.npz"
+    shutil.copy(run_dir / "checkpoints" / "checkpoint-e0001-s0000000.npz", outside)
+    doc = evaluate.evaluate(run_dir, checkpoint_path=outside).doc
+    kept = run_dir / doc["checkpoint"]["file"]
+    assert kept.parent == run_dir / "checkpoints" and kept.name.startswith("evaluated-")
+    assert sha256_file(kept) == doc["checkpoint"]["sha256"] == sha256_file(outside)
+    # a later resume does not take the copy for the run's newest checkpoint
+    assert checkpoint.newest(run_dir / "checkpoints") == run_dir / "checkpoints" / (
+        "checkpoint-e0002-s0000000.npz"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"just text", "not a checkpoint"),
+        (None, "not a checkpoint"),  # a .npy array, not an .npz archive
+        ("meta-list", "not a pipeline checkpoint"),
+    ],
+)
+def test_foreign_checkpoint_files_are_one_line_errors(
+    trained_run: Path, tmp_path: Path, content: bytes | str | None, needle: str
+) -> None:
+    run_dir = copy_run(trained_run, tmp_path)
+    path = tmp_path / "foreign.npz"
+    if content is None:
+        with path.open("wb") as f:
+            np.save(f, np.zeros(3))
+    elif content == "meta-list":
+        with path.open("wb") as f:
+            np.savez(f, meta=np.array("[1, 2]"), w0=np.zeros((784, 2)), b0=np.zeros(2))
+    else:
+        path.write_bytes(content)  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match=needle):
+        checkpoint.load(path)
+    assert needle in one_line_error(
+        ["evaluate", "--run-dir", str(run_dir), "--checkpoint", str(path)]
+    )
 
 
 def test_gate_exit_codes(trained_run: Path, tmp_path: Path) -> None:
@@ -181,8 +230,15 @@ def test_empty_split(trained_run: Path, slice_shards: Manifest, tmp_path: Path) 
 
 @contextlib.contextmanager
 def read_only_copy(source: Path, where: Path) -> Iterator[Path]:
-    """`source` copied onto a tmpfs remounted read-only: unwritable even for root."""
+    """`source` copied onto a tmpfs remounted read-only (unwritable even for root), or, for
+    a user who may not mount, a copy whose modes forbid writing."""
     where.mkdir()
+    if os.geteuid() != 0:
+        shutil.copytree(source, where / "run")
+        for path in [where / "run", *(where / "run").rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        yield where / "run"
+        return
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)], check=True)
     try:
         shutil.copytree(source, where / "run")
@@ -227,7 +283,7 @@ def test_pipeline_run_end_to_end_on_a_real_mnist_slice(
     # a second run reuses the shards and the finished run: nothing is retrained
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.stderr
-    assert "already up to date" in again.stdout
+    assert "already holds mnist-slice" in again.stdout
     assert json.loads((tmp_path / "run" / "report.json").read_text())["accuracy"] == doc["accuracy"]
 
 

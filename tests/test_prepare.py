@@ -740,12 +740,13 @@ def replace_dataset(name: str, dtype: str) -> Any:
     [
         (set_value("images", (300, 5), lambda v: 1.5), "image values outside [0, 1]"),
         (set_value("images", (3, 400), lambda v: -0.25), "image values outside [0, 1]"),
+        (set_value("images", (7, 300), lambda v: np.nan), "image values outside [0, 1]"),
         (set_value("labels", (700,), lambda v: np.zeros_like(v)), "labels not one-hot"),
         (set_value("labels", (9,), lambda v: np.full_like(v, 0.1)), "labels not one-hot"),
         (set_value("targets", (42,), lambda v: (v + 1) % 10), "targets disagree with labels"),
         (replace_dataset("targets", "int64"), "targets is (1000,) int64, expected (1000,) uint8"),
     ],
-    ids=["above-1", "below-0", "no-class", "spread", "targets", "dtype"],
+    ids=["above-1", "below-0", "nan", "no-class", "spread", "targets", "dtype"],
 )
 def test_verify_checks_content_behind_a_matching_sha256(
     slice_copy: Path, edit: Callable[[h5py.File], None], expected: str

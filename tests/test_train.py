@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 
 from pipeline import checkpoint, train
 from pipeline.cli import app
-from pipeline.errors import CheckpointError, ConfigError, DivergedError, LockedError
+from pipeline.errors import CheckpointError, ConfigError, DivergedError, LockedError, OutputError
 from pipeline.fsutil import dir_lock, sha256_file
 from pipeline.shards import MANIFEST, Manifest
+from tests.conftest import run_size_limited
 
 SMALL = train.TrainConfig(hidden=(32,), epochs=2, lr=1.0)  # a larger lr learns in 2 short epochs
 
@@ -109,20 +110,23 @@ def _train_cmd(data: Path, run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
 def test_sigkill_at_any_moment_then_resume_is_bit_identical(
-    mnist_shards: Manifest, tmp_path: Path
+    mnist_shards: Manifest, tmp_path: Path, shuffle: bool
 ) -> None:
     """Kill a real training process several times, at different moments; resume each time."""
     data = mnist_shards.directory
     reference = tmp_path / "reference"
-    train.train(data, reference, train.TrainConfig(epochs=2, checkpoint_every=997))
+    config = train.TrainConfig(epochs=2, checkpoint_every=997, shuffle=shuffle)
+    train.train(data, reference, config)
+    order = ["--shuffle"] if shuffle else []
 
     run_dir = tmp_path / "killed"
     kills = 0
     for delay in (0.0, 0.3, 0.05, 0.7):  # after a checkpoint appears, wait this long, then kill
         before = checkpoint.newest(run_dir / "checkpoints")
         proc = subprocess.Popen(
-            _train_cmd(data, run_dir, *(["--resume"] if kills else [])),
+            _train_cmd(data, run_dir, *order, *(["--resume"] if kills else [])),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -139,13 +143,20 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(
         kills += 1
     assert kills >= 2, "the run finished before it could be killed twice"
     done = subprocess.run(
-        _train_cmd(data, run_dir, "--resume"), capture_output=True, text=True, check=False
+        _train_cmd(data, run_dir, *order, "--resume"), capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
     assert_identical(weights(reference), weights(run_dir))
     leftovers = [p.name for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    untimed = [
+        [{k: v for k, v in json.loads(line).items() if "seconds" not in k} for line in lines]
+        for lines in (
+            (reference / "metrics.jsonl").read_text().splitlines(),
+            (run_dir / "metrics.jsonl").read_text().splitlines(),
+        )
+    ]
+    assert len(untimed[0]) == 2 and untimed[0] == untimed[1]  # same losses and accuracies
 
 
 def test_resume_refuses_other_data(
@@ -230,32 +241,104 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    ("args", "needle"),
+    ("args", "needle", "code"),
     [
-        (["--lr", "0"], "--lr"),
-        (["--lr", "-1"], "--lr"),
-        (["--lr", "nan"], "--lr"),
-        (["--lr", "inf"], "--lr"),
-        (["--batch-size", "0"], "--batch-size"),
-        (["--epochs", "0"], "--epochs"),
-        (["--hidden", "0"], "--hidden"),
-        (["--checkpoint-every", "-1"], "--checkpoint-every"),
+        (["--lr", "0"], "--lr", 1),
+        (["--lr", "-1"], "--lr", 1),
+        (["--lr", "nan"], "--lr", 1),
+        (["--lr", "inf"], "--lr", 1),
+        (["--seed", "-1"], "--seed", 1),
+        (["--batch-size", "0"], "--batch-size", 2),
+        (["--epochs", "0"], "--epochs", 2),
+        (["--hidden", "0"], "--hidden", 1),
+        (["--checkpoint-every", "-1"], "--checkpoint-every", 2),
     ],
 )
 def test_cli_bad_options_one_line(
-    slice_shards: Manifest, tmp_path: Path, args: list[str], needle: str
+    slice_shards: Manifest, tmp_path: Path, args: list[str], needle: str, code: int
 ) -> None:
+    """Out-of-range numbers are usage errors (2); values typer cannot judge are ours (1)."""
     result = runner.invoke(
         app,
         ["train", "--data", str(slice_shards.directory), "--run-dir", str(tmp_path / "run"), *args],
     )
-    assert result.exit_code in (1, 2)
+    assert result.exit_code == code
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
     assert "Traceback" not in result.output
-    assert not (tmp_path / "run" / "checkpoints").exists() or not any(
-        (tmp_path / "run" / "checkpoints").iterdir()
+    # nothing that would make the next, corrected command fail ("already holds a run")
+    assert not (tmp_path / "run" / "run.json").exists()
+    ok = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(slice_shards.directory),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--hidden",
+            "4",
+        ],
     )
+    assert ok.exit_code == 0, ok.stderr
+
+
+def test_full_disk_during_training(slice_shards: Manifest, tmp_path: Path, mount_tmpfs) -> None:
+    """A real full disk: a tiny tmpfs (as root), else a file-size limit (EFBIG): one line."""
+    args = ["train", "--data", str(slice_shards.directory), "--hidden", "32"]
+    if mount_tmpfs(tmp_path / "small", "size=64k"):  # less than one checkpoint
+        full = tmp_path / "small"
+        with pytest.raises(OutputError, match="cannot write the run"):
+            train.train(slice_shards.directory, full / "run", SMALL)
+        assert [p.name for p in full.rglob("*.tmp")] == []
+        result = runner.invoke(app, [*args, "--run-dir", str(full / "cli")])
+        stderr, code = result.stderr, result.exit_code
+    else:
+        done = run_size_limited(64 * 1024, *args, "--run-dir", str(tmp_path / "cli"))
+        stderr, code = done.stderr, done.returncode
+    assert code == 1 and stderr.count("\n") == 1 and "cannot write the run" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_read_only_run_dir(slice_shards: Manifest, tmp_path: Path, mount_tmpfs) -> None:
+    roomy = tmp_path / "roomy"
+    if not mount_tmpfs(roomy, "size=64m"):
+        roomy.mkdir(exist_ok=True)
+    train.train(slice_shards.directory, roomy / "run", SMALL)
+    before = weights(roomy / "run")
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-o", "remount,ro", str(roomy)], check=True)
+    else:  # chmod stops everyone but root
+        for path in [roomy / "run", *(roomy / "run").rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+    with pytest.raises(OutputError, match="cannot write"):
+        train.train(slice_shards.directory, roomy / "run", SMALL, resume=True)
+    assert_identical(before, weights(roomy / "run"))
+
+
+def test_stale_temporary_files_of_a_killed_run_are_removed(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    train.train(slice_shards.directory, tmp_path / "run", SMALL)
+    stale = tmp_path / "run" / "checkpoints" / ".checkpoint-e0003-s0000000.npz.999.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train.train(slice_shards.directory, tmp_path / "run", SMALL, resume=True)
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize(
+    "run_json",
+    ['{"config": {"hidden": [32]}}', "[1]", '{"config": {"hidden": [32]}, "manifest_sha256": 1}'],
+)
+def test_damaged_run_file_is_one_line(
+    slice_shards: Manifest, tmp_path: Path, run_json: str
+) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(run_json)
+    with pytest.raises(ConfigError, match=r"run\.json: not a readable run file"):
+        train.train(slice_shards.directory, tmp_path / "run", SMALL, resume=True)
 
 
 def test_cli_bad_data_dirs(tmp_path: Path) -> None:
