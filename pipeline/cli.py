@@ -228,14 +228,16 @@ def _do_prepare(
 def _summary(result: prepare_stage.PrepareResult) -> None:
     manifest = result.manifest
     table = Table(title=f"{manifest.name} shard set in {manifest.directory}")
-    for column in ("split", "samples", "shards", "bytes"):
+    for column in ("split", "samples", "shards", "bytes", "seconds"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for split, info in manifest.splits.items():
+        seconds = result.split_seconds.get(split)
         table.add_row(
             split,
             f"{info.samples:,}",
             str(len(info.shards)),
             f"{sum(s.bytes for s in info.shards):,}",
+            "-" if seconds is None else f"{seconds:.2f}",
         )
     state = "already up to date, nothing written" if result.skipped else "written"
     table.caption = f"{state} in {result.seconds:.2f} s; manifest sha256 {manifest.sha256[:16]}"

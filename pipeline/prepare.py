@@ -46,6 +46,7 @@ class PrepareResult:
     manifest: Manifest
     skipped: bool  # the directory already held this exact shard set
     seconds: float
+    split_seconds: dict[str, float]  # writing each split (empty when skipped)
 
 
 def _fingerprint(raw: RawDataset, shard_size: int, compression: str) -> dict[str, Any]:
@@ -119,17 +120,17 @@ def prepare(
                 and not force
             ):
                 _remove_orphans(out, keep=existing)
-                return PrepareResult(existing, True, time.perf_counter() - started)
+                return PrepareResult(existing, True, time.perf_counter() - started, {})
             if (out / MANIFEST).exists() and not force:
                 raise OutputError(
                     f"{out}: holds a different or damaged shard set; pass --force to replace it"
                 )
-            manifest = _write_set(out, raw, fingerprint, command, on_progress)
+            manifest, split_seconds = _write_set(out, raw, fingerprint, command, on_progress)
             _remove_orphans(out, keep=manifest)
     except OSError as exc:  # lock file, full disk, permissions: whatever the OS refused
         reason = " ".join(str(exc).split())  # HDF5 messages can span lines
         raise OutputError(f"{out}: cannot write the shard set ({reason})") from None
-    return PrepareResult(manifest, False, time.perf_counter() - started)
+    return PrepareResult(manifest, False, time.perf_counter() - started, split_seconds)
 
 
 def _write_set(
@@ -138,13 +139,15 @@ def _write_set(
     fingerprint: dict[str, Any],
     command: str,
     on_progress: Callable[[str, int], None] | None,
-) -> Manifest:
+) -> tuple[Manifest, dict[str, float]]:
+    seconds: dict[str, float] = {}
     created = datetime.now(UTC).isoformat(timespec="seconds")
     stamp = {**provenance(command), "created": created, "dataset": raw.name, "source": raw.source}
     writers: list[ShardWriter] = []
     splits: dict[str, Any] = {}
     try:
         for split, data in raw.splits.items():
+            split_started = time.perf_counter()
             writer = ShardWriter(
                 directory=out,
                 split=split,
@@ -165,6 +168,7 @@ def _write_set(
                 "label_histogram": np.bincount(data.labels, minlength=len(raw.classes)).tolist(),
                 "shards": [vars(s) for s in shards],
             }
+            seconds[split] = time.perf_counter() - split_started
         doc = {
             "schema_version": SCHEMA_VERSION,
             "name": raw.name,
@@ -191,4 +195,4 @@ def _write_set(
             for path in writer.written:
                 path.unlink(missing_ok=True)
         raise
-    return load_manifest(out)
+    return load_manifest(out), seconds

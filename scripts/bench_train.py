@@ -146,7 +146,8 @@ def main() -> None:
         else:
             print(f"{'PyTorch CPU, same recipe':<52} {'(torch not installed)':>21}")
         print(
-            "(seconds per epoch include each run's pass over the 10,000 test images;"
+            "(seconds per epoch include each run's pass over the 10,000 test images, but for"
+            " PyTorch's, which is training alone;"
             f" best of {len(ref)} and {len(ours)} epochs)"
         )
         print()
