@@ -142,7 +142,13 @@ def _write_set(
 ) -> tuple[Manifest, dict[str, float]]:
     seconds: dict[str, float] = {}
     created = datetime.now(UTC).isoformat(timespec="seconds")
-    stamp = {**provenance(command), "created": created, "dataset": raw.name, "source": raw.source}
+    stamp = {
+        **provenance(command),
+        "created": created,
+        "dataset": raw.name,
+        "source": raw.source,
+        "source_files": json.dumps([vars(f) for f in raw.files]),  # names, sha256, bytes
+    }
     writers: list[ShardWriter] = []
     splits: dict[str, Any] = {}
     try:

@@ -261,6 +261,7 @@ def test_every_shard_carries_the_provenance(mnist_shards: shards.Manifest) -> No
                 **made,
                 "dataset": "mnist",
                 "source": "embedded",
+                "source_files": json.dumps(mnist_shards.raw["source"]["files"]),
                 "split": split,
                 "shard_index": str(index),
             }
