@@ -6,8 +6,9 @@ With `world_size` consumers, rank r takes the r-th contiguous part of that seque
 background thread reads it in chunk-aligned blocks of rows into a small bounded queue;
 batches are sliced from the blocks in memory, so HDF5 is never asked for a single sample.
 
-Memory is bounded by (prefetch + 1) blocks, plus one shard when shuffling: it does not grow
-with the dataset.
+Memory is bounded by (prefetch + 1) blocks, or when shuffling by the few shards those blocks
+are drawn from (the consumer gathers the permuted rows, overlapping the next read): it does
+not grow with the dataset.
 """
 
 from __future__ import annotations
