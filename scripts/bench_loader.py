@@ -28,10 +28,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from benchlib import peak_rss_mib, rss_mib, table
 
 from pipeline import prepare, shards, sources
 from pipeline.loader import Loader
@@ -42,21 +42,6 @@ BOUND_SPS = 500_000  # issue 3: uncompressed, batch 128
 BOUND_BATCH = 128
 TILES = 10  # the synthetic set is MNIST's train split this many times over
 RSS_BATCH = 128
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far (Linux VmHWM), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise SystemExit("error: no VmHWM in /proc/self/status (Linux only)")
-
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise SystemExit("error: no VmRSS in /proc/self/status (Linux only)")
 
 
 # --- 1. throughput ----------------------------------------------------------------------
@@ -306,18 +291,6 @@ def memory(mnist: shards.Manifest, big: shards.Manifest) -> None:
 
 
 # --- output -----------------------------------------------------------------------------
-
-
-def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join((first, *rest))
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
 def main() -> None:

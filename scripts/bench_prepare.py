@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,22 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import benchlib
+from benchlib import peak_rss_mib
+
 from pipeline.prepare import DEFAULT_SHARD_SIZE
 from pipeline.shards import COMPRESSIONS
 
 DEFAULT_COMPRESSION = "none"  # what `pipeline prepare` uses without --compression
 LIMIT_SECONDS = 10.0  # the issue's bound for a default prepare of the full MNIST
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far (Linux: VmHWM), in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def child(compression: str, shard_size: int, block: int, out: Path) -> dict[str, Any]:
@@ -101,7 +92,7 @@ def run_setting(compression: str, shard_size: int, block: int) -> dict[str, Any]
     return report
 
 
-def table(reports: list[dict[str, Any]], block: int) -> str:
+def report_table(reports: list[dict[str, Any]], block: int) -> str:
     header = (
         "compression",
         "load s",
@@ -125,15 +116,7 @@ def table(reports: list[dict[str, Any]], block: int) -> str:
         )
         for r in reports
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join((first, *rest))
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+    return benchlib.table(header, rows)
 
 
 def main() -> None:
@@ -162,7 +145,7 @@ def main() -> None:
         flush=True,
     )
     reports = [run_setting(c, args.shard_size, args.block) for c in settings]
-    print(table(reports, args.block))
+    print(report_table(reports, args.block))
     print(
         "load = read + check the four IDX files; prepare = load + write shards and manifest; "
         "peak RSS of the whole process (base: after imports)"

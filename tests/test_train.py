@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from pipeline import checkpoint, train
 from pipeline.cli import app
@@ -352,62 +352,19 @@ def test_cli_bad_data_dirs(tmp_path: Path) -> None:
 
 
 def test_cli_train_end_to_end_on_a_real_mnist_slice(slice_shards: Manifest, tmp_path: Path) -> None:
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--data",
-            str(slice_shards.directory),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--epochs",
-            "2",
-            "--hidden",
-            "64",
-            "--lr",
-            "1",
-        ],
-    )
+    def cli_train(epochs: int, *extra: str) -> Result:
+        args = ["--data", str(slice_shards.directory), "--run-dir", str(tmp_path / "run")]
+        recipe = ["--epochs", str(epochs), "--hidden", "64", "--lr", "1"]
+        return runner.invoke(app, ["train", *args, *recipe, *extra])
+
+    result = cli_train(2)
     assert result.exit_code == 0, result.stderr
     assert "epoch 2:" in result.stdout and "test accuracy" in result.stdout
-    accuracy = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])[
-        "test_accuracy"
-    ]
-    assert accuracy > 0.8  # 3,000 real digits, 2 epochs
-    again = runner.invoke(
-        app,
-        [
-            "train",
-            "--data",
-            str(slice_shards.directory),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--epochs",
-            "2",
-            "--hidden",
-            "64",
-            "--lr",
-            "1",
-        ],
-    )
+    last = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1]
+    assert json.loads(last)["test_accuracy"] > 0.8  # 3,000 real digits, 2 epochs
+    again = cli_train(2)
     assert again.exit_code == 1 and "--resume" in again.stderr
-    resumed = runner.invoke(
-        app,
-        [
-            "train",
-            "--data",
-            str(slice_shards.directory),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--epochs",
-            "3",
-            "--hidden",
-            "64",
-            "--lr",
-            "1",
-            "--resume",
-        ],
-    )
+    resumed = cli_train(3, "--resume")
     assert resumed.exit_code == 0, resumed.stderr
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "checkpoint-e0003-s0000000.npz")
