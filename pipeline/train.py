@@ -238,14 +238,10 @@ class Trainer:
             return None
         ckpt = checkpoint.load(path)
         meta, network = ckpt.meta, ckpt.network
-        if not isinstance(meta.get("config"), dict):
-            raise CheckpointError(f"{path}: holds no training config")
-        _check_compatible(
-            path,
-            {**meta, "manifest_sha256": meta.get("manifest_sha256")},
-            self.config,
-            self.manifest,
-        )
+        try:  # the checkpoint's own config and data, not only run.json's, must match
+            _check_compatible(path, meta, self.config, self.manifest)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: holds no usable training config ({exc})") from None
         fresh = self.state.network
         if network.sizes != fresh.sizes or network.dtype != fresh.dtype:
             raise CheckpointError(

@@ -368,3 +368,13 @@ def test_cli_train_end_to_end_on_a_real_mnist_slice(slice_shards: Manifest, tmp_
     assert resumed.exit_code == 0, resumed.stderr
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "checkpoint-e0003-s0000000.npz")
+
+
+def test_checkpoint_without_its_config_is_refused(slice_shards: Manifest, tmp_path: Path) -> None:
+    result = train.train(slice_shards.directory, tmp_path / "run", SMALL)
+    ckpt = checkpoint.load(result.checkpoint)
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("config", "format")}
+    later = result.checkpoint.with_name("checkpoint-e0003-s0000000.npz")
+    checkpoint.save(later, ckpt.network, meta)
+    with pytest.raises(CheckpointError, match="no usable training config"):
+        train.train(slice_shards.directory, tmp_path / "run", SMALL, resume=True)
