@@ -13,7 +13,7 @@ the tests hold the two to each other within float rounding), computed for speed:
   - `sgd_steps` runs many consecutive batches in one compiled call, so the per-step Python
     and dispatch overhead, which dominates at batch 3, is paid once per block of rows.
 fastmath stays off and every sum runs in a fixed order: results are deterministic, bit for
-bit, and `sgd_steps` equals `sgd_step` called batch by batch. The kernels release the GIL,
+bit, and one call over many batches equals one call per batch. The kernels release the GIL,
 so the loader's reader thread runs beside them. One thread: at ~40 us a step, syncing two
 threads costs more than it saves (measured: 3.5 s against 0.8 s an epoch).
 Compiled on first use and cached on disk; `python -m pipeline.kernels` warms the cache.
@@ -26,7 +26,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["sgd_step", "sgd_steps"]
+__all__ = ["sgd_steps"]
 
 
 @njit(cache=True, fastmath=False, nogil=True)
@@ -284,7 +284,7 @@ def sgd_steps(
     """SGD steps in place over X (N, n_in), Y (N, n_out): consecutive batches of `batch` rows
     (the last may be smaller). Returns the loss summed over all N samples.
 
-    The same arithmetic as `sgd_step` batch by batch, so the weights are bit-identical; w2 is
+    The same arithmetic as one call per batch, so the weights are bit-identical; w2 is
     transposed once per call instead of twice per step."""
     N, n_in = X.shape
     n_hid = w1.shape[1]
@@ -300,21 +300,8 @@ def sgd_steps(
     return total
 
 
-def sgd_step(
-    w1: np.ndarray,
-    b1: np.ndarray,
-    w2: np.ndarray,
-    b2: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    lr: float,
-) -> float:
-    """One SGD step on one batch x (B, n_in), y (B, n_out), in place; returns its summed loss."""
-    return float(sgd_steps(w1, b1, w2, b2, x, y, lr, len(x)))
-
-
 if __name__ == "__main__":  # warm the on-disk cache (e.g. at image build time)
     for dtype in (np.float32, np.float64):
         w1, b1 = np.zeros((4, 3), dtype), np.zeros(3, dtype)
         w2, b2 = np.zeros((3, 2), dtype), np.zeros(2, dtype)
-        sgd_step(w1, b1, w2, b2, np.ones((2, 4), dtype), np.ones((2, 2), dtype), 0.1)
+        sgd_steps(w1, b1, w2, b2, np.ones((2, 4), dtype), np.ones((2, 2), dtype), 0.1, 2)
