@@ -14,7 +14,7 @@ RUN pip install . \
     && mkdir -p /var/cache/numba \
     # compile the training kernel once, at build time, into the image's numba cache; from /,
     # so the installed package is compiled (numba keys its cache by the source's path)
-    && cd / && python -m pipeline.kernels && rm -rf /app/pipeline \
+    && cd / && python -m pipeline.nn.kernels && rm -rf /app/pipeline \
     && chmod -R a+rwX /var/cache/numba
 
 # an unprivileged user; shards and runs live on mounted volumes

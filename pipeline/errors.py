@@ -6,7 +6,22 @@ only the CLI turns them into an error line and an exit code. Anything else escap
 
 
 class PipelineError(Exception):
-    """Base class: a problem the user can fix, described in one line."""
+    """Base class: a problem the user can fix, described in one line.
+
+    `param` names the library parameter at fault (`batch_size`, not `--batch-size`) and `value`
+    its value; the message then reads "batch_size 0: must be at least 1". The CLI, which alone
+    knows its flags, re-renders such an error with the flag that set the parameter.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, value: object = None) -> None:
+        self.detail, self.param, self.value = message, param, value
+        super().__init__(message if param is None else f"{param} {value}: {message}")
+
+    def render(self, flags: dict[str, str]) -> str:
+        """The one-line message, naming the flag that set `param` where there is one."""
+        if self.param is None:
+            return str(self)
+        return f"{flags.get(self.param, self.param)} {self.value}: {self.detail}"
 
 
 class SourceError(PipelineError):

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from benchlib import peak_rss_mib, rss_mib, table
 
-from pipeline import prepare, shards, sources
-from pipeline.loader import Loader
+from pipeline.data import prepare, shards, sources
+from pipeline.data.loader import Loader
 
 SPLIT = "train"
 BATCHES = (3, 128)

@@ -23,8 +23,8 @@ from typing import Any
 import benchlib
 from benchlib import peak_rss_mib
 
-from pipeline.prepare import DEFAULT_SHARD_SIZE
-from pipeline.shards import COMPRESSIONS
+from pipeline.data.prepare import DEFAULT_SHARD_SIZE
+from pipeline.data.shards import COMPRESSIONS
 
 DEFAULT_COMPRESSION = "none"  # what `pipeline prepare` uses without --compression
 LIMIT_SECONDS = 10.0  # the issue's bound for a default prepare of the full MNIST
@@ -32,7 +32,7 @@ LIMIT_SECONDS = 10.0  # the issue's bound for a default prepare of the full MNIS
 
 def child(compression: str, shard_size: int, block: int, out: Path) -> dict[str, Any]:
     """One setting, in its own process: load, prepare, measure, read back."""
-    from pipeline import prepare, shards, sources
+    from pipeline.data import prepare, shards, sources
 
     base = peak_rss_mib()  # the interpreter with numpy and h5py imported
     started = time.perf_counter()

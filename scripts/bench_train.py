@@ -3,8 +3,8 @@
 In one run, side by side on this machine:
   1. the original recipe, `../shared/bench/seed_reference.py` (float64 numpy, batch 3), for
      --reference-epochs epochs: seconds per epoch as it prints them (training plus its test pass);
-  2. the pipeline's default recipe streamed from HDF5 shards by `pipeline.train.train`, for
-     --epochs epochs: seconds per epoch (training plus the test pass), and the speed ratio;
+  2. the pipeline's default recipe streamed from HDF5 shards by `pipeline.training.trainer.train`,
+     for --epochs epochs: seconds per epoch (training plus the test pass), and the speed ratio;
   3. the loader's overhead: the same training epoch fed from the shards by the streaming
      loader against fed from in-memory arrays (best of --repeats each, alternating);
   4. PyTorch on the CPU for the identical recipe (float32, batch 3, SGD), when torch imports.
@@ -26,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import prepare, shards, sources, train
-from pipeline.loader import Loader
-from pipeline.model import Network
+from pipeline.data import prepare, shards, sources
+from pipeline.data.loader import Loader
+from pipeline.nn.network import Network
+from pipeline.training import trainer as train
+from pipeline.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "bench" / "seed_reference.py"
@@ -52,7 +54,7 @@ def reference_epochs(epochs: int) -> list[float]:
 
 def loader_overhead(manifest: shards.Manifest, repeats: int) -> tuple[float, float]:
     """Best seconds for one training epoch fed by the loader vs from in-memory arrays."""
-    config = train.TrainConfig()
+    config = TrainConfig()
     loader = Loader(manifest, "train", batch_size=config.batch_size)
     group = loader.block_rows // config.batch_size
     x_all = np.concatenate([x for x, _ in loader.epoch(0, group=group)])  # (60000, 784)
@@ -125,9 +127,7 @@ def main() -> None:
             f"MNIST shards ready in {tmp}; measuring (this takes a minute or two) ...", flush=True
         )
         ref = reference_epochs(args.reference_epochs)
-        result = train.train(
-            manifest.directory, Path(tmp) / "run", train.TrainConfig(epochs=args.epochs)
-        )
+        result = train.train(manifest.directory, Path(tmp) / "run", TrainConfig(epochs=args.epochs))
         ours = [r["seconds"] for r in result.history]
         streamed, in_memory = loader_overhead(manifest, args.repeats)
         torch_s = torch_epoch(manifest)
@@ -165,9 +165,7 @@ def main() -> None:
         )
 
         for seed in args.seeds:
-            run = train.train(
-                manifest.directory, Path(tmp) / f"seed{seed}", train.TrainConfig(seed=seed)
-            )
+            run = train.train(manifest.directory, Path(tmp) / f"seed{seed}", TrainConfig(seed=seed))
             last = run.history[-1]
             print(
                 f"seed {seed}: test accuracy after {last['epoch']} epochs "

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline import prepare, shards, sources
+from pipeline.data import prepare, shards, sources
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(__file__).resolve().parents[1] / "pipeline" / "data" / "mnist"

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
-from pipeline import fsutil, shards, sources
+from pipeline import fsutil
 from pipeline.cli import app
+from pipeline.data import shards, sources
 from tests.conftest import (
     REPO,
     assert_clean,

@@ -41,7 +41,7 @@ def test_dockerfile_copies_what_exists_and_runs_the_console_script() -> None:
     assert project["scripts"]["pipeline"] == "pipeline.cli:app"
     assert instructions("ENTRYPOINT") == ['["pipeline"]']
     # the kernel is warmed from /, so the installed package (not /app/pipeline) is compiled
-    assert any("cd / && python -m pipeline.kernels" in run for run in instructions("RUN"))
+    assert any("cd / && python -m pipeline.nn.kernels" in run for run in instructions("RUN"))
     assert instructions("USER") == ["pipeline"]
 
 

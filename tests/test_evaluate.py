@@ -17,21 +17,25 @@ import pytest
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
-from pipeline import checkpoint, evaluate, prepare, sources, train
-from pipeline.cli import EXIT_ERROR, EXIT_GATE, app
+from pipeline.cli.app import EXIT_ERROR, EXIT_GATE, app
+from pipeline.data import prepare, sources
+from pipeline.data.shards import MANIFEST, Manifest
 from pipeline.errors import CheckpointError, OutputError, ShardSetError
 from pipeline.fsutil import sha256_file
-from pipeline.shards import MANIFEST, Manifest
+from pipeline.report import evaluate
+from pipeline.training import checkpoint
+from pipeline.training import trainer as train
+from pipeline.training.config import TrainConfig
 from tests.conftest import random_split, write_idx_dir
 
-SCHEMA = json.loads((Path(evaluate.__file__).parent / "schemas" / "report.schema.json").read_text())
+SCHEMA = json.loads((Path(evaluate.__file__).parent / "report.schema.json").read_text())
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def trained_run(slice_shards: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
-    train.train(slice_shards.directory, run_dir, train.TrainConfig(hidden=(32,), epochs=2, lr=1.0))
+    train.train(slice_shards.directory, run_dir, TrainConfig(hidden=(32,), epochs=2, lr=1.0))
     return run_dir
 
 
@@ -57,7 +61,7 @@ def test_report_matches_an_independent_computation(
         np.uint8,
         offset=8,
     )
-    from pipeline import checkpoint
+    from pipeline.training import checkpoint
 
     network = checkpoint.load(checkpoint.newest(run_dir / "checkpoints")).network  # type: ignore[arg-type]
     predicted = network.feedforward(images.astype(np.float32) / np.float32(255))[-1].argmax(axis=1)

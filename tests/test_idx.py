@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import idx, sources
+from pipeline.data import idx, sources
 from pipeline.errors import IdxFormatError, SourceError
 from tests.conftest import SHARED_MNIST, idx_bytes, random_split, write_idx_dir
 

@@ -34,9 +34,9 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline import prepare, shards, sources
+from pipeline.data import prepare, shards, sources
+from pipeline.data.loader import Batch, Loader, LoaderState
 from pipeline.errors import ConfigError, ShardCorruptError, ShardSetError
-from pipeline.loader import Batch, Loader, LoaderState
 from tests.conftest import write_idx_dir
 
 FEATURES, CLASSES = 784, 10
@@ -572,8 +572,8 @@ def read_only_digest(directory: Path) -> str:
 READ_AS_NOBODY = f"""from __future__ import annotations
 import hashlib, os, sys
 from pathlib import Path
-from pipeline import shards
-from pipeline.loader import Loader
+from pipeline.data import shards
+from pipeline.data.loader import Loader
 {textwrap.dedent(inspect.getsource(epoch_digest))}
 {textwrap.dedent(inspect.getsource(read_only_digest))}
 directory = Path(sys.argv[1])
@@ -668,8 +668,8 @@ def test_file_locking_can_be_turned_off(small: EncodedSet, tmp_path: Path) -> No
         # the environment variable has the same effect on a loader with locking on
         env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
         script = (
-            "import sys; from pathlib import Path; from pipeline import shards;"
-            " from pipeline.loader import Loader;"
+            "import sys; from pathlib import Path; from pipeline.data import shards;"
+            " from pipeline.data.loader import Loader;"
             " m = shards.load_manifest(Path(sys.argv[1]));"
             " print(sum(len(x) for x, _ in Loader(m, 'train', batch_size=7).epoch(0)))"
         )

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.model import Network, sigmoid
+from pipeline.nn.network import Network, sigmoid
 
 
 def make(sizes: list[int], seed: int = 0, dtype: str = "float64", std: float = 0.5) -> Network:

@@ -5,7 +5,7 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from pipeline.plots import save_confusion_heatmap, save_learning_curves
+from pipeline.report.plots import save_confusion_heatmap, save_learning_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

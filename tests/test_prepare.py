@@ -28,9 +28,10 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline import fsutil, prepare, shards, sources
+from pipeline import fsutil
+from pipeline.data import prepare, shards, sources
+from pipeline.data.shards import MANIFEST, SHARD_NAME
 from pipeline.errors import LockedError, OutputError, ShardCorruptError, ShardSetError
-from pipeline.shards import MANIFEST, SHARD_NAME
 from tests.conftest import (
     REPO,
     SHARED_MNIST,

@@ -16,14 +16,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
-from pipeline import checkpoint, train
 from pipeline.cli import app
+from pipeline.data.shards import MANIFEST, Manifest
 from pipeline.errors import CheckpointError, ConfigError, DivergedError, LockedError, OutputError
 from pipeline.fsutil import dir_lock, sha256_file
-from pipeline.shards import MANIFEST, Manifest
+from pipeline.training import checkpoint
+from pipeline.training import trainer as train
+from pipeline.training.config import TrainConfig
 from tests.conftest import run_size_limited
 
-SMALL = train.TrainConfig(hidden=(32,), epochs=2, lr=1.0)  # a larger lr learns in 2 short epochs
+SMALL = TrainConfig(hidden=(32,), epochs=2, lr=1.0)  # a larger lr learns in 2 short epochs
 
 
 def weights(run_dir: Path) -> list[np.ndarray]:
@@ -65,23 +67,23 @@ def test_run_writes_checkpoints_metrics_and_learns(slice_shards: Manifest, tmp_p
 def test_same_seed_same_data_gives_bit_identical_weights(
     slice_shards: Manifest, tmp_path: Path, shuffle: bool
 ) -> None:
-    config = train.TrainConfig(hidden=(16,), epochs=2, shuffle=shuffle, seed=5)
+    config = TrainConfig(hidden=(16,), epochs=2, shuffle=shuffle, seed=5)
     train.train(slice_shards.directory, tmp_path / "a", config)
     train.train(slice_shards.directory, tmp_path / "b", config)
     assert_identical(weights(tmp_path / "a"), weights(tmp_path / "b"))
-    other = train.TrainConfig(hidden=(16,), epochs=2, shuffle=shuffle, seed=6)
+    other = TrainConfig(hidden=(16,), epochs=2, shuffle=shuffle, seed=6)
     train.train(slice_shards.directory, tmp_path / "c", other)
     assert not np.array_equal(weights(tmp_path / "a")[0], weights(tmp_path / "c")[0])
 
 
 def test_resume_in_process_matches_uninterrupted(slice_shards: Manifest, tmp_path: Path) -> None:
     """A run stopped after epoch 1 (epochs=1) and extended to 3 equals a 3-epoch run."""
-    config = train.TrainConfig(hidden=(16,), epochs=3, shuffle=True, checkpoint_every=170)
+    config = TrainConfig(hidden=(16,), epochs=3, shuffle=True, checkpoint_every=170)
     train.train(slice_shards.directory, tmp_path / "full", config)
     train.train(
         slice_shards.directory,
         tmp_path / "part",
-        train.TrainConfig(hidden=(16,), epochs=1, shuffle=True, checkpoint_every=170),
+        TrainConfig(hidden=(16,), epochs=1, shuffle=True, checkpoint_every=170),
     )
     resumed = train.train(slice_shards.directory, tmp_path / "part", config, resume=True)
     assert resumed.resumed_from is not None
@@ -117,7 +119,7 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(
     """Kill a real training process several times, at different moments; resume each time."""
     data = mnist_shards.directory
     reference = tmp_path / "reference"
-    config = train.TrainConfig(epochs=2, checkpoint_every=997, shuffle=shuffle)
+    config = TrainConfig(epochs=2, checkpoint_every=997, shuffle=shuffle)
     train.train(data, reference, config)
     order = ["--shuffle"] if shuffle else []
 
@@ -174,7 +176,7 @@ def test_resume_refuses_an_incompatible_config(
     slice_shards: Manifest, tmp_path: Path, change: dict[str, object]
 ) -> None:
     train.train(slice_shards.directory, tmp_path / "run", SMALL)
-    config = train.TrainConfig(**{**SMALL.__dict__, **change})
+    config = TrainConfig(**{**SMALL.__dict__, **change})
     with pytest.raises(ConfigError, match="different config"):
         train.train(slice_shards.directory, tmp_path / "run", config, resume=True)
 
@@ -220,7 +222,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     shard["sha256"] = sha256_file(data / shard["file"])
     (data / MANIFEST).write_text(json.dumps(doc))
 
-    config = train.TrainConfig(hidden=(8,), epochs=1, checkpoint_every=100)
+    config = TrainConfig(hidden=(8,), epochs=1, checkpoint_every=100)
     with pytest.raises(DivergedError, match=r"step 667: .*checkpoint-e0000-s0000600\.npz"):
         train.train(data, tmp_path / "run", config)
     newest = checkpoint.newest(tmp_path / "run" / "checkpoints")

@@ -1,7 +1,7 @@
 """The evaluate stage: a checkpoint and a split in, a precision report out.
 
 Streams the split through the loader (never holding it), accumulates a confusion matrix, and
-writes into the run directory: `report.json` (schema: `pipeline/schemas/report.schema.json`),
+writes into the run directory: `report.json` (schema: `pipeline/report/report.schema.json`),
 `report.md` for people, and two PNGs (`confusion.png`, `curves.png`) that it links.
 """
 
@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import checkpoint, plots
+from pipeline.data.loader import Loader
+from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
 from pipeline.fsutil import atomic_write_bytes
-from pipeline.loader import Loader
-from pipeline.metrics import ClassificationReport, classification_report, confusion_on
-from pipeline.shards import Manifest, load_manifest
-from pipeline.train import CHECKPOINT_DIR, EVAL_BATCH, RUN_FILE, read_run_file
+from pipeline.report import plots
+from pipeline.report.metrics import ClassificationReport, classification_report, confusion_on
+from pipeline.training import checkpoint
+from pipeline.training.trainer import CHECKPOINT_DIR, EVAL_BATCH, RUN_FILE, read_run_file
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
@@ -129,9 +130,9 @@ def _report_doc(
         },
         "dataset": {
             "name": manifest.name,
-            "manifest_sha256": manifest.sha256,
+            "manifest_sha256": manifest.identity,
             "directory": str(manifest.directory),
-            "trained_on_same_data": meta.get("manifest_sha256") == manifest.sha256,
+            "trained_on_same_data": meta.get("manifest_sha256") == manifest.identity,
         },
         "model": {
             "sizes": ckpt.network.sizes,

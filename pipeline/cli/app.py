@@ -30,13 +30,19 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from pipeline import evaluate as evaluate_stage
-from pipeline import prepare as prepare_stage
-from pipeline import shards, sources
-from pipeline import train as train_stage
+from pipeline.data import prepare as prepare_stage
+from pipeline.data import shards, sources
 from pipeline.errors import PipelineError
+from pipeline.report import evaluate as evaluate_stage
+from pipeline.training import trainer as train_stage
+from pipeline.training.config import TrainConfig
 
 EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED = 1, 3, 130
+# library parameter -> the flag that sets it, for rendering errors the library raises
+FLAGS = {
+    name: "--" + name.replace("_", "-")
+    for name in ("lr", "epochs", "batch_size", "hidden", "seed", "checkpoint_every")
+} | {"shard_size": "--shard-size", "compression": "--compression"}
 
 
 class OneLineErrors(TyperGroup):
@@ -78,7 +84,7 @@ def friendly_errors() -> Iterator[None]:
     try:
         yield
     except PipelineError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {exc.render(FLAGS)}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     except KeyboardInterrupt:
         typer.echo(
@@ -240,7 +246,7 @@ def _summary(result: prepare_stage.PrepareResult) -> None:
             "-" if seconds is None else f"{seconds:.2f}",
         )
     state = "already up to date, nothing written" if result.skipped else "written"
-    table.caption = f"{state} in {result.seconds:.2f} s; manifest sha256 {manifest.sha256[:16]}"
+    table.caption = f"{state} in {result.seconds:.2f} s; manifest sha256 {manifest.identity[:16]}"
     out.print(table)
 
 
@@ -344,8 +350,8 @@ def _config(
     seed: int,
     shuffle: bool,
     checkpoint_every: int,
-) -> train_stage.TrainConfig:
-    return train_stage.TrainConfig(
+) -> TrainConfig:
+    return TrainConfig(
         hidden=tuple(hidden or (500,)),
         epochs=epochs,
         batch_size=batch_size,
@@ -359,7 +365,7 @@ def _config(
 def _do_train(
     data: Path,
     run_dir: Path,
-    config: train_stage.TrainConfig,
+    config: TrainConfig,
     resume: bool,
     progress: Progress | None,
 ) -> train_stage.TrainResult:

@@ -188,6 +188,11 @@ class Manifest:
     raw: dict[str, Any] = field(repr=False)
 
     @property
+    def identity(self) -> str:
+        """What runs, checkpoints and reports record as the data they were made from."""
+        return self.sha256
+
+    @property
     def n_classes(self) -> int:
         return len(self.classes)
 

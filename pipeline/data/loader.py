@@ -21,8 +21,8 @@ from typing import cast
 
 import numpy as np
 
+from pipeline.data.shards import Manifest, ShardInfo, open_shard, read_rows
 from pipeline.errors import ConfigError
-from pipeline.shards import Manifest, ShardInfo, open_shard, read_rows
 
 Batch = tuple[np.ndarray, np.ndarray]  # x (batch, features) float32, y (batch, classes) float32
 # what the reader hands over: x, y and the rows to take from them, in order (None: all)
@@ -115,7 +115,7 @@ class Loader:
 
     def state(self, epoch: int, batches: int) -> LoaderState:
         return LoaderState(
-            epoch, batches, self.seed, self.batch_size, self.shuffle, self.manifest.sha256
+            epoch, batches, self.seed, self.batch_size, self.shuffle, self.manifest.identity
         )
 
     def check_state(self, state: LoaderState, epoch: int, batches: int) -> None:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from pipeline.loader import Loader
-    from pipeline.model import Network
+    from pipeline.data.loader import Loader
+    from pipeline.nn.network import Network
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:

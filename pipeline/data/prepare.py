@@ -20,9 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ConfigError, OutputError, ShardSetError
-from pipeline.fsutil import atomic_write_bytes, dir_lock, remove_stale_tmp
-from pipeline.shards import (
+from pipeline.data.shards import (
     CHUNK_ROWS,
     COMPRESSIONS,
     DATASETS,
@@ -34,7 +32,9 @@ from pipeline.shards import (
     load_manifest,
     provenance,
 )
-from pipeline.sources import RawDataset, resolve
+from pipeline.data.sources import RawDataset, resolve
+from pipeline.errors import ConfigError, OutputError, ShardSetError
+from pipeline.fsutil import atomic_write_bytes, dir_lock, remove_stale_tmp
 
 DEFAULT_SHARD_SIZE = 10_000
 # prepare feeds the writer in blocks of this many samples, so progress moves smoothly
@@ -101,9 +101,9 @@ def prepare(
 ) -> PrepareResult:
     """Write `raw` as a shard set in `out`; `on_progress(split, samples)` after each block."""
     if shard_size < 1:
-        raise ConfigError(f"--shard-size {shard_size}: must be at least 1")
+        raise ConfigError("must be at least 1", param="shard_size", value=shard_size)
     if compression not in COMPRESSIONS:
-        raise ConfigError(f"--compression {compression!r}: choose one of {COMPRESSIONS}")
+        raise ConfigError(f"choose one of {COMPRESSIONS}", param="compression", value=compression)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.errors import CheckpointError
 from pipeline.fsutil import atomic_path
-from pipeline.model import Network
+from pipeline.nn.network import Network
 
 FORMAT_VERSION = 1
 NAME = re.compile(r"^checkpoint-e(?P<epoch>\d{4})-s(?P<step>\d{7})\.npz$")

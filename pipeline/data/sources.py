@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.idx import parse_images, parse_labels, read_bytes
 from pipeline.errors import IdxFormatError, SourceError
-from pipeline.idx import parse_images, parse_labels, read_bytes
 
-EMBEDDED_DIR = Path(__file__).parent / "data" / "mnist"
+EMBEDDED_DIR = Path(__file__).parent / "mnist"
 
 # split -> (images stem, labels stem), the original distribution's names
 SPLIT_FILES = {

@@ -12,7 +12,7 @@ textbook equations read, for a batch of B rows (delta and a are row-per-sample):
     w_l -= lr * dw_l,   b_l -= lr * db_l
 
 `backprop` and `update` are those equations, plainly; `step` runs the same update through the
-fused kernel in `pipeline.kernels` when the network has one hidden layer (the default recipe),
+fused kernel in `pipeline.nn.kernels` when the network has one hidden layer (the default recipe),
 and the tests hold the two to each other.
 """
 
@@ -21,8 +21,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-
-from pipeline import kernels
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -102,6 +100,8 @@ class Network:
         x = np.ascontiguousarray(x, dtype=self.dtype)
         y = np.ascontiguousarray(y, dtype=self.dtype)
         if len(self.weights) == 2:
+            from pipeline.nn import kernels  # numba: compiled (or loaded) only when training
+
             (w1, w2), (b1, b2) = self.weights, self.biases
             return float(kernels.sgd_steps(w1, b1, w2, b2, x, y, lr, batch_size))
         total = 0.0

@@ -13,70 +13,26 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline import checkpoint
+from pipeline.data.loader import Loader, LoaderState
+from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, DivergedError, OutputError
 from pipeline.fsutil import atomic_write_bytes, dir_lock, remove_stale_tmp
-from pipeline.loader import Loader, LoaderState
-from pipeline.metrics import confusion_on
-from pipeline.model import Network
-from pipeline.shards import Manifest, load_manifest
+from pipeline.nn.network import Network
+from pipeline.report.metrics import confusion_on
+from pipeline.training import checkpoint
+from pipeline.training.config import TrainConfig
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 EVAL_BATCH = 1000
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a run. The defaults are the original recipe."""
-
-    hidden: tuple[int, ...] = (500,)
-    epochs: int = 10
-    batch_size: int = 3
-    lr: float = 0.1
-    seed: int = 0
-    shuffle: bool = False
-    init_std: float = 0.01
-    dtype: str = "float32"
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at epoch ends only
-
-    # fields a resumed run may change: they do not alter the weights of the epochs run so far
-    RESUMABLE = ("epochs", "checkpoint_every")
-
-    def check(self) -> None:
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"--lr {self.lr}: must be a positive finite number")
-        for option, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
-            if value < 1:
-                raise ConfigError(f"{option} {value}: must be at least 1")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ConfigError(f"--hidden {list(self.hidden)}: each hidden size must be at least 1")
-        if self.seed < 0:
-            raise ConfigError(f"--seed {self.seed}: must be 0 or more")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"--checkpoint-every {self.checkpoint_every}: must be 0 or more")
-        if not (math.isfinite(self.init_std) and self.init_std > 0):
-            raise ConfigError(f"init_std {self.init_std}: must be a positive finite number")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype {self.dtype!r}: float32 or float64")
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "hidden": list(self.hidden)}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(
-            **{**{k: v for k, v in doc.items() if k in known}, "hidden": tuple(doc["hidden"])}
-        )
 
 
 class Reporter(Protocol):
@@ -130,10 +86,10 @@ def read_run_file(run_dir: Path) -> dict[str, Any] | None:
 def _check_compatible(
     run_dir: Path, saved: dict[str, Any], config: TrainConfig, manifest: Manifest
 ) -> None:
-    if saved["manifest_sha256"] != manifest.sha256:
+    if saved["manifest_sha256"] != manifest.identity:
         raise ConfigError(
             f"{run_dir}: was trained on another shard set (manifest "
-            f"{saved['manifest_sha256'][:12]}), not {manifest.directory} ({manifest.sha256[:12]})"
+            f"{saved['manifest_sha256'][:12]}), not {manifest.directory} ({manifest.identity[:12]})"
         )
     old = TrainConfig.from_json(saved["config"]).to_json()
     new = config.to_json()
@@ -186,7 +142,7 @@ def _train_locked(
     if saved is None:
         doc = {
             "config": config.to_json(),
-            "manifest_sha256": manifest.sha256,
+            "manifest_sha256": manifest.identity,
             "data": str(manifest.directory.resolve()),
             "dataset": manifest.name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -353,7 +309,7 @@ class Trainer:
             "loader": asdict(self.train_loader.state(state.epoch, state.step)),
             "optimizer": {"name": "sgd", "lr": config.lr},  # plain SGD carries no state
             "rng": self.rng.bit_generator.state,
-            "manifest_sha256": self.manifest.sha256,
+            "manifest_sha256": self.manifest.identity,
             "dataset": self.manifest.name,
             "classes": self.manifest.classes,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),

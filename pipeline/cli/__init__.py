@@ -1,0 +1,5 @@
+"""The command line: typer commands that translate options into library calls."""
+
+from pipeline.cli.app import app
+
+__all__ = ["app"]

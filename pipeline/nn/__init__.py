@@ -1,0 +1,1 @@
+"""The model: the network and its equations, and the compiled kernels of the original recipe."""

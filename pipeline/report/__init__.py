@@ -1,0 +1,1 @@
+"""Checkpoint + data -> report: metrics, plots and the evaluation report."""

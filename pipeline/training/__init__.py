@@ -1,0 +1,1 @@
+"""Batches -> model -> checkpoints: the run's config, the training loop, checkpoints."""
