@@ -68,6 +68,10 @@ def evaluate(
     if path is None:
         raise CheckpointError(f"{run_dir}: holds no checkpoint; run `pipeline train` first")
     ckpt = checkpoint.load(path)
+    best = checkpoint.best_epoch(ckpt.meta.get("history") or [])
+    if checkpoint_path is None and best is not None and path.name != checkpoint.name_for(best, 0):
+        # a run with a val split reports the epoch it chose by val accuracy, not its last
+        ckpt = checkpoint.load(run_dir / CHECKPOINT_DIR / checkpoint.name_for(best, 0))
     manifest = load_manifest(_data_dir(run_dir, data_dir))
     sizes = ckpt.network.sizes
     if (sizes[0], sizes[-1]) != (manifest.features, manifest.n_classes):

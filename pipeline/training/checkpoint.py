@@ -1,7 +1,8 @@
 """Checkpoints: a run's whole state in one `.npz`, written atomically, read without pickle.
 
-Members: `w0, b0, w1, b1, ...` (the network) and `meta`, a JSON document (config, position,
-loader state, generator state, data identity, history) stored as a plain unicode array.
+Members: `w0, b0, w1, b1, ...` (the network), `opt_*` (the optimizer's buffers, if it keeps
+any) and `meta`, a JSON document (config, position, loader state, generator states, optimizer
+step count, data identity, history) stored as a plain unicode array.
 Names sort by position (`checkpoint-e{epochs done}-s{batches into the next epoch}.npz`), so
 the newest is the last; a name is never reused within a run, so nothing is overwritten.
 """
@@ -21,9 +22,12 @@ import numpy as np
 
 from pipeline.errors import CheckpointError
 from pipeline.fsutil import atomic_path
+from pipeline.nn.layers import ACTIVATIONS
+from pipeline.nn.losses import LOSSES
 from pipeline.nn.network import Network
 
 FORMAT_VERSION = 1
+STATE_PREFIX = "opt_"
 NAME = re.compile(r"^checkpoint-e(?P<epoch>\d{4})-s(?P<step>\d{7})\.npz$")
 
 
@@ -34,16 +38,24 @@ class Checkpoint:
     network: Network
     meta: dict[str, Any]
     data: bytes = field(repr=False)  # the file as read
+    state: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # optimizer's
 
 
 def name_for(epoch: int, step: int) -> str:
     return f"checkpoint-e{epoch:04d}-s{step:07d}.npz"
 
 
-def save(path: Path, network: Network, meta: dict[str, Any]) -> None:
+def save(
+    path: Path,
+    network: Network,
+    meta: dict[str, Any],
+    *,
+    state: dict[str, np.ndarray] | None = None,
+) -> None:
     arrays: dict[str, np.ndarray] = {
         "meta": np.array(json.dumps({**meta, "format": FORMAT_VERSION}))
     }
+    arrays.update({STATE_PREFIX + name: a for name, a in (state or {}).items()})
     for i, (w, b) in enumerate(zip(network.weights, network.biases, strict=True)):
         arrays[f"w{i}"], arrays[f"b{i}"] = w, b
     with atomic_path(path) as tmp, tmp.open("wb") as f:
@@ -75,6 +87,11 @@ def load(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
     try:
         meta = json.loads(str(members.pop("meta")[()]))
+        state = {
+            k[len(STATE_PREFIX) :]: members.pop(k)
+            for k in list(members)
+            if k.startswith(STATE_PREFIX)
+        }
         n = len(members) // 2
         weights = [members.pop(f"w{i}") for i in range(n)]
         biases = [members.pop(f"b{i}") for i in range(n)]
@@ -87,7 +104,13 @@ def load(path: Path) -> Checkpoint:
             raise CheckpointError(f"{path}: layer {i} has shapes {w.shape} and {b.shape}")
         if i and weights[i - 1].shape[1] != w.shape[0]:
             raise CheckpointError(f"{path}: layer {i} does not fit the layer before it")
-    return Checkpoint(path, hashlib.sha256(data).hexdigest(), Network(weights, biases), meta, data)
+    config = meta.get("config")
+    config = config if isinstance(config, dict) else {}
+    activation, loss = config.get("activation", "sigmoid"), config.get("loss", "mse")
+    if activation not in ACTIVATIONS or loss not in LOSSES:
+        raise CheckpointError(f"{path}: unknown activation {activation!r} or loss {loss!r}")
+    network = Network(weights, biases, activation=activation, loss=loss)
+    return Checkpoint(path, hashlib.sha256(data).hexdigest(), network, meta, data, state)
 
 
 def is_kept(path: Path) -> bool:
@@ -105,3 +128,10 @@ def all_in(directory: Path) -> list[Path]:
 def newest(directory: Path) -> Path | None:
     found = all_in(directory)
     return found[-1] if found else None
+
+
+def best_epoch(history: list[dict[str, Any]]) -> int | None:
+    """The epoch (1-based) with the best val accuracy, the earliest on a tie; None when the
+    run has no val split. Test accuracy never chooses."""
+    scored = [(r["val_accuracy"], -r["epoch"]) for r in history if "val_accuracy" in r]
+    return -max(scored)[1] if scored else None

@@ -5,7 +5,13 @@ A run directory holds one run:
     checkpoints/*.npz        one per finished epoch, plus the newest mid-epoch one
     metrics.jsonl            one line per finished epoch (rewritten from the checkpoint)
 Every file is replaced atomically, so a run killed at any instant resumes from its newest
-checkpoint and ends bit-identical to a run that was never interrupted.
+checkpoint and ends bit-identical to a run that was never interrupted: a checkpoint holds the
+optimizer's state and the dropout generator's position too.
+
+The original recipe trains through `Network.steps` (its compiled kernel); every other recipe
+through `pipeline.nn.recipe.RecipeStep`. When the shard set has a "val" split, each epoch is
+scored on it, the run's chosen checkpoint is the epoch with the best val accuracy (never the
+test accuracy), and `patience` epochs without a better one stop the run early.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, DivergedError, OutputError
 from pipeline.fsutil import atomic_write_bytes, dir_lock, remove_stale_tmp
 from pipeline.nn.network import Network
+from pipeline.nn.optimizers import Hyper
+from pipeline.nn.recipe import RecipeStep, Spec
+from pipeline.nn.schedules import Schedule
 from pipeline.report.metrics import confusion_on
 from pipeline.training import checkpoint
 from pipeline.training.config import TrainConfig
@@ -33,6 +42,7 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 EVAL_BATCH = 1000
+VAL_SPLIT = "val"
 
 
 class Reporter(Protocol):
@@ -170,7 +180,13 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         try:
             network = Network.initialize(
-                sizes, rng=self.rng, std=config.init_std, dtype=config.dtype
+                sizes,
+                rng=self.rng,
+                std=config.init_std,
+                dtype=config.dtype,
+                init=config.init,
+                activation=config.activation,
+                loss=config.loss,
             )
         except MemoryError:
             raise ConfigError(
@@ -185,7 +201,31 @@ class Trainer:
             seed=config.seed,
         )
         self.test_loader = Loader(manifest, "test", batch_size=EVAL_BATCH)
+        self.val_loader = (
+            Loader(manifest, VAL_SPLIT, batch_size=EVAL_BATCH)
+            if VAL_SPLIT in manifest.splits
+            else None
+        )
         self.last: Path | None = None  # the newest checkpoint on disk
+        self.recipe = None if config.is_original else self._recipe(network)
+        per_epoch = len(self.train_loader)
+        self.schedule = Schedule(
+            config.schedule,
+            config.lr,
+            total=config.epochs * per_epoch,
+            per_epoch=per_epoch,
+            warmup=round(config.warmup_epochs * per_epoch),
+            step_epochs=config.step_epochs,
+            gamma=config.step_gamma,
+        )
+
+    def _recipe(self, network: Network) -> RecipeStep:
+        c = self.config
+        hyper = Hyper(c.optimizer, c.momentum, c.beta1, c.beta2, c.eps, c.weight_decay)
+        spec = Spec(c.activation, c.loss, c.dropout, c.input_dropout, c.max_norm, hyper)
+        # the dropout generator's key: from the seed, apart from the init's and the loader's
+        key = int(np.random.default_rng([c.seed, 1]).integers(2**63))
+        return RecipeStep(network, spec, batch_size=c.batch_size, dropout_key=key)
 
     def restore(self) -> Path | None:
         """Continue from the newest checkpoint, if there is one; returns it."""
@@ -208,6 +248,10 @@ class Trainer:
             position = (int(meta["epoch"]), int(meta["step"]))
             self.train_loader.check_state(LoaderState(**meta["loader"]), *position)
             self.rng.bit_generator.state = meta["rng"]
+            if self.recipe is not None:
+                self.recipe = self._recipe(network)
+                self.recipe.optimizer.load_state(ckpt.state, int(meta["optimizer"]["step_count"]))
+                self.recipe.dropout_counter = int(meta["dropout_counter"])
             self.state = RunState(
                 network,
                 *position,
@@ -225,13 +269,14 @@ class Trainer:
 
     def run(self) -> Path:
         """Train up to `config.epochs`; returns the final checkpoint."""
-        while self.state.epoch < self.config.epochs:
+        while self.state.epoch < self.config.epochs and not self.stop_early():
             started = time.perf_counter()
             self.train_epoch()
             self.end_epoch(time.perf_counter() - started)
         if self.last is None:
             raise CheckpointError(f"{self.ckpt_dir}: no checkpoint written")
-        return self.last
+        best = checkpoint.best_epoch(self.state.history)  # by val accuracy, if there is a val split
+        return self.last if best is None else self.ckpt_dir / checkpoint.name_for(best, 0)
 
     def train_epoch(self) -> None:
         """The rest of the current epoch, from the shards, in calls of many batches each."""
@@ -247,7 +292,7 @@ class Trainer:
                 if every:  # stop exactly at the next checkpoint step
                     todo = min(todo, every - state.step % every)
                 rows = slice(done * size, (done + todo) * size)
-                loss = state.network.steps(x[rows], y[rows], config.lr, size)
+                loss = self._steps(x[rows], y[rows], todo)
                 if not math.isfinite(loss):
                     self._diverged(loss, todo)
                 done += todo
@@ -258,18 +303,40 @@ class Trainer:
                     self.save()
             self.reporter.advance(state.step, state.samples, state.loss_sum)
 
+    def _steps(self, x: np.ndarray, y: np.ndarray, batches: int) -> float:
+        """`batches` consecutive steps on x, y; returns their summed loss."""
+        config, network = self.config, self.state.network
+        if self.recipe is None:
+            return network.steps(x, y, config.lr, config.batch_size)
+        x = np.ascontiguousarray(x, dtype=network.dtype)
+        y = np.ascontiguousarray(y, dtype=network.dtype)
+        first = self.state.epoch * len(self.train_loader) + self.state.step
+        lrs = [self.schedule.lr_at(first + k) for k in range(batches)]
+        return self.recipe.steps(x, y, lrs, config.batch_size)
+
+    def stop_early(self) -> bool:
+        """`patience` epochs in a row without a better val accuracy than the best before."""
+        patience, history = self.config.patience, self.state.history
+        if not patience or self.val_loader is None or len(history) <= patience:
+            return False
+        best = max(range(len(history)), key=lambda e: (history[e]["val_accuracy"], -e))
+        return len(history) - 1 - best >= patience
+
     def end_epoch(self, seconds: float) -> None:
-        """Score the test split, log the epoch, checkpoint."""
+        """Score the test (and val) split, log the epoch, checkpoint."""
         state = self.state
         confusion = confusion_on(state.network, self.test_loader)
         total = state.history[-1]["seconds_total"] if state.history else 0.0
         record = {
             "epoch": state.epoch + 1,
-            "train_loss": state.loss_sum / state.samples,  # mean of |a - y|^2 / 2
+            "train_loss": state.loss_sum / state.samples,  # mean loss per sample
             "test_accuracy": float(np.trace(confusion) / confusion.sum()),
             "seconds": round(seconds, 3),
             "seconds_total": round(total + seconds, 3),
         }
+        if self.val_loader is not None:
+            val = confusion_on(state.network, self.val_loader)
+            record["val_accuracy"] = float(np.trace(val) / val.sum())
         state.history.append(record)
         state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
         self.save()
@@ -279,7 +346,8 @@ class Trainer:
     def save(self) -> None:
         state = self.state
         path = self.ckpt_dir / checkpoint.name_for(state.epoch, state.step)
-        checkpoint.save(path, state.network, self._meta())
+        arrays = self.recipe.optimizer.state_arrays() if self.recipe else {}
+        checkpoint.save(path, state.network, self._meta(), state=arrays)
         # mid-epoch checkpoints are only stepping stones: keep the newest one alone
         for old in checkpoint.all_in(self.ckpt_dir):
             if old != path and not checkpoint.is_kept(old):
@@ -300,14 +368,19 @@ class Trainer:
         return {
             "config": config.to_json(),
             "sizes": state.network.sizes,
-            "recipe": "mlp-sigmoid-mse-sgd",
+            "recipe": f"mlp-{config.activation}-{config.loss}-{config.optimizer}",
             "epoch": state.epoch,
             "step": state.step,
             "loss_sum": state.loss_sum,
             "samples": state.samples,
             "history": state.history,
             "loader": asdict(self.train_loader.state(state.epoch, state.step)),
-            "optimizer": {"name": "sgd", "lr": config.lr},  # plain SGD carries no state
+            "optimizer": {  # its buffers are the checkpoint's state arrays
+                "name": config.optimizer,
+                "lr": config.lr,
+                "step_count": self.recipe.optimizer.step_count if self.recipe else 0,
+            },
+            "dropout_counter": self.recipe.dropout_counter if self.recipe else 0,
             "rng": self.rng.bit_generator.state,
             "manifest_sha256": self.manifest.identity,
             "dataset": self.manifest.name,
