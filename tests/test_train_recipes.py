@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from pipeline.cli import app
 from pipeline.data import prepare, sources
 from pipeline.data.shards import Manifest
 from pipeline.errors import ConfigError
@@ -204,3 +206,37 @@ def test_original_recipe_still_trains_through_its_kernel(
     assert meta["optimizer"] == {"name": "sgd", "lr": 1.0, "step_count": 0}
     digest = hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest()
     assert digest == BASE_V2_DIGEST
+
+
+def test_cli_preset_with_overrides_records_the_resolved_config(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    args = ["train", "--data", str(slice_shards.directory), "--run-dir", str(tmp_path / "run")]
+    args += ["--preset", "fast", "--hidden", "32", "--epochs", "1", "--optimizer", "adam"]
+    result = CliRunner().invoke(app, [*args, "--lr", "0.001"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    expected = presets.resolve("fast", hidden=(32,), epochs=1, optimizer="adam", lr=0.001)
+    assert saved == expected.to_json()
+    assert saved["preset"] == "fast" and saved["dropout"] == 0.2 and saved["batch_size"] == 128
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "flag"),
+    [
+        ("--activation", "gelu", "--activation"),
+        ("--dropout", "1.5", "--dropout"),
+        ("--preset", "fastest", "--preset"),
+        ("--optimizer", "lbfgs", "--optimizer"),
+        ("--max-norm", "-1", "--max-norm"),
+    ],
+)
+def test_cli_bad_recipe_options_are_one_line(
+    slice_shards: Manifest, tmp_path: Path, option: str, value: str, flag: str
+) -> None:
+    args = ["train", "--data", str(slice_shards.directory), "--run-dir", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, [*args, option, value])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()

@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 bad input or environment (one line on stderr); 2 bad us
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shlex
 import sys
 import time
@@ -30,19 +31,25 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from pipeline.cli import recipe_options as ro
 from pipeline.data import prepare as prepare_stage
 from pipeline.data import shards, sources
 from pipeline.errors import PipelineError
 from pipeline.report import evaluate as evaluate_stage
+from pipeline.training import presets
 from pipeline.training import trainer as train_stage
 from pipeline.training.config import TrainConfig
 
 EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED = 1, 3, 130
 # library parameter -> the flag that sets it, for rendering errors the library raises
-FLAGS = {
-    name: "--" + name.replace("_", "-")
-    for name in ("lr", "epochs", "batch_size", "hidden", "seed", "checkpoint_every")
-} | {"shard_size": "--shard-size", "compression": "--compression"}
+FLAGS = (
+    {
+        name: "--" + name.replace("_", "-")
+        for name in ("lr", "epochs", "batch_size", "hidden", "seed", "checkpoint_every")
+    }
+    | {"shard_size": "--shard-size", "compression": "--compression"}
+    | ro.FLAGS
+)
 
 
 class OneLineErrors(TyperGroup):
@@ -323,14 +330,17 @@ def verify(
 
 Hidden = Annotated[
     list[int] | None,
-    typer.Option("--hidden", help="Hidden layer size; repeat for more layers [default: 500]."),
+    typer.Option("--hidden", help="Hidden layer size; repeat for more layers (original: 500)."),
 ]
-Epochs = Annotated[int, typer.Option(min=1, help="Epochs to train.")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Mini-batch size.")]
-LearningRate = Annotated[float, typer.Option(help="SGD learning rate (positive).")]
+Epochs = Annotated[int | None, typer.Option(min=1, help="Epochs to train (original: 10).")]
+BatchSize = Annotated[int | None, typer.Option(min=1, help="Mini-batch size (original: 3).")]
+LearningRate = Annotated[
+    float | None, typer.Option(help="Peak learning rate (positive; original: 0.1).")
+]
 Seed = Annotated[int, typer.Option(help="Seed of the initial weights (and of shuffling).")]
 Shuffle = Annotated[
-    bool, typer.Option(help="Shuffle each epoch; off trains in file order, as the original recipe.")
+    bool | None,
+    typer.Option(help="Shuffle each epoch; off trains in file order, as the original recipe."),
 ]
 CheckpointEvery = Annotated[
     int, typer.Option(min=0, help="Also checkpoint every N steps (0: at epoch ends only).")
@@ -340,26 +350,13 @@ MinAccuracy = Annotated[
     typer.Option(min=0.0, max=1.0, help="Exit with code 3 if accuracy is below this (0-1)."),
 ]
 RunDir = Annotated[Path, typer.Option("--run-dir", file_okay=False, help="The run's directory.")]
+# the command parameters that are TrainConfig fields (the preset's name is passed apart)
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"preset", "dtype"}
 
 
-def _config(
-    hidden: list[int] | None,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    shuffle: bool,
-    checkpoint_every: int,
-) -> TrainConfig:
-    return TrainConfig(
-        hidden=tuple(hidden or (500,)),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        shuffle=shuffle,
-        checkpoint_every=checkpoint_every,
-    )
+def _config(preset: str, options: dict[str, Any]) -> TrainConfig:
+    """The preset's values with every option given on top (None: not given)."""
+    return presets.resolve(preset, **options)
 
 
 def _do_train(
@@ -421,19 +418,40 @@ def train(
         Path, typer.Option("--data", file_okay=False, help="Shard directory written by prepare.")
     ],
     run_dir: RunDir,
-    epochs: Epochs = 10,
-    batch_size: BatchSize = 3,
-    lr: LearningRate = 0.1,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
     hidden: Hidden = None,
     seed: Seed = 0,
-    shuffle: Shuffle = False,
+    shuffle: Shuffle = None,
     checkpoint_every: CheckpointEvery = 0,
+    preset: ro.Preset = "original",
+    activation: ro.Activation = None,
+    loss: ro.Loss = None,
+    init: ro.Init = None,
+    init_std: ro.InitStd = None,
+    optimizer: ro.Optimizer = None,
+    momentum: ro.Momentum = None,
+    beta1: ro.Beta1 = None,
+    beta2: ro.Beta2 = None,
+    eps: ro.Eps = None,
+    weight_decay: ro.WeightDecay = None,
+    schedule: ro.Schedule = None,
+    warmup_epochs: ro.WarmupEpochs = None,
+    step_epochs: ro.StepEpochs = None,
+    step_gamma: ro.StepGamma = None,
+    dropout: ro.Dropout = None,
+    input_dropout: ro.InputDropout = None,
+    max_norm: ro.MaxNorm = None,
+    patience: ro.Patience = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir from its newest checkpoint.")
     ] = False,
 ) -> None:
-    """Train the MLP on the shards (default: the original 784-500-10 recipe)."""
-    config = _config(hidden, epochs, batch_size, lr, seed, shuffle, checkpoint_every)
+    """Train the MLP on the shards (default: the original 784-500-10 recipe; see --preset)."""
+    options = {k: v for k, v in locals().items() if k in TRAIN_FIELDS}
+    with friendly_errors():
+        config = _config(preset, options)
     with friendly_errors(), _display() as progress:
         result = _do_train(data, run_dir, config, resume, progress)
     last = result.history[-1]
@@ -475,17 +493,38 @@ def run(
         typer.Option("--data", file_okay=False, help="Shard directory [default: RUN_DIR/shards]."),
     ] = None,
     source: Annotated[str, typer.Option(help="'embedded' MNIST or 'idx:DIR'.")] = "embedded",
-    epochs: Epochs = 10,
-    batch_size: BatchSize = 3,
-    lr: LearningRate = 0.1,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
     hidden: Hidden = None,
     seed: Seed = 0,
-    shuffle: Shuffle = False,
+    shuffle: Shuffle = None,
     checkpoint_every: CheckpointEvery = 0,
+    preset: ro.Preset = "original",
+    activation: ro.Activation = None,
+    loss: ro.Loss = None,
+    init: ro.Init = None,
+    init_std: ro.InitStd = None,
+    optimizer: ro.Optimizer = None,
+    momentum: ro.Momentum = None,
+    beta1: ro.Beta1 = None,
+    beta2: ro.Beta2 = None,
+    eps: ro.Eps = None,
+    weight_decay: ro.WeightDecay = None,
+    schedule: ro.Schedule = None,
+    warmup_epochs: ro.WarmupEpochs = None,
+    step_epochs: ro.StepEpochs = None,
+    step_gamma: ro.StepGamma = None,
+    dropout: ro.Dropout = None,
+    input_dropout: ro.InputDropout = None,
+    max_norm: ro.MaxNorm = None,
+    patience: ro.Patience = None,
     min_accuracy: MinAccuracy = None,
 ) -> None:
     """Prepare (if needed), train (resuming if the run exists) and evaluate, in one go."""
-    config = _config(hidden, epochs, batch_size, lr, seed, shuffle, checkpoint_every)
+    options = {k: v for k, v in locals().items() if k in TRAIN_FIELDS}
+    with friendly_errors():
+        config = _config(preset, options)
     data = data or run_dir / "shards"
     with friendly_errors():
         with _display() as progress:
