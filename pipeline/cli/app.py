@@ -413,6 +413,7 @@ def _gate(evaluation: evaluate_stage.Evaluation, min_accuracy: float | None) -> 
 
 
 @app.command()
+@ro.with_recipe_options
 def train(
     data: Annotated[
         Path, typer.Option("--data", file_okay=False, help="Shard directory written by prepare.")
@@ -425,33 +426,15 @@ def train(
     seed: Seed = 0,
     shuffle: Shuffle = None,
     checkpoint_every: CheckpointEvery = 0,
-    preset: ro.Preset = "original",
-    activation: ro.Activation = None,
-    loss: ro.Loss = None,
-    init: ro.Init = None,
-    init_std: ro.InitStd = None,
-    optimizer: ro.Optimizer = None,
-    momentum: ro.Momentum = None,
-    beta1: ro.Beta1 = None,
-    beta2: ro.Beta2 = None,
-    eps: ro.Eps = None,
-    weight_decay: ro.WeightDecay = None,
-    schedule: ro.Schedule = None,
-    warmup_epochs: ro.WarmupEpochs = None,
-    step_epochs: ro.StepEpochs = None,
-    step_gamma: ro.StepGamma = None,
-    dropout: ro.Dropout = None,
-    input_dropout: ro.InputDropout = None,
-    max_norm: ro.MaxNorm = None,
-    patience: ro.Patience = None,
+    recipe: dict[str, Any] | None = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir from its newest checkpoint.")
     ] = False,
 ) -> None:
     """Train the MLP on the shards (default: the original 784-500-10 recipe; see --preset)."""
-    options = {k: v for k, v in locals().items() if k in TRAIN_FIELDS}
+    options = {k: v for k, v in locals().items() if k in TRAIN_FIELDS} | (recipe or {})
     with friendly_errors():
-        config = _config(preset, options)
+        config = _config(options.pop("preset", "original"), options)
     with friendly_errors(), _display() as progress:
         result = _do_train(data, run_dir, config, resume, progress)
     last = result.history[-1]
@@ -486,6 +469,7 @@ def evaluate(
 
 
 @app.command()
+@ro.with_recipe_options
 def run(
     run_dir: RunDir,
     data: Annotated[
@@ -500,31 +484,13 @@ def run(
     seed: Seed = 0,
     shuffle: Shuffle = None,
     checkpoint_every: CheckpointEvery = 0,
-    preset: ro.Preset = "original",
-    activation: ro.Activation = None,
-    loss: ro.Loss = None,
-    init: ro.Init = None,
-    init_std: ro.InitStd = None,
-    optimizer: ro.Optimizer = None,
-    momentum: ro.Momentum = None,
-    beta1: ro.Beta1 = None,
-    beta2: ro.Beta2 = None,
-    eps: ro.Eps = None,
-    weight_decay: ro.WeightDecay = None,
-    schedule: ro.Schedule = None,
-    warmup_epochs: ro.WarmupEpochs = None,
-    step_epochs: ro.StepEpochs = None,
-    step_gamma: ro.StepGamma = None,
-    dropout: ro.Dropout = None,
-    input_dropout: ro.InputDropout = None,
-    max_norm: ro.MaxNorm = None,
-    patience: ro.Patience = None,
     min_accuracy: MinAccuracy = None,
+    recipe: dict[str, Any] | None = None,
 ) -> None:
     """Prepare (if needed), train (resuming if the run exists) and evaluate, in one go."""
-    options = {k: v for k, v in locals().items() if k in TRAIN_FIELDS}
+    options = {k: v for k, v in locals().items() if k in TRAIN_FIELDS} | (recipe or {})
     with friendly_errors():
-        config = _config(preset, options)
+        config = _config(options.pop("preset", "original"), options)
     data = data or run_dir / "shards"
     with friendly_errors():
         with _display() as progress:

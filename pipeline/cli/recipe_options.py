@@ -1,43 +1,20 @@
 """The recipe's command-line options (train, run): `--preset NAME` and one option per
 TrainConfig recipe field. Every option defaults to None: unset, the preset's value (or
 TrainConfig's default) applies; set, it overrides. The defaults live in one place, the config
-dataclass and the presets (pipeline/training/presets.py)."""
+dataclass and the presets (pipeline/training/presets.py). `with_recipe_options` adds them all
+to a command, which receives them as one dict, so the list is written once."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
 from pipeline.training.config import CHOICES
 from pipeline.training.presets import PRESETS
-
-# library parameter -> flag, for rendering the errors the config check raises
-FLAGS = {
-    name: "--" + name.replace("_", "-")
-    for name in (
-        "preset",
-        "activation",
-        "loss",
-        "init",
-        "optimizer",
-        "momentum",
-        "beta1",
-        "beta2",
-        "eps",
-        "weight_decay",
-        "schedule",
-        "warmup_epochs",
-        "step_epochs",
-        "step_gamma",
-        "dropout",
-        "input_dropout",
-        "max_norm",
-        "patience",
-        "init_std",
-        "shuffle",
-    )
-}
 
 
 def _choices(field: str) -> str:
@@ -78,3 +55,48 @@ Patience = Annotated[
     int | None,
     typer.Option(help="With a val split: stop after N epochs without a better val accuracy."),
 ]
+
+
+def with_recipe_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a typer command the options above; it receives them as `recipe={name: value}`
+    (the preset's name under "preset"), in place of a long parameter list of its own."""
+    options = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, kind, default in _OPTIONS
+    ]
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "recipe"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        recipe = {name: kwargs.pop(name) for name, _, _ in _OPTIONS}
+        command(**kwargs, recipe=recipe)
+
+    wrapper.__signature__ = signature.replace(parameters=own + options)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + options}
+    return wrapper
+
+
+_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("preset", Preset, "original"),
+    ("activation", Activation, None),
+    ("loss", Loss, None),
+    ("init", Init, None),
+    ("init_std", InitStd, None),
+    ("optimizer", Optimizer, None),
+    ("momentum", Momentum, None),
+    ("beta1", Beta1, None),
+    ("beta2", Beta2, None),
+    ("eps", Eps, None),
+    ("weight_decay", WeightDecay, None),
+    ("schedule", Schedule, None),
+    ("warmup_epochs", WarmupEpochs, None),
+    ("step_epochs", StepEpochs, None),
+    ("step_gamma", StepGamma, None),
+    ("dropout", Dropout, None),
+    ("input_dropout", InputDropout, None),
+    ("max_norm", MaxNorm, None),
+    ("patience", Patience, None),
+]
+# library parameter -> flag, for rendering the errors the config check raises
+FLAGS = {name: "--" + name.replace("_", "-") for name, _, _ in _OPTIONS} | {"shuffle": "--shuffle"}
