@@ -92,9 +92,18 @@ class RecipeStep:
                 fused.max_norm(w, spec.max_norm)
         return float(loss)
 
-    def steps(self, x: np.ndarray, y: np.ndarray, lrs: list[float], batch_size: int) -> float:
-        """Consecutive batches of x (N, n_0), one per rate in lrs; returns the summed loss."""
-        total = 0.0
+    def steps(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        lrs: list[float],
+        batch_size: int,
+        *,
+        loss_sum: float = 0.0,
+    ) -> float:
+        """Consecutive batches of x (N, n_0), one per rate in lrs; returns loss_sum plus each
+        batch's summed loss, added in order (a running sum independent of how calls split)."""
+        total = float(loss_sum)
         for k, lr in enumerate(lrs):
             rows = slice(k * batch_size, (k + 1) * batch_size)
             total += self.step(x[rows], y[rows], lr)

@@ -292,27 +292,30 @@ class Trainer:
                 if every:  # stop exactly at the next checkpoint step
                     todo = min(todo, every - state.step % every)
                 rows = slice(done * size, (done + todo) * size)
-                loss = self._steps(x[rows], y[rows], todo)
-                if not math.isfinite(loss):
-                    self._diverged(loss, todo)
+                # the epoch's loss sum goes through every step in order: the same bits
+                # whichever block boundaries (or resume points) split the epoch
+                loss_sum = self._steps(x[rows], y[rows], todo, state.loss_sum)
+                if not math.isfinite(loss_sum):
+                    self._diverged(loss_sum, todo)
                 done += todo
                 state.step += todo
                 state.samples += len(x[rows])
-                state.loss_sum += loss
+                state.loss_sum = loss_sum
                 if every and state.step % every == 0 and state.step < len(self.train_loader):
                     self.save()
             self.reporter.advance(state.step, state.samples, state.loss_sum)
 
-    def _steps(self, x: np.ndarray, y: np.ndarray, batches: int) -> float:
-        """`batches` consecutive steps on x, y; returns their summed loss."""
+    def _steps(self, x: np.ndarray, y: np.ndarray, batches: int, loss_sum: float) -> float:
+        """`batches` consecutive steps on x, y; returns loss_sum plus their losses, added
+        one batch at a time."""
         config, network = self.config, self.state.network
         if self.recipe is None:
-            return network.steps(x, y, config.lr, config.batch_size)
+            return network.steps(x, y, config.lr, config.batch_size, loss_sum=loss_sum)
         x = np.ascontiguousarray(x, dtype=network.dtype)
         y = np.ascontiguousarray(y, dtype=network.dtype)
         first = self.state.epoch * len(self.train_loader) + self.state.step
         lrs = [self.schedule.lr_at(first + k) for k in range(batches)]
-        return self.recipe.steps(x, y, lrs, config.batch_size)
+        return self.recipe.steps(x, y, lrs, config.batch_size, loss_sum=loss_sum)
 
     def stop_early(self) -> bool:
         """`patience` epochs in a row without a better val accuracy than the best before."""
