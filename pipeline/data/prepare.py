@@ -75,7 +75,7 @@ def find_set(out: Path, source: str | None) -> Manifest | None:
     Reads nothing but the manifest and the shard sizes, so it also works on a read-only volume.
     """
     existing = _existing(out)
-    if existing is None or existing.raw.get("source", {}).get("spec") != resolve(source)[0]:
+    if existing is None or existing.raw.get("source", {}).get("spec") != resolve(source):
         return None
     return existing
 
