@@ -238,12 +238,22 @@ def test_out_of_range_label(good_dir: Path) -> None:
     assert f"{path}: label 10 at index 7 is out of range for 10 classes" in str(info.value)
 
 
-def test_unnamed_classes_follow_the_largest_label(good_dir: Path) -> None:
-    """An IDX directory of no known dataset: its classes are named by their label numbers."""
-    labels = np.zeros(12, np.uint8)
-    labels[7] = 12
-    replace_file(good_dir, TEST_LABELS, idx_bytes(labels), gz=True)
-    assert sources.load(f"idx:{good_dir}").classes == [str(k) for k in range(13)]
+def test_unnamed_classes_follow_the_largest_label(tmp_path: Path) -> None:
+    """An IDX directory of no known dataset: its classes are named by their label numbers,
+    and a label that leaves a class without train samples is taken for corruption."""
+    images = np.zeros((39, 28, 28), np.uint8)
+    train = (images, (np.arange(39) % 13).astype(np.uint8))
+    test = (images[:5], np.array([0, 12, 3, 4, 5], np.uint8))
+    directory = write_idx_dir(tmp_path / "raw", train, test)
+    raw = sources.load(f"idx:{directory}")
+    assert raw.classes == [str(k) for k in range(13)]
+    assert raw.name == tmp_path.name  # "raw" names nothing: the parent folder does
+
+    labels = train[1].copy()
+    labels[labels == 7] = 6  # class 7 gone: label 8 now skips over it
+    path = replace_file(directory, LABELS, idx_bytes(labels), gz=False)
+    message = load_raises(directory, SourceError, path)
+    assert "label 8 at index 8 leaves class 7 without a train sample" in message
 
 
 def test_label_out_of_range_for_fewer_classes(good_dir: Path) -> None:
@@ -293,7 +303,7 @@ def test_missing_directory(tmp_path: Path) -> None:
 def test_source_that_is_a_file(tmp_path: Path) -> None:
     file = tmp_path / "file"
     file.write_bytes(b"")
-    with pytest.raises(SourceError, match="is not a directory"):
+    with pytest.raises(SourceError, match="not a directory"):
         sources.load(f"idx:{file}")
 
 

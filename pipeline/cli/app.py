@@ -43,6 +43,11 @@ FLAGS = {
     name: "--" + name.replace("_", "-")
     for name in ("lr", "epochs", "batch_size", "hidden", "seed", "checkpoint_every")
 } | {"shard_size": "--shard-size", "compression": "--compression"}
+# the data source's parameters (pipeline.data.sources)
+FLAGS |= {
+    name: "--" + name.replace("_", "-")
+    for name in ("source", "classes", "image_shape", "val_fraction")
+}
 
 
 class OneLineErrors(TyperGroup):

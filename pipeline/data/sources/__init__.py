@@ -54,9 +54,9 @@ def _spec_error(spec: str, why: str) -> SourceError:
 def _path(spec: str, where: str, *, directory: bool) -> Path:
     path = Path(where).expanduser()
     if directory and not path.is_dir():
-        raise SourceError(f"{path} is not a directory", param="source", value=spec)
+        raise SourceError("not a directory", param="source", value=spec)
     if not directory and not path.is_file():
-        raise SourceError(f"{path} is not a file", param="source", value=spec)
+        raise SourceError("not a file", param="source", value=spec)
     return path
 
 

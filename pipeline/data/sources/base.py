@@ -193,6 +193,24 @@ def _labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
     return labels
 
 
+def _numbered(found: Found, labels: dict[str, np.ndarray]) -> list[str]:
+    """Class names for a source that has none: the label numbers 0..max, each one present in
+    train (a gap means a corrupt label, or classes the user must name with `classes`)."""
+    top = max(int(lab.max()) for lab in labels.values())
+    present = np.bincount(labels["train"], minlength=top + 1) > 0
+    if not present.all():
+        gap = int(np.argmin(present))
+        for split, lab in labels.items():
+            if (lab > gap).any():
+                bad = int(np.argmax(lab > gap))
+                where = found.splits[split].labels_where or found.splits[split].where
+                raise SourceError(
+                    f"{where}: label {lab[bad]} at index {bad} leaves class {gap} without a "
+                    "train sample; if the classes are right, name them (classes)"
+                )
+    return [str(k) for k in range(max(top + 1, 2))]
+
+
 def validate(
     found: Found, *, name: str | None = None, classes: list[str] | None = None
 ) -> RawDataset:
@@ -211,8 +229,7 @@ def validate(
         found_shapes = ", ".join(f"{s} {list(shape)}" for s, shape in shapes.items())
         raise SourceError(f"{found.source}: train and test images differ in shape ({found_shapes})")
 
-    top = max(int(lab.max()) for lab in labels.values())
-    names = classes or found.classes or [str(k) for k in range(max(top + 1, 2))]
+    names = classes or found.classes or _numbered(found, labels)
     if len(names) < 2 or len(set(names)) != len(names):
         raise SourceError(
             "need at least two distinct class names", param="classes", value=",".join(names)

@@ -136,7 +136,9 @@ def _emnist(raw: Path, split: str | None, spec: str, files: list[RawFile]) -> Fo
                 raise IdxFormatError(f"{label_path}: label 0 in EMNIST letters (labels are 1..26)")
             labels = labels - 1
         # EMNIST keeps each image transposed: (n, cols, rows) -> upright (n, rows, cols)
-        splits[part] = FoundSplit(images.transpose(0, 2, 1), labels, str(image_path), str(label_path))
+        splits[part] = FoundSplit(
+            images.transpose(0, 2, 1), labels, str(image_path), str(label_path)
+        )
     return Found(spec, f"emnist-{split}", EMNIST_CLASSES[split], splits, files)
 
 
