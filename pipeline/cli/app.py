@@ -154,12 +154,13 @@ class TrainView:
         self.progress.update(self.task, completed=step, info=info)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
+        split, accuracy = train_stage.epoch_accuracy(record)
         line = (
             f"epoch {record['epoch']}: train loss {record['train_loss']:.5f}, "
-            f"test accuracy {record['test_accuracy']:.2%}, {record['seconds']:.1f} s"
+            f"{split} accuracy {accuracy:.2%}, {record['seconds']:.1f} s"
         )
         if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, info=f"test accuracy {record['test_accuracy']:.2%}")
+            self.progress.update(self.task, info=f"{split} accuracy {accuracy:.2%}")
         else:
             out.print(line, highlight=False)
 
@@ -215,13 +216,18 @@ def _do_prepare(
     *,
     name: str | None,
     classes: str | None,
+    image_shape: str | None,
+    val_fraction: float | None,
     shard_size: int,
     compression: Compression,
     force: bool,
     progress: Progress | None,
 ) -> prepare_stage.PrepareResult:
     class_names = [c.strip() for c in classes.split(",")] if classes else None
-    raw = sources.load(source, name=name, classes=class_names)
+    shape = sources.parse_shape(image_shape) if image_shape else None
+    raw = sources.load(
+        source, name=name, classes=class_names, image_shape=shape, val_fraction=val_fraction
+    )
     view = PrepareView(progress, {split: len(data.images) for split, data in raw.splits.items()})
     result = prepare_stage.prepare(
         out_dir,
@@ -255,20 +261,36 @@ def _summary(result: prepare_stage.PrepareResult) -> None:
     out.print(table)
 
 
+Source = Annotated[
+    str,
+    typer.Option(
+        help="embedded | idx:DIR | torchvision:NAME[/SPLIT]:ROOT | npz:FILE | csv:TRAIN,TEST | "
+        "images:DIR (README: Data sources)."
+    ),
+]
+ImageShape = Annotated[
+    str | None,
+    typer.Option(help="ROWSxCOLS[xCHANNELS] of a csv source's rows [default: square, grey]."),
+]
+ValFraction = Annotated[
+    float | None,
+    typer.Option(help="Carve this share of each class of train into a 'val' split (0-1)."),
+]
+
+
 @app.command()
 def prepare(
     out_dir: Annotated[
         Path, typer.Option("--out", file_okay=False, help="Directory for the shard set.")
     ],
-    source: Annotated[
-        str, typer.Option(help="'embedded' (MNIST shipped with the package) or 'idx:DIR'.")
-    ] = "embedded",
-    name: Annotated[
-        str | None, typer.Option(help="Dataset name [default: mnist, or DIR's name].")
-    ] = None,
+    source: Source = "embedded",
+    name: Annotated[str | None, typer.Option(help="Dataset name [default: the source's].")] = None,
     classes: Annotated[
-        str | None, typer.Option(help="Comma-separated class names [default: by name, else 0-9].")
+        str | None,
+        typer.Option(help="Comma-separated class names [default: the source's, else 0..N-1]."),
     ] = None,
+    image_shape: ImageShape = None,
+    val_fraction: ValFraction = None,
     shard_size: Annotated[
         int, typer.Option(min=1, help="Samples per shard file.")
     ] = prepare_stage.DEFAULT_SHARD_SIZE,
@@ -283,13 +305,15 @@ def prepare(
         ),
     ] = False,
 ) -> None:
-    """Read IDX files and write normalized, one-hot HDF5 shards plus manifest.json."""
+    """Read a data source and write normalized, one-hot HDF5 shards plus manifest.json."""
     with friendly_errors(), _display() as progress:
         result = _do_prepare(
             out_dir,
             source,
             name=name,
             classes=classes,
+            image_shape=image_shape,
+            val_fraction=val_fraction,
             shard_size=shard_size,
             compression=compression,
             force=force,
@@ -442,8 +466,9 @@ def train(
     with friendly_errors(), _display() as progress:
         result = _do_train(data, run_dir, config, resume, progress)
     last = result.history[-1]
+    split, accuracy = train_stage.epoch_accuracy(last)
     out.print(
-        f"trained {last['epoch']} epochs: test accuracy {last['test_accuracy']:.2%}; "
+        f"trained {last['epoch']} epochs: {split} accuracy {accuracy:.2%}; "
         f"checkpoint {result.checkpoint}",
         highlight=False,
     )
@@ -479,7 +504,9 @@ def run(
         Path | None,
         typer.Option("--data", file_okay=False, help="Shard directory [default: RUN_DIR/shards]."),
     ] = None,
-    source: Annotated[str, typer.Option(help="'embedded' MNIST or 'idx:DIR'.")] = "embedded",
+    source: Source = "embedded",
+    image_shape: ImageShape = None,
+    val_fraction: ValFraction = None,
     epochs: Epochs = 10,
     batch_size: BatchSize = 3,
     lr: LearningRate = 0.1,
@@ -494,7 +521,7 @@ def run(
     data = data or run_dir / "shards"
     with friendly_errors():
         with _display() as progress:
-            existing = prepare_stage.find_set(data, source)
+            existing = prepare_stage.find_set(data, source, val_fraction or 0.0)
             if existing is not None:
                 out.print(f"shards: {data} already holds {existing.name}", highlight=False)
             else:
@@ -503,6 +530,8 @@ def run(
                     source,
                     name=None,
                     classes=None,
+                    image_shape=image_shape,
+                    val_fraction=val_fraction,
                     shard_size=prepare_stage.DEFAULT_SHARD_SIZE,
                     compression=Compression.none,
                     force=False,

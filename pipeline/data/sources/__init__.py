@@ -33,6 +33,7 @@ __all__ = [
     "RawSplit",
     "carve_val",
     "load",
+    "parse_shape",
     "resolve",
 ]
 
@@ -97,14 +98,26 @@ def _csv_name(train: Path) -> str:
     return stem or train.resolve().parent.name
 
 
+def parse_shape(text: str) -> tuple[int, ...]:
+    """ "28x28" or "32x32x3" -> (rows, cols[, channels])."""
+    parts = text.lower().split("x")
+    if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise SourceError(
+            "expected ROWSxCOLS or ROWSxCOLSxCHANNELS", param="image_shape", value=text
+        )
+    return tuple(int(p) for p in parts)
+
+
 def load(
     spec: str | None,
     *,
     name: str | None = None,
     classes: list[str] | None = None,
     image_shape: tuple[int, ...] | None = None,
+    val_fraction: float | None = None,
 ) -> RawDataset:
-    """Read, validate and normalize the source `spec` (see the module docstring)."""
+    """Read, validate and normalize the source `spec` (see the module docstring); with
+    `val_fraction`, carve a stratified val split from train."""
     spec = spec or "embedded"
     normalized = resolve(spec)
     kind, _, rest = spec.partition(":")
@@ -135,4 +148,5 @@ def load(
         found.name = _csv_name(train)
     else:  # images: resolve() admits nothing else
         found = images.read(_path(spec, rest, directory=True), normalized)
-    return validate(found, name=name, classes=classes)
+    raw = validate(found, name=name, classes=classes)
+    return carve_val(raw, val_fraction) if val_fraction else raw

@@ -54,6 +54,7 @@ class RawDataset:
     image_shape: tuple[int, ...]  # (rows, cols) or (rows, cols, channels)
     files: list[RawFile]
     splits: dict[str, RawSplit]
+    val_fraction: float = 0.0  # the share of train carved into "val" (split.py), 0: none
 
 
 @dataclass

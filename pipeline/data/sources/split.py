@@ -2,9 +2,9 @@
 
 Within each class, in file order, floor(fraction * count + 0.5) samples (at most count - 1)
 go to val, evenly spread: the k-th of m val samples of a class of n is its member number
-floor((2k + 1) * n / (2m)). No generator is involved, so the split is the same on every machine and numpy version, and
-the same train split always gives the same val split (hence the same shard set identity).
-Both parts keep file order.
+floor((2k + 1) * n / (2m)). No generator is involved, so the split is the same on every
+machine and numpy version, and the same train split always gives the same val split (hence
+the same shard set identity). Both parts keep file order.
 """
 
 from __future__ import annotations
@@ -51,4 +51,4 @@ def carve_val(raw: RawDataset, fraction: float) -> RawDataset:
         "val": RawSplit(train.images[mask], train.labels[mask]),
         **{k: v for k, v in raw.splits.items() if k != "train"},
     }
-    return replace(raw, splits=splits)
+    return replace(raw, splits=splits, val_fraction=fraction)
