@@ -114,6 +114,11 @@ def _block_pixels(pixels: np.ndarray, path: Path, start: int) -> tuple[str, np.n
             )
         kind = "binary" if pixels.max() <= 1 else "int"
         return kind, pixels.astype(np.uint8)
+    if pixels.max() > 1:
+        raise SourceError(
+            f"{path}: lines {start}-{start + len(pixels) - 1}: mixes integer pixels 0..255 "
+            f"with fractions (up to {pixels.max():g}); floats must lie in [0, 1]"
+        )
     return "float", to_uint8(pixels, f"{path}: lines {start}-{start + len(pixels) - 1}")
 
 

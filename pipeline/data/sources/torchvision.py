@@ -65,7 +65,9 @@ def read(name: str, split: str | None, root: Path, spec: str) -> Found:
     files: list[RawFile] = []
     if canonical in MNIST_LIKE:
         if split is not None:
-            raise SourceError(f"{spec}: {canonical} has no splits to choose from")
+            raise SourceError(
+                f"{canonical} has no splits to choose from", param="source", value=spec
+            )
         splits = {
             part: idx.read_pair(idx.find(raw, images), idx.find(raw, labels), files)
             for part, (images, labels) in idx.SPLIT_FILES.items()
@@ -78,7 +80,9 @@ def read(name: str, split: str | None, root: Path, spec: str) -> Found:
 
 def _qmnist(raw: Path, test: str, spec: str, files: list[RawFile]) -> Found:
     if test not in QMNIST_SPLITS:
-        raise SourceError(f"{spec}: QMNIST test part {test!r}; choose one of {QMNIST_SPLITS}")
+        raise SourceError(
+            f"QMNIST test part {test!r}; choose one of {QMNIST_SPLITS}", param="source", value=spec
+        )
     splits = {}
     for part in ("train", "test"):
         image_path = idx.find(raw, f"qmnist-{part}-images-idx3-ubyte")
@@ -107,7 +111,9 @@ def _qmnist(raw: Path, test: str, spec: str, files: list[RawFile]) -> Found:
 
 def _emnist(raw: Path, split: str | None, spec: str, files: list[RawFile]) -> Found:
     if split not in EMNIST_CLASSES:
-        raise SourceError(f"{spec}: EMNIST needs a split, one of {'/'.join(EMNIST_CLASSES)}")
+        raise SourceError(
+            f"EMNIST needs a split, one of {'/'.join(EMNIST_CLASSES)}", param="source", value=spec
+        )
     archive = raw / "gzip.zip"
     splits = {}
     for part in ("train", "test"):
