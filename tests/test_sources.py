@@ -6,6 +6,7 @@ same content; RGB and odd sizes; every broken form refused with one line naming 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import zipfile
 from pathlib import Path
@@ -13,8 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from pipeline.cli import app
 from pipeline.data import prepare, sources
+from pipeline.data.shards import load_manifest
 from pipeline.data.sources import torchvision as tv
 from pipeline.errors import ConfigError, SourceError
 from tests.conftest import idx_bytes, write_idx_dir
@@ -108,21 +112,19 @@ def assert_same(raw: sources.RawDataset, data: dict[str, tuple[np.ndarray, np.nd
         assert raw.splits[split].images.dtype == raw.splits[split].labels.dtype == np.uint8
 
 
-def stored(out: Path) -> dict[str, tuple[bytes, bytes]]:
-    """Per split, the bytes a model would see: all images and targets of the shards, in order."""
+def stored(out: Path) -> dict[str, tuple[str, str]]:
+    """Per split, what a model would see: sha256 of all images and of all targets, in order."""
     import h5py
-
-    from pipeline.data.shards import load_manifest
 
     manifest = load_manifest(out)
     content = {}
     for split, info in manifest.splits.items():
-        images, targets = [], []
+        images, targets = hashlib.sha256(), hashlib.sha256()
         for shard in info.shards:
             with h5py.File(manifest.path(shard), "r") as f:
-                images.append(f["images"][:].tobytes())
-                targets.append(f["targets"][:].tobytes())
-        content[split] = (b"".join(images), b"".join(targets))
+                images.update(f["images"][:].tobytes())
+                targets.update(f["targets"][:].tobytes())
+        content[split] = (images.hexdigest(), targets.hexdigest())
     return content
 
 
@@ -299,3 +301,26 @@ def test_bad_val_fraction(tmp_path: Path, few, fraction: float) -> None:
     with pytest.raises(ConfigError) as info:
         sources.carve_val(raw, fraction)
     assert (info.value.param, info.value.value) == ("val_fraction", fraction)
+
+
+def test_fashion_mnist_through_idx_and_torchvision_layout_is_one_set(tmp_path: Path) -> None:
+    """Debian's Fashion-MNIST as it is, and the same files in torchvision's layout (a
+    download's .gz files beside their extracted copies): one name, classes and content."""
+    fashion = Path("/usr/share/datasets/fashion-mnist")
+    assert fashion.is_dir(), "install it: apt-get install -y dataset-fashion-mnist"
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for file in fashion.iterdir():
+        (raw / file.name).symlink_to(file)
+        (raw / file.stem).write_bytes(gzip.decompress(file.read_bytes()))
+    outs = {}
+    for form, spec in (("idx", f"idx:{fashion}"), ("tv", f"torchvision:FashionMNIST:{tmp_path}")):
+        result = CliRunner().invoke(
+            app, ["prepare", "--out", str(tmp_path / form), "--source", spec]
+        )
+        assert result.exit_code == 0, result.stderr
+        outs[form] = load_manifest(tmp_path / form)
+    assert outs["idx"].name == outs["tv"].name == "fashionmnist"
+    assert outs["idx"].classes == outs["tv"].classes == tv.FASHION_CLASSES
+    assert outs["idx"].split("train").label_histogram == [6000] * 10
+    assert stored(tmp_path / "idx") == stored(tmp_path / "tv")

@@ -357,7 +357,7 @@ def _save16(path: Path) -> Path:
 def _without(path: Path, key: str) -> Path:
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files if k != key}
-    np.savez(path, **arrays)  # type: ignore[arg-type]
+    np.savez(path, **arrays)
     return path
 
 

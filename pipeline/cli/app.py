@@ -323,6 +323,42 @@ def prepare(
 
 
 @app.command()
+def show(
+    data: Annotated[Path, typer.Argument(help="A shard directory written by prepare.")],
+    grid: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="PNG of sample images [default: ./NAME-samples.png]."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split the sample images come from.")] = "train",
+    per_class: Annotated[int, typer.Option(min=1, max=32, help="Images per class.")] = 8,
+) -> None:
+    """Summarize a shard set (splits, counts per class, shape, identity, source) and draw a
+    grid of sample images per class."""
+    from pipeline.report import dataset
+
+    with friendly_errors():
+        manifest = shards.load_manifest(data)
+        summary = dataset.summarize(manifest)
+        grid = grid or Path(f"{summary.name.replace('/', '_')}-samples.png")
+        manifest.split(split)  # an unknown split is an error before anything is drawn
+        dataset.save_sample_grid(manifest, grid, split=split, per_class=per_class)
+    shape = "x".join(map(str, summary.image_shape))
+    table = Table(title=f"{summary.name}: {shape} images, {len(summary.classes)} classes")
+    table.add_column("class")
+    for name in summary.histograms:
+        table.add_column(name, justify="right")
+    for k, cls in enumerate(summary.classes):
+        table.add_row(cls, *(f"{h[k]:,}" for h in summary.histograms.values()))
+    table.add_row("total", *(f"{sum(h):,}" for h in summary.histograms.values()), style="bold")
+    table.caption = (
+        f"identity {summary.identity[:16]}; source {summary.source}; "
+        f"{summary.channels} channel(s); shards {summary.shards}"
+    )
+    out.print(table)
+    out.print(f"sample images: {grid}", highlight=False)
+
+
+@app.command()
 def verify(
     data: Annotated[Path, typer.Argument(help="A shard directory written by prepare.")],
 ) -> None:
