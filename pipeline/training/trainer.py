@@ -255,13 +255,17 @@ class Trainer:
                 if every:  # stop exactly at the next checkpoint step
                     todo = min(todo, every - state.step % every)
                 rows = slice(done * size, (done + todo) * size)
-                loss = state.network.steps(x[rows], y[rows], config.lr, size)
-                if not math.isfinite(loss):
-                    self._diverged(loss, todo)
+                # the epoch's loss sum goes through every step in order: the same bits
+                # whichever block boundaries (or resume points) split the epoch
+                loss_sum = state.network.steps(
+                    x[rows], y[rows], config.lr, size, loss_sum=state.loss_sum
+                )
+                if not math.isfinite(loss_sum):
+                    self._diverged(loss_sum, todo)
                 done += todo
                 state.step += todo
                 state.samples += len(x[rows])
-                state.loss_sum += loss
+                state.loss_sum = loss_sum
                 if every and state.step % every == 0 and state.step < len(self.train_loader):
                     self.save()
             self.reporter.advance(state.step, state.samples, state.loss_sum)
