@@ -42,7 +42,12 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 EVAL_BATCH = 1000
-VAL_SPLIT = "val"
+
+
+def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
+    """The split an epoch record was scored on ("val" when the set has one) and its accuracy."""
+    split = "val" if "val_accuracy" in record else "test"
+    return split, float(record[f"{split}_accuracy"])
 
 
 class Reporter(Protocol):
@@ -200,12 +205,9 @@ class Trainer:
             shuffle=config.shuffle,
             seed=config.seed,
         )
-        self.test_loader = Loader(manifest, "test", batch_size=EVAL_BATCH)
-        self.val_loader = (
-            Loader(manifest, VAL_SPLIT, batch_size=EVAL_BATCH)
-            if VAL_SPLIT in manifest.splits
-            else None
-        )
+        # scored each epoch: val when the set has one (test then waits for evaluate)
+        self.scored_split = "val" if "val" in manifest.splits else "test"
+        self.test_loader = Loader(manifest, self.scored_split, batch_size=EVAL_BATCH)
         self.last: Path | None = None  # the newest checkpoint on disk
         self.recipe = None if config.is_original else self._recipe(network)
         per_epoch = len(self.train_loader)
@@ -320,26 +322,23 @@ class Trainer:
     def stop_early(self) -> bool:
         """`patience` epochs in a row without a better val accuracy than the best before."""
         patience, history = self.config.patience, self.state.history
-        if not patience or self.val_loader is None or len(history) <= patience:
+        if not patience or self.scored_split != "val" or len(history) <= patience:
             return False
         best = max(range(len(history)), key=lambda e: (history[e]["val_accuracy"], -e))
         return len(history) - 1 - best >= patience
 
     def end_epoch(self, seconds: float) -> None:
-        """Score the test (and val) split, log the epoch, checkpoint."""
+        """Score the val split (else test), log the epoch, checkpoint."""
         state = self.state
         confusion = confusion_on(state.network, self.test_loader)
         total = state.history[-1]["seconds_total"] if state.history else 0.0
         record = {
             "epoch": state.epoch + 1,
             "train_loss": state.loss_sum / state.samples,  # mean loss per sample
-            "test_accuracy": float(np.trace(confusion) / confusion.sum()),
+            f"{self.scored_split}_accuracy": float(np.trace(confusion) / confusion.sum()),
             "seconds": round(seconds, 3),
             "seconds_total": round(total + seconds, 3),
         }
-        if self.val_loader is not None:
-            val = confusion_on(state.network, self.val_loader)
-            record["val_accuracy"] = float(np.trace(val) / val.sum())
         state.history.append(record)
         state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
         self.save()
