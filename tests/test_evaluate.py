@@ -360,3 +360,15 @@ def test_another_shard_set_of_the_same_classes_is_refused_too(
     allowed = evaluate.evaluate(run_dir, data_dir=mnist_shards.directory, allow_other_data=True)
     assert allowed.doc["samples"] == 10_000
     assert "(model trained on mnist-slice)" in (run_dir / "report.md").read_text()
+
+
+def test_a_killed_evaluate_leaves_nothing_behind(trained_run: Path, tmp_path: Path) -> None:
+    """The next evaluate removes the half-written report files a killed one left; a train's
+    temporaries (it may be running beside) are not its to remove."""
+    run_dir = copy_run(trained_run, tmp_path)
+    ours = [run_dir / ".curves.png.999.tmp", run_dir / "checkpoints" / ".evaluated-ab.npz.9.tmp"]
+    theirs = [run_dir / ".metrics.jsonl.999.tmp", run_dir / "checkpoints" / ".checkpoint-x.9.tmp"]
+    for path in ours + theirs:
+        path.write_bytes(b"half")
+    evaluate.evaluate(run_dir)
+    assert [p.exists() for p in ours + theirs] == [False, False, True, True]
