@@ -20,7 +20,13 @@ import numpy as np
 
 from pipeline.data.loader import Loader, LoaderState
 from pipeline.data.shards import Manifest, load_manifest
-from pipeline.errors import CheckpointError, ConfigError, DivergedError, OutputError
+from pipeline.errors import (
+    CheckpointError,
+    ConfigError,
+    DivergedError,
+    OutputError,
+    ShardSetError,
+)
 from pipeline.nn.network import Network
 from pipeline.report.evaluate import EVAL_BATCH, confusion_on
 from pipeline.training import checkpoint
@@ -129,6 +135,10 @@ class Trainer:
     ) -> None:
         self.manifest, self.rundir, self.config, self.reporter = manifest, run, config, reporter
         samples = manifest.split("train").samples
+        if samples == 0:
+            raise ShardSetError(
+                f"{manifest.directory}: the train split is empty: nothing to train on"
+            )
         if config.batch_size > samples:  # refused, not clamped: the config is what runs
             raise ConfigError(
                 f"larger than the {samples} samples of {manifest.name}'s train split",
