@@ -30,6 +30,7 @@ from pipeline.training.rundir import (
     REPORT_MD,
     RUN_FILE,
     RunDir,
+    epoch_accuracy,
 )
 
 __all__ = ["EVAL_BATCH", "REPORT_MD", "Evaluation", "confusion_on", "evaluate"]
@@ -140,8 +141,9 @@ def evaluate(
                 plots.save_learning_curves(
                     [r["epoch"] for r in history],
                     [r["train_loss"] for r in history],
-                    [r["test_accuracy"] for r in history],
+                    [epoch_accuracy(r)[1] for r in history],
                     run_dir / CURVES_PNG,
+                    label=f"{epoch_accuracy(history[0])[0]} accuracy",
                 )
             atomic_write_bytes(run_dir / REPORT_MD, _markdown(doc, history).encode())
             atomic_write_bytes(run_dir / REPORT_JSON, (json.dumps(doc, indent=2) + "\n").encode())
@@ -248,11 +250,11 @@ def _markdown(doc: dict[str, Any], history: list[dict[str, Any]]) -> str:
         lines += [
             "## Training curve",
             "",
-            "| epoch | train loss | test accuracy | seconds |",
+            f"| epoch | train loss | {epoch_accuracy(history[0])[0]} accuracy | seconds |",
             "| ---: | ---: | ---: | ---: |",
         ]
         lines += [
-            f"| {r['epoch']} | {r['train_loss']:.5f} | {r['test_accuracy']:.4f} | "
+            f"| {r['epoch']} | {r['train_loss']:.5f} | {epoch_accuracy(r)[1]:.4f} | "
             f"{r['seconds']:.1f} |"
             for r in history
         ]

@@ -51,6 +51,12 @@ def is_kept(path: Path) -> bool:
     return match is not None and int(match["step"]) == 0
 
 
+def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
+    """The split an epoch record was scored on ("val" when the set has one) and its accuracy."""
+    split = "val" if "val_accuracy" in record else "test"
+    return split, float(record[f"{split}_accuracy"])
+
+
 @dataclass(frozen=True)
 class RunFile:
     """run.json: what the run is (its config) and what it trains on."""

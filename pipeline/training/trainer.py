@@ -33,6 +33,7 @@ from pipeline.training import checkpoint
 from pipeline.training.checkpoint import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 from pipeline.training.rundir import RUN_FILE, RunDir, RunFile
+from pipeline.training.rundir import epoch_accuracy as epoch_accuracy  # the CLI reads it here
 
 
 class Reporter(Protocol):
@@ -170,7 +171,9 @@ class Trainer:
             shuffle=config.shuffle,
             seed=config.seed,
         )
-        self.test_loader = Loader(manifest, "test", batch_size=EVAL_BATCH)
+        # scored each epoch: val when the set has one (test then waits for evaluate)
+        self.scored_split = "val" if "val" in manifest.splits else "test"
+        self.test_loader = Loader(manifest, self.scored_split, batch_size=EVAL_BATCH)
         self.last: Path | None = None  # the newest checkpoint on disk
 
     def restore(self) -> Path | None:
@@ -246,14 +249,14 @@ class Trainer:
             self.reporter.advance(state.step, state.samples, state.loss_sum)
 
     def end_epoch(self, seconds: float) -> None:
-        """Score the test split, log the epoch, checkpoint."""
+        """Score the val split (else test), log the epoch, checkpoint."""
         state = self.state
         confusion = confusion_on(state.network, self.test_loader)
         total = state.history[-1]["seconds_total"] if state.history else 0.0
         record = {
             "epoch": state.epoch + 1,
             "train_loss": state.loss_sum / state.samples,  # mean of |a - y|^2 / 2
-            "test_accuracy": float(np.trace(confusion) / confusion.sum()),
+            f"{self.scored_split}_accuracy": float(np.trace(confusion) / confusion.sum()),
             "seconds": round(seconds, 3),
             "seconds_total": round(total + seconds, 3),
         }
