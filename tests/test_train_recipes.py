@@ -21,6 +21,7 @@ from pipeline.report import evaluate
 from pipeline.training import checkpoint, presets
 from pipeline.training import trainer as train
 from pipeline.training.config import TrainConfig
+from pipeline.training.rundir import RunDir, best_epoch, checkpoint_name
 
 # sha256 of the weights + biases of TrainConfig(hidden=(16,), epochs=1, lr=1.0, shuffle=True)
 # on `slice_shards`, trained by the code at tag base-v2 (before recipes existed)
@@ -31,8 +32,8 @@ RECIPE = presets.resolve(
 
 
 def final_state(run_dir: Path) -> tuple[list[np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
-    ckpt = checkpoint.load(checkpoint.newest(run_dir / "checkpoints"))  # type: ignore[arg-type]
-    return ckpt.network.weights + ckpt.network.biases, ckpt.state, ckpt.meta
+    ckpt = checkpoint.load(RunDir(run_dir).newest_checkpoint())  # type: ignore[arg-type]
+    return ckpt.network.weights + ckpt.network.biases, ckpt.state, ckpt.meta.to_json()
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -109,7 +110,7 @@ def test_interrupted_recipe_resumes_bit_identically(
     train.train(slice_shards.directory, tmp_path / "full", config)
     with pytest.raises(Interrupt):  # stopped inside epoch 2, after a mid-epoch checkpoint
         train.train(slice_shards.directory, tmp_path / "part", config, reporter=StopAfter(7))
-    kept = [p.name for p in checkpoint.all_in(tmp_path / "part" / "checkpoints")]
+    kept = [p.name for p in RunDir(tmp_path / "part").all_checkpoints()]
     assert kept[0] == "checkpoint-e0001-s0000000.npz"
     assert kept[-1].startswith("checkpoint-e0001-s") and kept[-1] != kept[0]
     resumed = train.train(slice_shards.directory, tmp_path / "part", config, resume=True)
@@ -167,16 +168,16 @@ def test_val_split_chooses_the_checkpoint_and_stops_early(
     vals = [r["val_accuracy"] for r in history]
     best = int(np.argmax(vals)) + 1
     assert len(history) == best + 2 < 12  # stopped two epochs after the best
-    assert result.checkpoint.name == checkpoint.name_for(best, 0)
-    assert checkpoint.best_epoch(history) == best
+    assert result.checkpoint.name == checkpoint_name(best, 0)
+    assert best_epoch(history) == best
     chosen = checkpoint.load(result.checkpoint)
-    assert chosen.meta["epoch"] == best
+    assert chosen.meta.epoch == best
     report = evaluate.evaluate(tmp_path / "run")  # reports the chosen epoch, not the last
-    assert report.doc["checkpoint"]["file"].endswith(checkpoint.name_for(best, 0))
+    assert report.doc["checkpoint"]["file"].endswith(checkpoint_name(best, 0))
     # the test accuracy never chooses: a history whose best test epoch differs still picks val
     fake = [{"epoch": 1, "val_accuracy": 0.9, "test_accuracy": 0.1},
             {"epoch": 2, "val_accuracy": 0.8, "test_accuracy": 0.99}]  # fmt: skip
-    assert checkpoint.best_epoch(fake) == 1
+    assert best_epoch(fake) == 1
     # resuming the stopped run trains nothing more
     again = train.train(val_shards.directory, tmp_path / "run", config, resume=True)
     assert again.history == history
@@ -188,7 +189,7 @@ def test_without_a_val_split_the_last_epoch_is_the_result(
     config = dataclasses.replace(RECIPE, epochs=2, patience=1)
     result = train.train(slice_shards.directory, tmp_path / "run", config)
     assert len(result.history) == 2 and "val_accuracy" not in result.history[0]
-    assert result.checkpoint.name == checkpoint.name_for(2, 0)
+    assert result.checkpoint.name == checkpoint_name(2, 0)
 
 
 def test_original_recipe_still_trains_through_its_kernel(
