@@ -3,6 +3,8 @@
 Streams the split through the loader (never holding it), accumulates a confusion matrix, and
 writes into the run directory: `report.json` (schema: `pipeline/report/report.schema.json`),
 `report.md` for people, and two PNGs (`confusion.png`, `curves.png`) that it links.
+Under MPI each rank scores its part of the split, the confusion matrices are summed, and rank 0
+alone writes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pipeline.fsutil import atomic_write_bytes
 from pipeline.report import plots
 from pipeline.report.metrics import ClassificationReport, classification_report, confusion_on
 from pipeline.training import checkpoint
+from pipeline.training.distributed import LOCAL, Comm
 from pipeline.training.trainer import CHECKPOINT_DIR, EVAL_BATCH, RUN_FILE, read_run_file
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
@@ -61,10 +64,13 @@ def evaluate(
     data_dir: Path | None = None,
     split: str = "test",
     checkpoint_path: Path | None = None,
+    comm: Comm = LOCAL,
 ) -> Evaluation:
+    """Score a checkpoint on a split and write the report (on rank 0 only; every other rank
+    returns the same report with an empty `doc`)."""
     if not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir}: no such run directory")
-    path = checkpoint_path or checkpoint.newest(run_dir / CHECKPOINT_DIR)
+    path = comm.broadcast(checkpoint_path or checkpoint.newest(run_dir / CHECKPOINT_DIR))
     if path is None:
         raise CheckpointError(f"{run_dir}: holds no checkpoint; run `pipeline train` first")
     ckpt = checkpoint.load(path)
@@ -77,11 +83,15 @@ def evaluate(
         )
     if manifest.split(split).samples == 0:
         raise ShardSetError(f"{manifest.directory}: split {split!r} is empty")
-    if not os.access(run_dir, os.W_OK):
+    if comm.rank == 0 and not os.access(run_dir, os.W_OK):
         raise OutputError(f"--run-dir {run_dir}: not writable, the report cannot be saved")
 
-    confusion = confusion_on(ckpt.network, Loader(manifest, split, batch_size=EVAL_BATCH))
+    part = Loader(manifest, split, batch_size=EVAL_BATCH, rank=comm.rank, world_size=comm.size)
+    confusion = confusion_on(ckpt.network, part)  # (classes, classes) int64, this rank's part
+    comm.allreduce_sum(confusion)
     report = classification_report(confusion)
+    if comm.rank != 0:
+        return Evaluation(report, {}, run_dir)
     history = ckpt.meta.get("history") or []  # the epochs that made this checkpoint
     try:
         kept = _keep(ckpt, run_dir)

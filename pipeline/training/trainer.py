@@ -6,6 +6,7 @@ A run directory holds one run:
     metrics.jsonl            one line per finished epoch (rewritten from the checkpoint)
 Every file is replaced atomically, so a run killed at any instant resumes from its newest
 checkpoint and ends bit-identical to a run that was never interrupted.
+Under MPI (`comm`, see distributed.py) every rank trains and rank 0 alone writes the run.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from pipeline.errors import CheckpointError, ConfigError, DivergedError, OutputE
 from pipeline.fsutil import atomic_write_bytes, dir_lock, remove_stale_tmp
 from pipeline.nn.network import Network
 from pipeline.report.metrics import confusion_on
-from pipeline.training import checkpoint
+from pipeline.training import checkpoint, distributed
 from pipeline.training.config import TrainConfig
+from pipeline.training.distributed import LOCAL, Comm
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -111,11 +113,15 @@ def train(
     *,
     resume: bool = False,
     reporter: Reporter | None = None,
+    comm: Comm = LOCAL,
 ) -> TrainResult:
     """Train (or continue) the run in `run_dir` on the shard set in `data_dir`."""
     config.check()
+    distributed.check_batch(config.batch_size, comm)
     manifest = load_manifest(data_dir)
     reporter = reporter or Silent()
+    if comm.rank != 0:  # a follower: trains its share, writes nothing
+        return _train_follower(manifest, run_dir, config, comm)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
@@ -125,20 +131,26 @@ def train(
         with dir_lock(run_dir, what="train"):
             remove_stale_tmp(run_dir)  # left by a run killed while writing
             remove_stale_tmp(run_dir / CHECKPOINT_DIR)
-            return _train_locked(manifest, run_dir, config, resume, reporter)
+            return _train_locked(manifest, run_dir, config, resume, reporter, comm)
     except OSError as exc:  # a full disk, a read-only volume: whatever the OS refused
         raise OutputError(f"{run_dir}: cannot write the run ({exc})") from None
 
 
 def _train_locked(
-    manifest: Manifest, run_dir: Path, config: TrainConfig, resume: bool, reporter: Reporter
+    manifest: Manifest,
+    run_dir: Path,
+    config: TrainConfig,
+    resume: bool,
+    reporter: Reporter,
+    comm: Comm,
 ) -> TrainResult:
     saved = read_run_file(run_dir)
     if saved is not None and not resume:
         raise ConfigError(f"{run_dir}: already holds a run; pass --resume or use another --run-dir")
     if saved is not None:
         _check_compatible(run_dir, saved, config, manifest)
-    trainer = Trainer(manifest, run_dir, config, reporter)  # before run.json: bad input leaves none
+    # before run.json: bad input leaves none
+    trainer = Trainer(manifest, run_dir, config, reporter, comm)
     if saved is None:
         doc = {
             "config": config.to_json(),
@@ -149,6 +161,26 @@ def _train_locked(
         }
         atomic_write_bytes(run_dir / RUN_FILE, (json.dumps(doc, indent=2) + "\n").encode())
     resumed_from = trainer.restore()
+    comm.broadcast(trainer.position(resumed_from))  # the followers start from here
+    last = trainer.run()
+    return TrainResult(trainer.state.network, trainer.state.history, last, resumed_from)
+
+
+def _train_follower(
+    manifest: Manifest, run_dir: Path, config: TrainConfig, comm: Comm
+) -> TrainResult:
+    """Rank > 0: start where rank 0 starts (its checkpoint, read from the shared run
+    directory), prove it by comparing positions and weight digests, then train in step."""
+    trainer = Trainer(manifest, run_dir, config, Silent(), comm)
+    expected = comm.broadcast(None)
+    name = expected["checkpoint"]
+    resumed_from = trainer.restore(run_dir / CHECKPOINT_DIR / name if name else None)
+    mine = trainer.position(resumed_from)
+    if mine != expected:
+        raise CheckpointError(
+            f"{run_dir}: rank {comm.rank} would start from {mine} but rank 0 from {expected}; "
+            "every rank must see the same run directory (a shared file system)"
+        )
     last = trainer.run()
     return TrainResult(trainer.state.network, trainer.state.history, last, resumed_from)
 
@@ -157,7 +189,12 @@ class Trainer:
     """One run: the network and its position, the loaders, and the checkpoints they go to."""
 
     def __init__(
-        self, manifest: Manifest, run_dir: Path, config: TrainConfig, reporter: Reporter
+        self,
+        manifest: Manifest,
+        run_dir: Path,
+        config: TrainConfig,
+        reporter: Reporter,
+        comm: Comm = LOCAL,
     ) -> None:
         self.manifest, self.run_dir, self.config, self.reporter = (
             manifest,
@@ -166,6 +203,8 @@ class Trainer:
             reporter,
         )
         self.ckpt_dir = run_dir / CHECKPOINT_DIR
+        self.comm, self.writer = comm, comm.rank == 0
+        self.reducer: distributed.GradientSum | None = None  # the Allreduce buffer, under MPI
         sizes = [manifest.features, *config.hidden, manifest.n_classes]
         self.rng = np.random.default_rng(config.seed)
         try:
@@ -184,12 +223,15 @@ class Trainer:
             shuffle=config.shuffle,
             seed=config.seed,
         )
-        self.test_loader = Loader(manifest, "test", batch_size=EVAL_BATCH)
+        # under MPI each rank scores its part of the test set; the confusions are summed
+        self.test_loader = Loader(
+            manifest, "test", batch_size=EVAL_BATCH, rank=comm.rank, world_size=comm.size
+        )
         self.last: Path | None = None  # the newest checkpoint on disk
 
-    def restore(self) -> Path | None:
-        """Continue from the newest checkpoint, if there is one; returns it."""
-        path = checkpoint.newest(self.ckpt_dir)
+    def restore(self, path: Path | None = None) -> Path | None:
+        """Continue from `path` [default: the newest checkpoint, if there is one]; returns it."""
+        path = path or checkpoint.newest(self.ckpt_dir)
         if path is None:
             return None
         ckpt = checkpoint.load(path)
@@ -219,9 +261,20 @@ class Trainer:
             raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
         except ConfigError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-        _write_metrics(self.run_dir, self.state.history)
+        if self.writer:
+            _write_metrics(self.run_dir, self.state.history)
         self.last = path
         return path
+
+    def position(self, resumed_from: Path | None) -> dict[str, Any]:
+        """Where training starts: what every rank must agree on before the first step."""
+        network = self.state.network
+        return {
+            "checkpoint": resumed_from.name if resumed_from else None,
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "weights_sha256": distributed.digest([*network.weights, *network.biases]),
+        }
 
     def run(self) -> Path:
         """Train up to `config.epochs`; returns the final checkpoint."""
@@ -247,7 +300,7 @@ class Trainer:
                 if every:  # stop exactly at the next checkpoint step
                     todo = min(todo, every - state.step % every)
                 rows = slice(done * size, (done + todo) * size)
-                loss = state.network.steps(x[rows], y[rows], config.lr, size)
+                loss = self._steps(x[rows], y[rows])
                 if not math.isfinite(loss):
                     self._diverged(loss, todo)
                 done += todo
@@ -258,10 +311,23 @@ class Trainer:
                     self.save()
             self.reporter.advance(state.step, state.samples, state.loss_sum)
 
+    def _steps(self, x: np.ndarray, y: np.ndarray) -> float:
+        """SGD steps over the global batches in x, y: locally, or each rank its share."""
+        network, config = self.state.network, self.config
+        if self.comm.size == 1:
+            return network.steps(x, y, config.lr, config.batch_size)
+        if self.reducer is None:
+            shapes = [p.shape for p in (*network.weights, *network.biases)]
+            self.reducer = distributed.GradientSum(shapes, network.dtype)
+        return distributed.network_steps(
+            self.comm, network, self.reducer, x, y, config.lr, config.batch_size
+        )
+
     def end_epoch(self, seconds: float) -> None:
         """Score the test split, log the epoch, checkpoint."""
         state = self.state
-        confusion = confusion_on(state.network, self.test_loader)
+        confusion = confusion_on(state.network, self.test_loader)  # this rank's part
+        self.comm.allreduce_sum(confusion)
         total = state.history[-1]["seconds_total"] if state.history else 0.0
         record = {
             "epoch": state.epoch + 1,
@@ -273,12 +339,16 @@ class Trainer:
         state.history.append(record)
         state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
         self.save()
-        _write_metrics(self.run_dir, state.history)
+        if self.writer:
+            _write_metrics(self.run_dir, state.history)
         self.reporter.end_epoch(record)
 
     def save(self) -> None:
         state = self.state
         path = self.ckpt_dir / checkpoint.name_for(state.epoch, state.step)
+        if not self.writer:  # rank 0 writes it; the name is the same on every rank
+            self.last = path
+            return
         checkpoint.save(path, state.network, self._meta())
         # mid-epoch checkpoints are only stepping stones: keep the newest one alone
         for old in checkpoint.all_in(self.ckpt_dir):
