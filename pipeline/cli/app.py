@@ -42,6 +42,7 @@ from pipeline.training.config import TrainConfig
 from pipeline.training.distributed import Comm
 
 EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED = 1, 3, 130
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # library parameter -> the flag that sets it, for rendering errors the library raises
 FLAGS = {
     name: "--" + name.replace("_", "-")
@@ -104,25 +105,22 @@ def friendly_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_ERROR) from None
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM under MPI: stop this rank cleanly, then abort the job
-
-
 @contextlib.contextmanager
 def _world(mode: str) -> Iterator[Comm]:
     """The MPI world for `--distributed MODE` (one process unless launched under MPI). Under
-    MPI a rank that fails, or gets SIGTERM, stops cleanly (its files are atomic) and then
-    aborts the job, so no rank waits forever for it in a collective."""
+    MPI, SIGTERM or SIGINT stops every rank after the same step (distributed.request_stop);
+    a rank that fails alone stops cleanly (its files are atomic) and then aborts the job, so
+    no rank waits forever for it in a collective."""
     with friendly_errors():
         comm = distributed.connect(mode)
     if comm.size == 1:
         yield comm
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {s: signal.signal(s, distributed.request_stop) for s in STOP_SIGNALS}
     try:
         yield comm
     except typer.Exit as exc:
-        if exc.exit_code:
+        if exc.exit_code and not distributed.stop_agreed():
             comm.abort(exc.exit_code)
         raise
     except BaseException:  # a bug: show it, then end the other ranks too
@@ -130,7 +128,8 @@ def _world(mode: str) -> Iterator[Comm]:
         comm.abort(EXIT_ERROR)
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _command() -> str:

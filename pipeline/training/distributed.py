@@ -8,10 +8,12 @@ batch, packed into one flat buffer in the run's dtype, summed in place with a si
 single-process mean gradient up to the order of floating-point sums. mpi4py is imported only
 when MPI is asked for or the process was started by an MPI launcher (`pip install .[mpi]`).
 
-The summed buffer carries the batch's summed loss as its last element, so the loss logged by
-every rank is the global one at no extra message. Rank 0 is the only writer of the run; a rank
-that fails stops its own work cleanly and then aborts the job (`abort`), so no rank waits
-forever in a collective for one that is gone.
+The summed buffer also carries the batch's summed loss and a stop flag, so the loss logged by
+every rank is the global one and a SIGTERM (or SIGINT) that reaches any rank stops every rank
+after the SAME step, at no extra message: a signal cannot interrupt a rank waiting inside
+`Allreduce`, so the handler only raises the flag (`request_stop`) and the step raises `Stopped`
+on all ranks together. Rank 0 is the only writer of the run; a rank that fails on its own
+stops cleanly and then aborts the job (`abort`), so no rank waits forever for one that is gone.
 """
 
 from __future__ import annotations
@@ -92,6 +94,22 @@ class MPIComm:
         self._comm.Abort(code)
 
 
+class Stopped(KeyboardInterrupt):
+    """Every rank saw a stop request in the same step's sum: the job ends without an abort."""
+
+
+_stop = {"requested": False, "agreed": False}
+
+
+def request_stop(signum: int, frame: object) -> None:
+    """Signal handler under MPI: stop at the next step's sum (see the module docstring)."""
+    _stop["requested"] = True
+
+
+def stop_agreed() -> bool:
+    return _stop["agreed"]
+
+
 def launched_by_mpi(environ: dict[str, str] | None = None) -> bool:
     """Whether an MPI launcher started this process as one of several ranks."""
     env = os.environ if environ is None else environ
@@ -141,28 +159,33 @@ def share(rows: int, rank: int, size: int) -> slice:
 
 
 class GradientSum:
-    """One flat buffer (all gradients, then the loss) reused every step: one Allreduce."""
+    """One flat buffer (all gradients, the loss, the stop flag) reused every step: one
+    Allreduce."""
 
     def __init__(self, shapes: list[tuple[int, ...]], dtype: np.dtype[Any]) -> None:
         self.shapes = shapes
         self.sizes = [int(np.prod(s)) for s in shapes]
-        self.buf = np.empty(sum(self.sizes) + 1, dtype=dtype)  # (params + 1,)
+        self.buf = np.empty(sum(self.sizes) + 2, dtype=dtype)  # (params + 2,)
 
     def __call__(
         self, comm: Comm, grads: list[np.ndarray], loss: float, weight: float
     ) -> tuple[list[np.ndarray], float]:
         """Sum `weight * grads` and `loss` over the ranks; returns views of the sums. With
         weight = (this rank's rows) / (global rows) and grads averaged over this rank's rows,
-        the sum is the global batch's mean gradient."""
+        the sum is the global batch's mean gradient. Raises `Stopped` on every rank, before
+        the update, when any rank was asked to stop."""
         out, offset = [], 0
         for grad, size, shape in zip(grads, self.sizes, self.shapes, strict=True):
             view = self.buf[offset : offset + size]
             np.multiply(grad.reshape(-1), weight, out=view, casting="same_kind")
             out.append(view.reshape(shape))
             offset += size
-        self.buf[-1] = loss
+        self.buf[-2:] = loss, _stop["requested"]
         comm.allreduce_sum(self.buf)
-        return out, float(self.buf[-1])
+        if self.buf[-1]:
+            _stop["agreed"] = True
+            raise Stopped
+        return out, float(self.buf[-2])
 
 
 def network_steps(
