@@ -48,7 +48,15 @@ def job(mpiexec: str, ranks: int, *args: str) -> list[str]:
 
 def run_job(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "200"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    return subprocess.run(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
 
 
 def params(run_dir: Path) -> list[np.ndarray]:
