@@ -14,4 +14,4 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev,mpi]'
+.venv/bin/python -m pip install -q -e '.[dev]'

@@ -196,10 +196,12 @@ def network_steps(
     y: np.ndarray,
     lr: float,
     batch_size: int,
+    loss_sum: float = 0.0,
 ) -> float:
     """SGD steps over consecutive global batches of x (N, n_0), y (N, n_L), every rank holding
-    the same rows; this rank computes its share of each. Returns the summed (global) loss."""
-    total = 0.0
+    the same rows; this rank computes its share of each. Returns loss_sum plus each batch's
+    summed (global) loss, added one batch at a time."""
+    total = float(loss_sum)
     for start in range(0, len(x), batch_size):
         rows = min(batch_size, len(x) - start)
         part = share(rows, comm.rank, comm.size)

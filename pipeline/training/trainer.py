@@ -300,27 +300,30 @@ class Trainer:
                 if every:  # stop exactly at the next checkpoint step
                     todo = min(todo, every - state.step % every)
                 rows = slice(done * size, (done + todo) * size)
-                loss = self._steps(x[rows], y[rows])
-                if not math.isfinite(loss):
-                    self._diverged(loss, todo)
+                # the epoch's loss sum goes through every step in order: the same bits
+                # whichever block boundaries (or resume points) split the epoch
+                loss_sum = self._steps(x[rows], y[rows], state.loss_sum)
+                if not math.isfinite(loss_sum):
+                    self._diverged(loss_sum, todo)
                 done += todo
                 state.step += todo
                 state.samples += len(x[rows])
-                state.loss_sum += loss
+                state.loss_sum = loss_sum
                 if every and state.step % every == 0 and state.step < len(self.train_loader):
                     self.save()
             self.reporter.advance(state.step, state.samples, state.loss_sum)
 
-    def _steps(self, x: np.ndarray, y: np.ndarray) -> float:
-        """SGD steps over the global batches in x, y: locally, or each rank its share."""
+    def _steps(self, x: np.ndarray, y: np.ndarray, loss_sum: float) -> float:
+        """SGD steps over the global batches in x, y (locally, or each rank its share);
+        returns loss_sum plus their summed loss."""
         network, config = self.state.network, self.config
         if self.comm.size == 1:
-            return network.steps(x, y, config.lr, config.batch_size)
+            return network.steps(x, y, config.lr, config.batch_size, loss_sum=loss_sum)
         if self.reducer is None:
             shapes = [p.shape for p in (*network.weights, *network.biases)]
             self.reducer = distributed.GradientSum(shapes, network.dtype)
         return distributed.network_steps(
-            self.comm, network, self.reducer, x, y, config.lr, config.batch_size
+            self.comm, network, self.reducer, x, y, config.lr, config.batch_size, loss_sum
         )
 
     def end_epoch(self, seconds: float) -> None:
