@@ -303,3 +303,16 @@ def test_ranks_that_see_different_runs_refuse_to_start(
         "checkpoint-e0001-s0000000.npz",
         "checkpoint-e0002-s0000000.npz",
     ]  # nothing trained, nothing written
+
+
+def test_run_under_mpi_prepares_once_trains_and_reports(
+    mpiexec: str, mnist_slice_idx: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    args = ["run", "--run-dir", str(run_dir), "--source", f"idx:{mnist_slice_idx}"]
+    proc = run_job(job(mpiexec, 2, *args, *ARGS, "--epochs", "1"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("accuracy") >= 1 and "rank" not in proc.stderr
+    doc = json.loads((run_dir / "report.json").read_text())
+    assert doc["samples"] == 1000  # every test image, counted once
+    assert (run_dir / "shards" / "manifest.json").exists()

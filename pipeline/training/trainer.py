@@ -37,6 +37,12 @@ CHECKPOINT_DIR = "checkpoints"
 EVAL_BATCH = 1000
 
 
+def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
+    """The split an epoch record was scored on ("val" when the set has one) and its accuracy."""
+    split = "val" if "val_accuracy" in record else "test"
+    return split, float(record[f"{split}_accuracy"])
+
+
 class Reporter(Protocol):
     """What the trainer tells a progress display; the CLI implements it with rich."""
 
@@ -223,9 +229,15 @@ class Trainer:
             shuffle=config.shuffle,
             seed=config.seed,
         )
-        # under MPI each rank scores its part of the test set; the confusions are summed
+        # scored each epoch: val when the set has one (test then waits for evaluate); under
+        # MPI each rank scores its part and the confusions are summed
+        self.scored_split = "val" if "val" in manifest.splits else "test"
         self.test_loader = Loader(
-            manifest, "test", batch_size=EVAL_BATCH, rank=comm.rank, world_size=comm.size
+            manifest,
+            self.scored_split,
+            batch_size=EVAL_BATCH,
+            rank=comm.rank,
+            world_size=comm.size,
         )
         self.last: Path | None = None  # the newest checkpoint on disk
 
@@ -327,7 +339,7 @@ class Trainer:
         )
 
     def end_epoch(self, seconds: float) -> None:
-        """Score the test split, log the epoch, checkpoint."""
+        """Score the val split (else test), log the epoch, checkpoint."""
         state = self.state
         confusion = confusion_on(state.network, self.test_loader)  # this rank's part
         self.comm.allreduce_sum(confusion)
@@ -335,7 +347,7 @@ class Trainer:
         record = {
             "epoch": state.epoch + 1,
             "train_loss": state.loss_sum / state.samples,  # mean of |a - y|^2 / 2
-            "test_accuracy": float(np.trace(confusion) / confusion.sum()),
+            f"{self.scored_split}_accuracy": float(np.trace(confusion) / confusion.sum()),
             "seconds": round(seconds, 3),
             "seconds_total": round(total + seconds, 3),
         }
