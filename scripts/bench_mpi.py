@@ -193,6 +193,7 @@ def launch(mpiexec: str | None, ranks: int, threads: int, *args: str) -> dict[st
 def equivalence(mpiexec: str, steps: int, batch: int) -> None:
     from pipeline.data import prepare, sources
     from pipeline.training import checkpoint
+    from pipeline.training.rundir import RunDir
 
     print(
         f"\nEquivalence on MNIST: {steps} steps of global batch {batch} (784-100-10, sigmoid MSE "
@@ -212,7 +213,9 @@ def equivalence(mpiexec: str, steps: int, batch: int) -> None:
                 run_dir = Path(tmp) / f"{dtype}-{ranks}"
                 work = ("equiv", str(data), str(run_dir), dtype, str(batch), str(steps))
                 acc = launch(None if ranks == 1 else mpiexec, ranks, 1, *work)["test_accuracy"]
-                ckpt = checkpoint.load(checkpoint.newest(run_dir / "checkpoints"))  # type: ignore[arg-type]
+                newest = RunDir(run_dir).newest_checkpoint()
+                assert newest is not None
+                ckpt = checkpoint.load(newest)
                 runs[ranks] = (acc, ckpt.network.weights + ckpt.network.biases)
             diff = max(
                 float(np.abs(a - b).max()) for a, b in zip(runs[1][1], runs[2][1], strict=True)

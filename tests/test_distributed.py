@@ -26,6 +26,7 @@ from pipeline.errors import ConfigError
 from pipeline.training import checkpoint, distributed
 from pipeline.training import trainer as train
 from pipeline.training.config import TrainConfig
+from pipeline.training.rundir import RunDir
 
 BIN = Path(sys.executable).parent
 MPIEXEC = shutil.which("mpiexec", path=str(BIN))
@@ -58,7 +59,9 @@ def run_job(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def params(run_dir: Path) -> list[np.ndarray]:
-    ckpt = checkpoint.load(checkpoint.newest(run_dir / "checkpoints"))  # type: ignore[arg-type]
+    newest = RunDir(run_dir).newest_checkpoint()
+    assert newest is not None
+    ckpt = checkpoint.load(newest)
     return ckpt.network.weights + ckpt.network.biases
 
 
@@ -149,11 +152,9 @@ def test_two_ranks_train_like_one_process_and_write_once(
     assert max_diff(params(one), params(two)) < 1e-5  # float32; same samples, other sum order
     assert sorted(p.name for p in two.rglob("*")) == sorted(p.name for p in one.rglob("*"))
     history = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
-    reference = train.read_run_file(one)
-    assert (
-        reference is not None
-        and json.loads((two / "run.json").read_text())["config"] == (reference["config"])
-    )
+    runs = RunDir(one).read_run_file(), RunDir(two).read_run_file()
+    assert runs[0] is not None and runs[1] is not None
+    assert runs[0].config == runs[1].config and runs[0].data_identity == runs[1].data_identity
     assert [r["epoch"] for r in history] == [1, 2]
     assert history[-1]["test_accuracy"] > 0.3  # chance: 0.1
 
@@ -210,7 +211,7 @@ def start_until_checkpoint(cmd: list[str], ckpt_dir: Path) -> Iterator[subproces
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        while not (ckpt_dir.is_dir() and checkpoint.all_in(ckpt_dir)):  # the first one: mid-epoch
+        while not RunDir(ckpt_dir.parent).all_checkpoints():  # the first one: mid-epoch
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.02)
         yield proc
@@ -222,7 +223,7 @@ def start_until_checkpoint(cmd: list[str], ckpt_dir: Path) -> Iterator[subproces
 
 def assert_run_whole(run_dir: Path) -> None:
     """Every file of the run is complete: checkpoints load, metrics parse, no tmp survives."""
-    for path in checkpoint.all_in(run_dir / "checkpoints"):
+    for path in RunDir(run_dir).all_checkpoints():
         checkpoint.load(path)
     metrics = run_dir / "metrics.jsonl"  # written at the first epoch's end
     for line in metrics.read_text().splitlines() if metrics.exists() else []:
@@ -261,7 +262,7 @@ def test_a_lost_rank_stops_the_job_and_resume_continues_with_any_rank_count(
         assert not alive, f"a rank outlived the job: {alive} {stderr}"
         if how == "sigterm-job":
             assert "interrupted" in stderr
-    newest = checkpoint.newest(run_dir / "checkpoints")
+    newest = RunDir(run_dir).newest_checkpoint()
     assert newest is not None and newest.name != "checkpoint-e0004-s0000000.npz"  # mid-run
     assert_run_whole(run_dir)
 
@@ -288,7 +289,7 @@ def test_ranks_that_see_different_runs_refuse_to_start(
     # b: a's run, but its newest checkpoint holds other weights under the same name and config
     # (as a stale copy of the run directory on another node would)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    newest = checkpoint.newest(tmp_path / "b" / "checkpoints")
+    newest = RunDir(tmp_path / "b").newest_checkpoint()
     assert newest is not None
     ckpt = checkpoint.load(newest)
     ckpt.network.weights[0] += np.float32(1e-3)
@@ -299,7 +300,7 @@ def test_ranks_that_see_different_runs_refuse_to_start(
     proc = run_job([*cmd, str(tmp_path / "a"), ":", *cmd[1:], str(tmp_path / "b")])
     assert proc.returncode != 0
     assert "rank 1 would start from" in proc.stderr and "shared file system" in proc.stderr
-    assert [p.name for p in checkpoint.all_in(tmp_path / "a" / "checkpoints")] == [
+    assert [p.name for p in RunDir(tmp_path / "a").all_checkpoints()] == [
         "checkpoint-e0001-s0000000.npz",
         "checkpoint-e0002-s0000000.npz",
     ]  # nothing trained, nothing written

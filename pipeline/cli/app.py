@@ -47,7 +47,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FLAGS = {
     name: "--" + name.replace("_", "-")
     for name in ("lr", "epochs", "batch_size", "hidden", "seed", "checkpoint_every")
-} | {"shard_size": "--shard-size", "compression": "--compression", "distributed": "--distributed"}
+} | {
+    "shard_size": "--shard-size",
+    "compression": "--compression",
+    "allow_other_data": "--allow-other-data",
+    "run_dir": "--run-dir",
+    "data_dir": "--data",
+    "distributed": "--distributed",
+}
 # the data source's parameters (pipeline.data.sources)
 FLAGS |= {
     name: "--" + name.replace("_", "-")
@@ -568,11 +575,24 @@ def evaluate(
     ] = None,
     min_accuracy: MinAccuracy = None,
     distributed_mode: Distributed = "auto",
+    allow_other_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-data",
+            help="Evaluate a checkpoint on data other than it was trained on (other classes "
+            "or another shard set); the report's headline then names both.",
+        ),
+    ] = False,
 ) -> None:
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
     with _world(distributed_mode) as comm, friendly_errors():
         evaluation = evaluate_stage.evaluate(
-            run_dir, data_dir=data, split=split, checkpoint_path=checkpoint, comm=comm
+            run_dir,
+            data_dir=data,
+            split=split,
+            checkpoint_path=checkpoint,
+            allow_other_data=allow_other_data,
+            comm=comm,
         )
     if comm.rank != 0:
         return
