@@ -148,12 +148,14 @@ def describe(c: TrainConfig) -> str:
     return f"{sizes} {c.activation} do{c.dropout}/{c.input_dropout} {c.optimizer} b{c.batch_size}"
 
 
-def accuracy(preset: str, seeds: list[int], source: str | None, epochs: int | None) -> None:
+def accuracy(
+    preset: str, seeds: list[int], source: str | None, epochs: int | None, hidden: list[int] | None
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         manifest = prepare.prepare(Path(tmp) / "shards", sources.load(source)).manifest
         print(f"{manifest.name}: preset {preset}; load {os.getloadavg()[0]:.2f}", flush=True)
         for seed in seeds:
-            config = presets.resolve(preset, seed=seed, epochs=epochs)
+            config = presets.resolve(preset, seed=seed, epochs=epochs, hidden=hidden)
             result = train.train(manifest.directory, Path(tmp) / f"run{seed}", config)
             seconds = sum(r["seconds"] for r in result.history)
             curve = " ".join(f"{r['test_accuracy']:.4f}" for r in result.history)
@@ -225,12 +227,13 @@ def main() -> None:
     parser.add_argument("--accuracy", metavar="PRESET", choices=list(presets.PRESETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--source", default=None, help="'embedded' MNIST or 'idx:DIR'")
+    parser.add_argument("--hidden", type=int, nargs="+", default=None, help="override")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     if args.accuracy:
-        accuracy(args.accuracy, args.seeds, args.source, args.epochs)
+        accuracy(args.accuracy, args.seeds, args.source, args.epochs, args.hidden)
     elif args.profile:
         profile(args.batch, args.steps)
     else:

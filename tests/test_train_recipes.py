@@ -54,7 +54,7 @@ def test_presets_resolve_and_options_override() -> None:
     assert (mine.dropout, mine.hidden, mine.lr) == (0.1, (64,), fast.lr)
     original = presets.resolve("original")
     assert original == TrainConfig() and original.is_original
-    assert presets.resolve("best").to_json()["input_dropout"] == 0.2
+    assert presets.resolve("best").to_json()["max_norm"] == 3.5
     with pytest.raises(ConfigError) as err:
         presets.resolve("fastest")
     assert err.value.param == "preset"
