@@ -1,0 +1,113 @@
+"""The whole job in one call: find or make the shard set, train (resuming), evaluate.
+
+    job = Job(run_dir=Path("runs/mnist"), config=TrainConfig())
+    result = run(job)                     # what `pipeline run --run-dir runs/mnist` does
+
+Called on an interrupted run, `run` resumes where the last checkpoint left off. A caller
+watches through `Hooks` (the CLI draws progress bars with them; a scheduler logs lines).
+The stages (numpy, h5py, numba, matplotlib) are imported when the job runs, not before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.errors import ConfigError
+from pipeline.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from pipeline.data.shards import Manifest
+    from pipeline.report.evaluate import Evaluation
+    from pipeline.training.trainer import Reporter, TrainResult
+
+SHARDS = "shards"  # where a run keeps the shard set it made: RUN_DIR/shards
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """What to run: a run directory, its config, and where its data is or comes from."""
+
+    run_dir: Path
+    config: TrainConfig = field(default_factory=TrainConfig)
+    data_dir: Path | None = None  # a shard set to use or make; None: RUN_DIR/shards
+    source: str | None = None  # None: whatever data_dir holds, else the embedded MNIST
+    command: str = "pipeline run"  # recorded in a shard set's provenance
+
+    @property
+    def shards(self) -> Path:
+        return self.data_dir if self.data_dir is not None else self.run_dir / SHARDS
+
+
+def _ignore(_: object) -> None:
+    return None
+
+
+def _no_progress(totals: dict[str, int]) -> Callable[[str, int], None]:
+    return lambda split, samples: None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """How a job reports as it goes; every hook is optional."""
+
+    say: Callable[[str], None] = _ignore  # one line of news: the set used, a resume
+    # called with the samples per split before a set is written; returns prepare's on_progress
+    prepare_progress: Callable[[dict[str, int]], Callable[[str, int], None]] = _no_progress
+    reporter: Reporter | None = None  # training progress (pipeline.training.trainer.Reporter)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    manifest: Manifest
+    prepared: bool  # the shard set was written by this call
+    trained: TrainResult
+    evaluation: Evaluation
+
+
+def shard_set(job: Job, hooks: Hooks) -> tuple[Manifest, bool]:
+    """The job's shard set, written first if the directory holds none; (manifest, written)."""
+    from pipeline.data import sources
+    from pipeline.data.prepare import prepare
+    from pipeline.data.shards import MANIFEST, load_manifest
+
+    directory = job.shards
+    if (directory / MANIFEST).exists():  # a set is there: use it, never replace it
+        manifest = load_manifest(directory)  # damaged: the error says what and where
+        built_from = manifest.raw.get("source", {}).get("spec")
+        if job.source is not None and built_from != sources.resolve(job.source)[0]:
+            raise ConfigError(
+                f"{directory} holds {manifest.name} built from {built_from}; "
+                "pass that source or another --data",
+                param="source",
+                value=job.source,
+            )
+        hooks.say(
+            f"shards: {directory} already holds {manifest.name} (from {built_from}); using it"
+        )
+        return manifest, False
+    raw = sources.load(job.source)
+    totals = {split: len(data.images) for split, data in raw.splits.items()}
+    result = prepare(
+        directory, raw, command=job.command, on_progress=hooks.prepare_progress(totals)
+    )
+    return result.manifest, True
+
+
+def run(job: Job, hooks: Hooks | None = None) -> JobResult:
+    """Prepare if needed, train (resuming the run if it exists), evaluate."""
+    from pipeline.report.evaluate import evaluate
+    from pipeline.training.trainer import train
+
+    hooks = hooks or Hooks()
+    job.config.check()  # before anything is written
+    manifest, prepared = shard_set(job, hooks)
+    trained = train(
+        manifest.directory, job.run_dir, job.config, resume=True, reporter=hooks.reporter
+    )
+    if trained.resumed_from is not None:
+        hooks.say(f"resumed from {trained.resumed_from}")
+    evaluation = evaluate(job.run_dir, data_dir=manifest.directory)
+    return JobResult(manifest, prepared, trained, evaluation)
