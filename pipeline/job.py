@@ -34,6 +34,8 @@ class Job:
     config: TrainConfig = field(default_factory=TrainConfig)
     data_dir: Path | None = None  # a shard set to use or make; None: RUN_DIR/shards
     source: str | None = None  # None: whatever data_dir holds, else the embedded MNIST
+    image_shape: tuple[int, ...] | None = None  # of a csv source's rows
+    val_fraction: float | None = None  # carve a val split from train (None: what the set has)
     command: str = "pipeline run"  # recorded in a shard set's provenance
 
     @property
@@ -77,18 +79,26 @@ def shard_set(job: Job, hooks: Hooks) -> tuple[Manifest, bool]:
     if (directory / MANIFEST).exists():  # a set is there: use it, never replace it
         manifest = load_manifest(directory)  # damaged: the error says what and where
         built_from = manifest.raw.get("source", {}).get("spec")
-        if job.source is not None and built_from != sources.resolve(job.source)[0]:
+        if job.source is not None and built_from != sources.resolve(job.source):
             raise ConfigError(
                 f"{directory} holds {manifest.name} built from {built_from}; "
                 "pass that source or another --data",
                 param="source",
                 value=job.source,
             )
+        val = manifest.raw.get("fingerprint", {}).get("val_fraction", 0.0)
+        if job.val_fraction is not None and job.val_fraction != val:
+            raise ConfigError(
+                f"{directory} holds {manifest.name} with val_fraction {val}; "
+                "pass that or another --data",
+                param="val_fraction",
+                value=job.val_fraction,
+            )
         hooks.say(
             f"shards: {directory} already holds {manifest.name} (from {built_from}); using it"
         )
         return manifest, False
-    raw = sources.load(job.source)
+    raw = sources.load(job.source, image_shape=job.image_shape, val_fraction=job.val_fraction)
     totals = {split: len(data.images) for split, data in raw.splits.items()}
     result = prepare(
         directory, raw, command=job.command, on_progress=hooks.prepare_progress(totals)

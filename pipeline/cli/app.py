@@ -63,20 +63,36 @@ def _command() -> str:
     return shlex.join(["pipeline", *sys.argv[1:]])
 
 
+Source = Annotated[
+    str,
+    typer.Option(
+        help="embedded | idx:DIR | torchvision:NAME[/SPLIT]:ROOT | npz:FILE | csv:TRAIN,TEST | "
+        "images:DIR (README: Data sources)."
+    ),
+]
+ImageShape = Annotated[
+    str | None,
+    typer.Option(help="ROWSxCOLS[xCHANNELS] of a csv source's rows [default: square, grey]."),
+]
+ValFraction = Annotated[
+    float | None,
+    typer.Option(help="Carve this share of each class of train into a 'val' split (0-1)."),
+]
+
+
 @app.command()
 def prepare(
     out_dir: Annotated[
         Path, typer.Option("--out", file_okay=False, help="Directory for the shard set.")
     ],
-    source: Annotated[
-        str, typer.Option(help="'embedded' (MNIST shipped with the package) or 'idx:DIR'.")
-    ] = "embedded",
-    name: Annotated[
-        str | None, typer.Option(help="Dataset name [default: mnist, or DIR's name].")
-    ] = None,
+    source: Source = "embedded",
+    name: Annotated[str | None, typer.Option(help="Dataset name [default: the source's].")] = None,
     classes: Annotated[
-        str | None, typer.Option(help="Comma-separated class names [default: by name, else 0-9].")
+        str | None,
+        typer.Option(help="Comma-separated class names [default: the source's, else 0..N-1]."),
     ] = None,
+    image_shape: ImageShape = None,
+    val_fraction: ValFraction = None,
     shard_size: Annotated[
         int, typer.Option(min=1, help="Samples per shard file.")
     ] = DEFAULT_SHARD_SIZE,
@@ -91,13 +107,16 @@ def prepare(
         ),
     ] = False,
 ) -> None:
-    """Read IDX files and write normalized, one-hot HDF5 shards plus manifest.json."""
+    """Read a data source and write normalized, one-hot HDF5 shards plus manifest.json."""
     from pipeline.data import prepare as prepare_stage
     from pipeline.data import sources
 
     with friendly_errors(), views.display() as progress:
         class_names = [c.strip() for c in classes.split(",")] if classes else None
-        raw = sources.load(source, name=name, classes=class_names)
+        shape = sources.parse_shape(image_shape) if image_shape else None
+        raw = sources.load(
+            source, name=name, classes=class_names, image_shape=shape, val_fraction=val_fraction
+        )
         view = views.PrepareView(progress, {s: len(d.images) for s, d in raw.splits.items()})
         result = prepare_stage.prepare(
             out_dir,
@@ -110,6 +129,31 @@ def prepare(
         )
         view.finish()
     views.prepare_summary(result)
+
+
+@app.command()
+def show(
+    data: Annotated[Path, typer.Argument(help="A shard directory written by prepare.")],
+    grid: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="PNG of sample images [default: ./NAME-samples.png]."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split the sample images come from.")] = "train",
+    per_class: Annotated[int, typer.Option(min=1, max=32, help="Images per class.")] = 8,
+) -> None:
+    """Summarize a shard set (splits, counts per class, shape, identity, source) and draw a
+    grid of sample images per class."""
+    from pipeline.data import shards
+    from pipeline.report import dataset
+
+    with friendly_errors():
+        manifest = shards.load_manifest(data)
+        summary = dataset.summarize(manifest)
+        grid = grid or Path(f"{summary.name.replace('/', '_')}-samples.png")
+        manifest.split(split)  # an unknown split is an error before anything is drawn
+        dataset.save_sample_grid(manifest, grid, split=split, per_class=per_class)
+    views.dataset_table(summary)
+    views.say(f"sample images: {grid}")
 
 
 @app.command()
@@ -157,8 +201,9 @@ def train(
         if result.resumed_from is not None:
             views.say(f"resumed from {result.resumed_from}")
     last = result.history[-1]
+    split, accuracy = trainer.epoch_accuracy(last)
     views.say(
-        f"trained {last['epoch']} epochs: test accuracy {last['test_accuracy']:.2%}; "
+        f"trained {last['epoch']} epochs: {split} accuracy {accuracy:.2%}; "
         f"checkpoint {result.checkpoint}"
     )
 
@@ -203,10 +248,12 @@ def run(
     source: Annotated[
         str | None,
         typer.Option(
-            help="'embedded' MNIST or 'idx:DIR', for a set to write "
+            help="The source of a set to write: as prepare's --source "
             "[default: what --data holds, else embedded]."
         ),
     ] = None,
+    image_shape: ImageShape = None,
+    val_fraction: ValFraction = None,
     min_accuracy: MinAccuracy = None,
     *,
     config: TrainConfig,

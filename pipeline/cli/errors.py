@@ -46,6 +46,8 @@ FLAGS = {
         "source",
         "name",
         "classes",
+        "image_shape",
+        "val_fraction",
         "split",
         "min_accuracy",
     )

@@ -27,6 +27,7 @@ from rich.text import Text
 if TYPE_CHECKING:  # the stages (numpy, h5py, matplotlib) load only when a command runs
     from pipeline.data.prepare import PrepareResult
     from pipeline.data.shards import ShardCheck
+    from pipeline.report.dataset import DataSummary
     from pipeline.report.evaluate import Evaluation
 
 out = Console(soft_wrap=True)  # long paths stay on one line in logs
@@ -89,12 +90,15 @@ class TrainView:
         self.progress.update(self.task, completed=step, info=info)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
+        from pipeline.training.trainer import epoch_accuracy
+
+        split, accuracy = epoch_accuracy(record)
         line = (
             f"epoch {record['epoch']}: train loss {record['train_loss']:.5f}, "
-            f"test accuracy {record['test_accuracy']:.2%}, {record['seconds']:.1f} s"
+            f"{split} accuracy {accuracy:.2%}, {record['seconds']:.1f} s"
         )
         if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, info=f"test accuracy {record['test_accuracy']:.2%}")
+            self.progress.update(self.task, info=f"{split} accuracy {accuracy:.2%}")
         else:
             say(line)
 
@@ -195,3 +199,20 @@ def verify_table(data: Path, checks: Iterable[ShardCheck]) -> list[str]:
             problems.append(f"{data / check.file}: {check.problem}")
     out.print(table)
     return problems
+
+
+def dataset_table(summary: DataSummary) -> None:
+    """Samples per class and split, with the set's shape, identity and source."""
+    shape = "x".join(map(str, summary.image_shape))
+    table = Table(title=f"{summary.name}: {shape} images, {len(summary.classes)} classes")
+    table.add_column("class")
+    for name in summary.histograms:
+        table.add_column(name, justify="right")
+    for k, cls in enumerate(summary.classes):
+        table.add_row(cls, *(f"{h[k]:,}" for h in summary.histograms.values()))
+    table.add_row("total", *(f"{sum(h):,}" for h in summary.histograms.values()), style="bold")
+    table.caption = (
+        f"identity {summary.identity[:16]}; source {summary.source}; "
+        f"{summary.channels} channel(s); shards {summary.shards}"
+    )
+    out.print(table)
