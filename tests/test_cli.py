@@ -64,8 +64,8 @@ def test_every_option_shows_its_whole_help_and_its_default(name: str) -> None:
 def test_help_keeps_brackets_as_written() -> None:
     """rich markup once ate "[default: ...]" written in the help text, and hid 500."""
     prepare = one_line(runner.invoke(app, ["prepare", "--help"], terminal_width=200).stdout)
-    assert "Dataset name [default: mnist, or DIR's name]." in prepare
-    assert "[default: by name, else 0-9]" in prepare
+    assert "Dataset name [default: the source's]." in prepare
+    assert "[default: the source's, else 0..N-1]" in prepare
     train = one_line(runner.invoke(app, ["train", "--help"], terminal_width=200).stdout)
     assert "repeat for more layers. [default: 500]" in train
 
