@@ -131,3 +131,22 @@ def test_a_read_only_run_dir_is_not_writable_not_missing(
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "not writable" in lines[0] and str(run_dir) in lines[0], lines
     assert "cannot create" not in lines[0]
+
+
+def test_evaluate_removes_what_a_killed_evaluate_left_and_nothing_else(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    assert run(run_dir, "--data", slice_shards.directory, *QUICK).exit_code == 0
+    stale = [run_dir / ".curves.png.4242.tmp", run_dir / ".report.json.17.tmp"]
+    foreign = [
+        run_dir / ".notes.txt.4242.tmp",  # not a report file
+        run_dir / ".curves.png.backup.tmp",  # not a writer's pid
+        run_dir / "curves.png.4242.tmp",  # not hidden: not one of our temporary names
+    ]
+    for path in stale + foreign:
+        path.write_bytes(b"half")
+    result = runner.invoke(app, ["evaluate", "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.stderr
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.read_bytes() == b"half" for p in foreign)
