@@ -3,7 +3,8 @@
     job = Job(run_dir=Path("runs/mnist"), config=TrainConfig())
     result = run(job)                     # what `pipeline run --run-dir runs/mnist` does
 
-Called on an interrupted run, `run` resumes where the last checkpoint left off. A caller
+Called on an interrupted run, `run` resumes where the last checkpoint left off; called on a
+finished one whose report is current, it says "up to date" and writes nothing. A caller
 watches through `Hooks` (the CLI draws progress bars with them; a scheduler logs lines).
 The stages (numpy, h5py, numba, matplotlib) are imported when the job runs, not before.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
 from pipeline.training.config import TrainConfig
@@ -65,8 +66,13 @@ class Hooks:
 class JobResult:
     manifest: Manifest
     prepared: bool  # the shard set was written by this call
-    trained: TrainResult
-    evaluation: Evaluation
+    trained: TrainResult | None  # None: the run was up to date
+    evaluation: Evaluation | None  # None: the run was up to date, its report stands
+    report: dict[str, Any]  # what report.json holds (new or standing)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.report["accuracy"])
 
 
 def shard_set(job: Job, hooks: Hooks) -> tuple[Manifest, bool]:
@@ -106,18 +112,57 @@ def shard_set(job: Job, hooks: Hooks) -> tuple[Manifest, bool]:
     return result.manifest, True
 
 
+def standing_report(job: Job, manifest: Manifest) -> dict[str, Any] | None:
+    """The run's report if the run is finished and the report is of its last checkpoint, on
+    this shard set and config; None if anything is left to train or to evaluate."""
+    import json
+
+    from pipeline.fsutil import sha256_file
+    from pipeline.report.evaluate import REPORT_JSON, REPORT_MD
+    from pipeline.training import checkpoint
+    from pipeline.training.trainer import CHECKPOINT_DIR
+
+    last = job.run_dir / CHECKPOINT_DIR / checkpoint.name_for(job.config.epochs, 0)
+    if checkpoint.newest(last.parent) != last or not (job.run_dir / REPORT_MD).is_file():
+        return None
+    try:
+        doc: dict[str, Any] = json.loads((job.run_dir / REPORT_JSON).read_bytes())
+        config = TrainConfig.from_json(doc["model"]["config"]).to_json()
+        standing = (
+            doc["split"] == "test"
+            and doc["dataset"]["manifest_sha256"] == manifest.identity
+            and doc["checkpoint"]["file"] == f"{CHECKPOINT_DIR}/{last.name}"
+            and doc["checkpoint"]["sha256"] == sha256_file(last)
+            and all(
+                config[k] == v
+                for k, v in job.config.to_json().items()
+                if k not in TrainConfig.RESUMABLE
+            )
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # no report, or one this job cannot vouch for: train and evaluate
+    return doc if standing else None
+
+
 def run(job: Job, hooks: Hooks | None = None) -> JobResult:
-    """Prepare if needed, train (resuming the run if it exists), evaluate."""
+    """Prepare if needed, train (resuming the run if it exists), evaluate; or nothing, if the
+    run is finished and its report is current."""
     from pipeline.report.evaluate import evaluate
     from pipeline.training.trainer import train
 
     hooks = hooks or Hooks()
     job.config.check()  # before anything is written
     manifest, prepared = shard_set(job, hooks)
+    if (doc := standing_report(job, manifest)) is not None:
+        hooks.say(
+            f"up to date: {job.run_dir} has trained {job.config.epochs} epochs and its report "
+            "is of the last checkpoint; nothing written"
+        )
+        return JobResult(manifest, prepared, None, None, doc)
     trained = train(
         manifest.directory, job.run_dir, job.config, resume=True, reporter=hooks.reporter
     )
     if trained.resumed_from is not None:
         hooks.say(f"resumed from {trained.resumed_from}")
     evaluation = evaluate(job.run_dir, data_dir=manifest.directory)
-    return JobResult(manifest, prepared, trained, evaluation)
+    return JobResult(manifest, prepared, trained, evaluation, evaluation.doc)

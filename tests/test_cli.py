@@ -7,8 +7,10 @@ test_evaluate); this file holds what every command shares.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,10 @@ from typer.testing import CliRunner
 
 from pipeline import __version__
 from pipeline.cli import app
-from pipeline.cli.errors import EXIT_USAGE, FLAGS
+from pipeline.cli.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, FLAGS
 from pipeline.cli.options import HELP, NOT_OPTIONS
 from pipeline.data.shards import Manifest
+from pipeline.training import checkpoint
 from pipeline.training.config import TrainConfig
 
 runner = CliRunner()
@@ -138,3 +141,61 @@ def test_a_bad_file_stays_exit_1(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("error:") and "manifest.json" in result.stderr
+
+
+def _train(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "train",
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run_dir),
+        "--checkpoint-every",
+        "50",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "word"),
+    [
+        (signal.SIGTERM, EXIT_TERMINATED, "terminated"),
+        (signal.SIGINT, EXIT_INTERRUPTED, "interrupted"),
+    ],
+)
+def test_a_signal_stops_training_cleanly_and_says_how_to_go_on(
+    slice_shards: Manifest, tmp_path: Path, signum: int, code: int, word: str
+) -> None:
+    """SIGTERM (containers, schedulers) is handled as Ctrl-C: complete files, one line, a code."""
+    run_dir = tmp_path / "run"
+    # far more epochs than it can finish before the signal: it is always stopped mid-run
+    proc = subprocess.Popen(
+        _train(slice_shards.directory, run_dir, "--epochs", "1000"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 600  # a hang guard only; the wait ends on the file
+    while checkpoint.newest(run_dir / "checkpoints") is None:
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == code, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{word}: every file written is complete")
+    assert "--resume" in lines[0]
+    assert [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")] == []
+    for path in checkpoint.all_in(run_dir / "checkpoints"):
+        checkpoint.load(path)  # complete: loads and checks
+    resumed = subprocess.run(
+        _train(slice_shards.directory, run_dir, "--epochs", "1", "--resume"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout

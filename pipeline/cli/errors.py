@@ -9,8 +9,9 @@ Exit codes (the README lists them too):
          complete; the line printed says how to continue
 
 The library raises `PipelineError`s naming the *parameter* at fault (`batch_size`); `FLAGS` maps
-each parameter to the option that sets it. An error naming a parameter the user set by an option
-is bad usage (2); every other error is about files or the environment (1).
+each parameter to the option that sets it. A `ConfigError` naming such a parameter is bad usage
+(2): an option's value is out of range or conflicts; every other error is about files, data or
+the environment (1).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143
@@ -63,8 +64,9 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 
 def exit_code(exc: PipelineError) -> int:
-    """Bad usage (2) when the error is about an option's value, else bad input (1)."""
-    return EXIT_USAGE if exc.param in FLAGS else EXIT_ERROR
+    """Bad usage (2) for a ConfigError about an option's value, else bad input (1): a file
+    or directory named by an option (`--data`, `--run-dir`) is input, not usage."""
+    return EXIT_USAGE if isinstance(exc, ConfigError) and exc.param in FLAGS else EXIT_ERROR
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:

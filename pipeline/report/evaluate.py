@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
-from pipeline.fsutil import atomic_write_bytes
+from pipeline.fsutil import TMP_SUFFIX, atomic_write_bytes, dir_lock
 from pipeline.report import plots
 from pipeline.report.metrics import ClassificationReport, classification_report, confusion_on
 from pipeline.training import checkpoint
@@ -31,6 +31,7 @@ from pipeline.training.trainer import (
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
+REPORT_FILES = (REPORT_JSON, REPORT_MD, CONFUSION_PNG, CURVES_PNG)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,15 @@ def _keep(ckpt: checkpoint.Checkpoint, run_dir: Path) -> Path:
     ckpt_dir.mkdir(exist_ok=True)
     atomic_write_bytes(kept, ckpt.data)
     return kept
+
+
+def remove_stale_report_tmp(run_dir: Path) -> None:
+    """Delete what a killed evaluate left half-written (`.curves.png.<pid>.tmp`): the report's
+    own temporary names only, never another file. Call holding the run directory's lock."""
+    for name in REPORT_FILES:
+        for stale in run_dir.glob(f".{name}.*{TMP_SUFFIX}"):
+            if stale.name[len(name) + 2 : -len(TMP_SUFFIX)].isdigit():  # the writer's pid
+                stale.unlink(missing_ok=True)
 
 
 def evaluate(
@@ -90,24 +100,26 @@ def evaluate(
     report = classification_report(confusion)
     history = ckpt.meta.get("history") or []  # the epochs that made this checkpoint
     try:
-        kept = _keep(ckpt, run_dir)
-        doc = _report_doc(report, manifest, split, ckpt, kept, run_dir, history)
-        plots.save_confusion_heatmap(
-            confusion,
-            manifest.classes,
-            run_dir / CONFUSION_PNG,
-            title=f"{manifest.name} {split}: accuracy {report.accuracy:.2%}",
-        )
-        if history:
-            plots.save_learning_curves(
-                [r["epoch"] for r in history],
-                [r["train_loss"] for r in history],
-                [epoch_accuracy(r)[1] for r in history],
-                run_dir / CURVES_PNG,
-                label=f"{epoch_accuracy(history[0])[0]} accuracy",
+        with dir_lock(run_dir, what="train or evaluate"):  # one writer at a time
+            remove_stale_report_tmp(run_dir)
+            kept = _keep(ckpt, run_dir)
+            doc = _report_doc(report, manifest, split, ckpt, kept, run_dir, history)
+            plots.save_confusion_heatmap(
+                confusion,
+                manifest.classes,
+                run_dir / CONFUSION_PNG,
+                title=f"{manifest.name} {split}: accuracy {report.accuracy:.2%}",
             )
-        atomic_write_bytes(run_dir / REPORT_MD, _markdown(doc, history).encode())
-        atomic_write_bytes(run_dir / REPORT_JSON, (json.dumps(doc, indent=2) + "\n").encode())
+            if history:
+                plots.save_learning_curves(
+                    [r["epoch"] for r in history],
+                    [r["train_loss"] for r in history],
+                    [epoch_accuracy(r)[1] for r in history],
+                    run_dir / CURVES_PNG,
+                    label=f"{epoch_accuracy(history[0])[0]} accuracy",
+                )
+            atomic_write_bytes(run_dir / REPORT_MD, _markdown(doc, history).encode())
+            atomic_write_bytes(run_dir / REPORT_JSON, (json.dumps(doc, indent=2) + "\n").encode())
     except OSError as exc:
         raise OutputError(f"{run_dir}: cannot write the report ({exc})") from None
     return Evaluation(report, doc, run_dir)

@@ -125,8 +125,9 @@ def train(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
+    except OSError as exc:  # an existing directory we cannot write is not a missing one
+        what = "not writable" if run_dir.is_dir() else "cannot create the run directory"
+        raise OutputError(f"{run_dir}: {what} ({exc.strerror})") from None
     try:
         with dir_lock(run_dir, what="train"):
             remove_stale_tmp(run_dir)  # left by a run killed while writing
