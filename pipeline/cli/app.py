@@ -260,9 +260,8 @@ def run(
 ) -> None:
     """Prepare (if needed), train (resuming if the run exists) and evaluate, in one go."""
     from pipeline import job
-    from pipeline.report.evaluate import REPORT_MD
-
     from pipeline.data import sources
+    from pipeline.report.evaluate import REPORT_MD
 
     with friendly_errors():
         shape = sources.parse_shape(image_shape) if image_shape else None
