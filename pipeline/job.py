@@ -153,6 +153,13 @@ def run(job: Job, hooks: Hooks | None = None) -> JobResult:
     hooks = hooks or Hooks()
     job.config.check()  # before anything is written
     manifest, prepared = shard_set(job, hooks)
+    samples = manifest.split("train").samples
+    if job.config.batch_size > samples:  # refused: clamping would change the recipe silently
+        raise ConfigError(
+            f"more than the {samples:,} samples of {manifest.name}'s train split",
+            param="batch_size",
+            value=job.config.batch_size,
+        )
     if (doc := standing_report(job, manifest)) is not None:
         hooks.say(
             f"up to date: {job.run_dir} has trained {job.config.epochs} epochs and its report "

@@ -150,3 +150,14 @@ def test_evaluate_removes_what_a_killed_evaluate_left_and_nothing_else(
     assert result.exit_code == 0, result.stderr
     assert [p for p in stale if p.exists()] == []
     assert all(p.read_bytes() == b"half" for p in foreign)
+
+
+def test_a_batch_larger_than_the_train_split_is_refused_by_name(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    result = run(tmp_path / "run", "--data", slice_shards.directory, "--batch-size", "10000000")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: --batch-size 10000000: more than the 3,000 samples")
+    assert not (tmp_path / "run").exists()
