@@ -144,19 +144,8 @@ def test_a_bad_file_stays_exit_1(tmp_path: Path) -> None:
 
 
 def _train(data: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "train",
-        "--data",
-        str(data),
-        "--run-dir",
-        str(run_dir),
-        "--checkpoint-every",
-        "50",
-        *extra,
-    ]
+    args = ["train", "--data", data, "--run-dir", run_dir, "--checkpoint-every", 50, *extra]
+    return [sys.executable, "-m", "pipeline", *map(str, args)]
 
 
 @pytest.mark.parametrize(
