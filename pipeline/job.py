@@ -118,12 +118,11 @@ def standing_report(job: Job, manifest: Manifest) -> dict[str, Any] | None:
     import json
 
     from pipeline.fsutil import sha256_file
-    from pipeline.report.evaluate import REPORT_JSON, REPORT_MD
-    from pipeline.training import checkpoint
-    from pipeline.training.trainer import CHECKPOINT_DIR
+    from pipeline.training.rundir import REPORT_JSON, REPORT_MD, RunDir
 
-    last = job.run_dir / CHECKPOINT_DIR / checkpoint.name_for(job.config.epochs, 0)
-    if checkpoint.newest(last.parent) != last or not (job.run_dir / REPORT_MD).is_file():
+    run = RunDir(job.run_dir)
+    last = run.checkpoint_path(job.config.epochs, 0)
+    if run.newest_checkpoint() != last or not (job.run_dir / REPORT_MD).is_file():
         return None
     try:
         doc: dict[str, Any] = json.loads((job.run_dir / REPORT_JSON).read_bytes())
@@ -131,7 +130,7 @@ def standing_report(job: Job, manifest: Manifest) -> dict[str, Any] | None:
         standing = (
             doc["split"] == "test"
             and doc["dataset"]["manifest_sha256"] == manifest.identity
-            and doc["checkpoint"]["file"] == f"{CHECKPOINT_DIR}/{last.name}"
+            and doc["checkpoint"]["file"] == str(last.relative_to(job.run_dir))
             and doc["checkpoint"]["sha256"] == sha256_file(last)
             and all(
                 config[k] == v

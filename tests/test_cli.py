@@ -25,6 +25,7 @@ from pipeline.cli.options import HELP, NOT_OPTIONS
 from pipeline.data.shards import Manifest
 from pipeline.training import checkpoint
 from pipeline.training.config import TrainConfig
+from pipeline.training.rundir import RunDir
 
 runner = CliRunner()
 _group = typer.main.get_command(app)
@@ -168,7 +169,7 @@ def test_a_signal_stops_training_cleanly_and_says_how_to_go_on(
         text=True,
     )
     deadline = time.monotonic() + 600  # a hang guard only; the wait ends on the file
-    while checkpoint.newest(run_dir / "checkpoints") is None:
+    while RunDir(run_dir).newest_checkpoint() is None:
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
     proc.send_signal(signum)
@@ -178,7 +179,7 @@ def test_a_signal_stops_training_cleanly_and_says_how_to_go_on(
     assert len(lines) == 1 and lines[0].startswith(f"{word}: every file written is complete")
     assert "--resume" in lines[0]
     assert [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")] == []
-    for path in checkpoint.all_in(run_dir / "checkpoints"):
+    for path in RunDir(run_dir).all_checkpoints():
         checkpoint.load(path)  # complete: loads and checks
     resumed = subprocess.run(
         _train(slice_shards.directory, run_dir, "--epochs", "1", "--resume"),

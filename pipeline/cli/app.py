@@ -194,6 +194,7 @@ def train(
 ) -> None:
     """Train the MLP on the shards (default: the original 784-500-10 recipe)."""
     from pipeline.training import trainer
+    from pipeline.training.rundir import epoch_accuracy
 
     with friendly_errors("rerun the same command with --resume"), views.display() as progress:
         view = views.TrainView(progress, config.batch_size)
@@ -201,7 +202,7 @@ def train(
         if result.resumed_from is not None:
             views.say(f"resumed from {result.resumed_from}")
     last = result.history[-1]
-    split, accuracy = trainer.epoch_accuracy(last)
+    split, accuracy = epoch_accuracy(last)
     views.say(
         f"trained {last['epoch']} epochs: {split} accuracy {accuracy:.2%}; "
         f"checkpoint {result.checkpoint}"
@@ -221,13 +222,25 @@ def evaluate(
         typer.Option(dir_okay=False, help="Checkpoint file [default: the run's newest]."),
     ] = None,
     min_accuracy: MinAccuracy = None,
+    allow_other_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-data",
+            help="Evaluate a checkpoint on data other than it was trained on (other classes "
+            "or another shard set); the report's headline then names both.",
+        ),
+    ] = False,
 ) -> None:
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
     from pipeline.report import evaluate as evaluate_stage
 
     with friendly_errors():
         evaluation = evaluate_stage.evaluate(
-            run_dir, data_dir=data, split=split, checkpoint_path=checkpoint
+            run_dir,
+            data_dir=data,
+            split=split,
+            checkpoint_path=checkpoint,
+            allow_other_data=allow_other_data,
         )
     views.report_table(evaluation)
     _gate(evaluation.report.accuracy, min_accuracy)

@@ -9,9 +9,9 @@ Exit codes (the README lists them too):
          complete; the line printed says how to continue
 
 The library raises `PipelineError`s naming the *parameter* at fault (`batch_size`); `FLAGS` maps
-each parameter to the option that sets it. A `ConfigError` naming such a parameter is bad usage
-(2): an option's value is out of range or conflicts; every other error is about files, data or
-the environment (1).
+each parameter to the option that sets it. A `ConfigError` about a value the library checks for
+range (`VALUE_PARAMS`) is bad usage (2); every other error is about files, data or the
+environment (1).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from pipeline.cli.options import HELP
 from pipeline.errors import ConfigError, PipelineError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
@@ -52,7 +53,14 @@ FLAGS = {
         "split",
         "min_accuracy",
     )
-} | {"data_dir": "--data", "run_dir": "--run-dir", "checkpoint_path": "--checkpoint"}
+} | {
+    "data_dir": "--data",
+    "run_dir": "--run-dir",
+    "checkpoint_path": "--checkpoint",
+    "allow_other_data": "--allow-other-data",
+}
+# the parameters whose values the library checks for range: a bad one is bad usage (2)
+VALUE_PARAMS = frozenset(HELP) | {"shard_size", "compression"}
 
 
 class Terminated(KeyboardInterrupt):
@@ -64,9 +72,10 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 
 def exit_code(exc: PipelineError) -> int:
-    """Bad usage (2) for a ConfigError about an option's value, else bad input (1): a file
-    or directory named by an option (`--data`, `--run-dir`) is input, not usage."""
-    return EXIT_USAGE if isinstance(exc, ConfigError) and exc.param in FLAGS else EXIT_ERROR
+    """Bad usage (2) for an option's value out of range, else bad input (1): a file or a
+    directory named by an option (`--data`, `--run-dir`), or one in conflict with what is on
+    disk (`--source` against the set in `--data`), is input, not usage."""
+    return EXIT_USAGE if isinstance(exc, ConfigError) and exc.param in VALUE_PARAMS else EXIT_ERROR
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:

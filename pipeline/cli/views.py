@@ -90,7 +90,7 @@ class TrainView:
         self.progress.update(self.task, completed=step, info=info)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
-        from pipeline.training.trainer import epoch_accuracy
+        from pipeline.training.rundir import epoch_accuracy
 
         split, accuracy = epoch_accuracy(record)
         line = (
