@@ -45,6 +45,8 @@ def shown_default(option: TyperOption) -> str | None:
     if option.is_flag and option.secondary_opts:  # --shuffle / --no-shuffle
         names = option.opts if default else option.secondary_opts
         return names[0].lstrip("-")
+    if option.is_flag:  # a lone --flag: off unless given, nothing to show
+        return None
     if isinstance(default, list | tuple):
         return ", ".join(str(v) for v in default)
     return str(getattr(default, "value", default))

@@ -24,7 +24,6 @@ from typer.testing import CliRunner
 
 import pipeline
 from pipeline.cli import app
-from pipeline.data.shards import Manifest
 from tests.conftest import REPO
 
 PACKAGE = Path(pipeline.__file__).parent
@@ -124,7 +123,7 @@ AS_NOBODY = textwrap.dedent(
             "help": ["--help"],
             "prepare": ["prepare", "--out", f"{work}/shards{tag}", "--source", f"idx:{work}/raw"],
             "verify": ["verify", f"{work}/shards{tag}"],
-            "evaluate": ["evaluate", "--run-dir", f"{work}/run{tag}", "--data", f"{work}/shards"],
+            "evaluate": ["evaluate", "--run-dir", f"{work}/run{tag}", "--data", f"{work}/trained"],
         }
 
     def run_all(tag):
@@ -155,15 +154,16 @@ def shared_dir() -> Iterator[Path]:
 
 
 def test_commands_that_do_not_train_work_as_nobody_without_numba(
-    slice_shards: Manifest, small_idx: Path, shared_dir: Path
+    small_idx: Path, shared_dir: Path
 ) -> None:
     shutil.copytree(small_idx, shared_dir / "raw")
-    run = shared_dir / "run"
-    trained = CliRunner().invoke(
-        app,
-        ["train", "--data", str(slice_shards.directory), "--run-dir", str(run), "--epochs", "1"],
-    )
-    assert trained.exit_code == 0, trained.output
+    trained_on, run = str(shared_dir / "trained"), str(shared_dir / "run")
+    for args in (
+        ["prepare", "--out", trained_on, "--source", f"idx:{shared_dir / 'raw'}"],
+        ["train", "--data", trained_on, "--run-dir", run, "--epochs", "1", "--hidden", "8"],
+    ):
+        ready = CliRunner().invoke(app, args)
+        assert ready.exit_code == 0, ready.output
     for path in (shared_dir, *shared_dir.rglob("*")):
         path.chmod(0o777 if path.is_dir() else 0o666)
     unwritable = shared_dir / "home"
