@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
@@ -111,7 +112,8 @@ class OneLineErrors(TyperGroup):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False  # errors come back to us instead of being printed
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
             code = super().main(*args, **kwargs)
         except typer.TyperException as exc:  # typer's usage errors (its vendored click's)
@@ -125,5 +127,6 @@ class OneLineErrors(TyperGroup):
             typer.echo("error: aborted", err=True)
             code = EXIT_INTERRUPTED
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if main_thread:  # signal handlers belong to the main thread only
+                signal.signal(signal.SIGTERM, previous)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
