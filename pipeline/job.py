@@ -22,6 +22,7 @@ from pipeline.training.config import TrainConfig
 if TYPE_CHECKING:
     from pipeline.data.shards import Manifest
     from pipeline.report.evaluate import Evaluation
+    from pipeline.training.distributed import Comm
     from pipeline.training.trainer import Reporter, TrainResult
 
 SHARDS = "shards"  # where a run keeps the shard set it made: RUN_DIR/shards
@@ -143,15 +144,21 @@ def standing_report(job: Job, manifest: Manifest) -> dict[str, Any] | None:
     return doc if standing else None
 
 
-def run(job: Job, hooks: Hooks | None = None) -> JobResult:
+def run(job: Job, hooks: Hooks | None = None, *, comm: Comm | None = None) -> JobResult:
     """Prepare if needed, train (resuming the run if it exists), evaluate; or nothing, if the
-    run is finished and its report is current."""
+    run is finished and its report is current. Under MPI (`comm`), every rank calls this: the
+    first writes the shard set if needed, all train and evaluate together."""
     from pipeline.report.evaluate import evaluate
+    from pipeline.training import distributed
     from pipeline.training.trainer import train
 
-    hooks = hooks or Hooks()
+    hooks, comm = hooks or Hooks(), comm or distributed.LOCAL
     job.config.check()  # before anything is written
-    manifest, prepared = shard_set(job, hooks)
+    if comm.rank == 0:
+        manifest, prepared = shard_set(job, hooks)
+    comm.barrier()  # the others wait for its shards, then read the same set
+    if comm.rank != 0:
+        manifest, prepared = shard_set(job, Hooks())
     samples = manifest.split("train").samples
     if job.config.batch_size > samples:  # refused: clamping would change the recipe silently
         raise ConfigError(
@@ -166,9 +173,14 @@ def run(job: Job, hooks: Hooks | None = None) -> JobResult:
         )
         return JobResult(manifest, prepared, None, None, doc)
     trained = train(
-        manifest.directory, job.run_dir, job.config, resume=True, reporter=hooks.reporter
+        manifest.directory,
+        job.run_dir,
+        job.config,
+        resume=True,
+        reporter=hooks.reporter,
+        comm=comm,
     )
     if trained.resumed_from is not None:
         hooks.say(f"resumed from {trained.resumed_from}")
-    evaluation = evaluate(job.run_dir, data_dir=manifest.directory)
+    evaluation = evaluate(job.run_dir, data_dir=manifest.directory, comm=comm)
     return JobResult(manifest, prepared, trained, evaluation, evaluation.doc)

@@ -25,6 +25,7 @@ from pipeline.cli.errors import (
     friendly_errors,
 )
 from pipeline.cli.options import MinAccuracy, RunDir, train_options
+from pipeline.cli.world import Distributed, world
 from pipeline.data.prepare import DEFAULT_SHARD_SIZE
 from pipeline.data.shards import Compression
 from pipeline.training.config import TrainConfig
@@ -189,6 +190,7 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir from its newest checkpoint.")
     ] = False,
+    distributed_mode: Distributed = "auto",
     *,
     config: TrainConfig,
 ) -> None:
@@ -196,11 +198,17 @@ def train(
     from pipeline.training import trainer
     from pipeline.training.rundir import epoch_accuracy
 
-    with friendly_errors("rerun the same command with --resume"), views.display() as progress:
+    with (
+        world(distributed_mode) as comm,
+        friendly_errors("rerun the same command with --resume"),
+        views.display(comm) as progress,
+    ):
         view = views.TrainView(progress, config.batch_size)
-        result = trainer.train(data, run_dir, config, resume=resume, reporter=view)
-        if result.resumed_from is not None:
+        result = trainer.train(data, run_dir, config, resume=resume, reporter=view, comm=comm)
+        if result.resumed_from is not None and comm.rank == 0:
             views.say(f"resumed from {result.resumed_from}")
+    if comm.rank != 0:
+        return
     last = result.history[-1]
     split, accuracy = epoch_accuracy(last)
     views.say(
@@ -222,6 +230,7 @@ def evaluate(
         typer.Option(dir_okay=False, help="Checkpoint file [default: the run's newest]."),
     ] = None,
     min_accuracy: MinAccuracy = None,
+    distributed_mode: Distributed = "auto",
     allow_other_data: Annotated[
         bool,
         typer.Option(
@@ -234,14 +243,17 @@ def evaluate(
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
     from pipeline.report import evaluate as evaluate_stage
 
-    with friendly_errors():
+    with world(distributed_mode) as comm, friendly_errors():
         evaluation = evaluate_stage.evaluate(
             run_dir,
             data_dir=data,
             split=split,
             checkpoint_path=checkpoint,
             allow_other_data=allow_other_data,
+            comm=comm,
         )
+    if comm.rank != 0:
+        return
     views.report_table(evaluation)
     _gate(evaluation.report.accuracy, min_accuracy)
 
@@ -268,6 +280,7 @@ def run(
     image_shape: ImageShape = None,
     val_fraction: ValFraction = None,
     min_accuracy: MinAccuracy = None,
+    distributed_mode: Distributed = "auto",
     *,
     config: TrainConfig,
 ) -> None:
@@ -287,13 +300,15 @@ def run(
         val_fraction=val_fraction,
         command=_command(),
     )
-    with friendly_errors(), views.display() as progress:
+    with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
         hooks = job.Hooks(
-            say=views.say,
+            say=views.say if comm.rank == 0 else job.Hooks.say,
             prepare_progress=lambda totals: views.PrepareView(progress, totals),
             reporter=views.TrainView(progress, config.batch_size),
         )
-        result = job.run(spec, hooks)
+        result = job.run(spec, hooks, comm=comm)
+    if comm.rank != 0:
+        return
     if result.evaluation is not None:
         views.report_table(result.evaluation)
     else:

@@ -59,6 +59,7 @@ FLAGS = {
     "run_dir": "--run-dir",
     "checkpoint_path": "--checkpoint",
     "allow_other_data": "--allow-other-data",
+    "distributed": "--distributed",
 }
 # the parameters whose values the library checks for range: a bad one is bad usage (2)
 VALUE_PARAMS = frozenset(HELP) | {"shard_size", "compression"}

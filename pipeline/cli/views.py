@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the stages (numpy, h5py, matplotlib) load only when a comma
     from pipeline.data.shards import ShardCheck
     from pipeline.report.dataset import DataSummary
     from pipeline.report.evaluate import Evaluation
+    from pipeline.training.distributed import Comm
 
 out = Console(soft_wrap=True)  # long paths stay on one line in logs
 
@@ -39,9 +40,10 @@ def say(message: str) -> None:
 
 
 @contextlib.contextmanager
-def display() -> Iterator[Progress | None]:
-    """A live progress display on a terminal; None (plain lines) in logs and pipes."""
-    if not out.is_terminal:
+def display(comm: Comm | None = None) -> Iterator[Progress | None]:
+    """A live progress display on a terminal; None (plain lines) in logs and pipes, and on
+    every MPI rank but the first."""
+    if not out.is_terminal or (comm is not None and comm.rank != 0):
         yield None
         return
     with _progress() as progress:
