@@ -1,7 +1,8 @@
 """The commands: each translates its options into one library call and shows the result.
 
-The stages are imported inside the commands, so `pipeline --help` loads neither numpy nor h5py,
-numba or matplotlib. Exit codes and error lines: `pipeline.cli.errors`; views: `views`.
+The stages are imported inside the commands, so `pipeline --help` loads neither numba nor
+matplotlib (numpy and h5py do come, with the shard format's `Compression` that `prepare` offers).
+Exit codes and error lines: `pipeline.cli.errors`; views: `views`; MPI: `world`.
 """
 
 from __future__ import annotations
