@@ -50,7 +50,7 @@ def test_run_writes_checkpoints_metrics_and_learns(slice_shards: Manifest, tmp_p
     assert records[1]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert result.history == records
     meta = checkpoint.load(result.checkpoint).meta
-    assert meta["manifest_sha256"] == slice_shards.sha256
+    assert meta["manifest_sha256"] == slice_shards.identity
     assert meta["config"] == SMALL.to_json()
     assert meta["loader"] == {
         "epoch": 2,
@@ -58,7 +58,7 @@ def test_run_writes_checkpoints_metrics_and_learns(slice_shards: Manifest, tmp_p
         "seed": 0,
         "batch_size": 3,
         "shuffle": False,
-        "manifest_sha256": slice_shards.sha256,
+        "manifest_sha256": slice_shards.identity,
     }
     assert meta["sizes"] == [784, 32, 10]
 

@@ -30,8 +30,8 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from pipeline.data import integrity, shards, sources
 from pipeline.data import prepare as prepare_stage
-from pipeline.data import shards, sources
 from pipeline.errors import PipelineError
 from pipeline.report import evaluate as evaluate_stage
 from pipeline.training import trainer as train_stage
@@ -228,6 +228,8 @@ def _do_prepare(
         on_progress=view,
     )
     view.finish()
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     return result
 
 
@@ -246,7 +248,7 @@ def _summary(result: prepare_stage.PrepareResult) -> None:
             "-" if seconds is None else f"{seconds:.2f}",
         )
     state = "already up to date, nothing written" if result.skipped else "written"
-    table.caption = f"{state} in {result.seconds:.2f} s; manifest sha256 {manifest.identity[:16]}"
+    table.caption = f"{state} in {result.seconds:.2f} s; content identity {manifest.identity[:16]}"
     out.print(table)
 
 
@@ -304,7 +306,7 @@ def verify(
         for column in ("split", "shard", "samples", "status"):
             table.add_column(column)
         problems = []
-        for check in shards.verify(manifest):
+        for check in integrity.verify(manifest):
             table.add_row(
                 check.split,
                 check.file,
