@@ -103,12 +103,13 @@ def read_file(
         raise error(f"{path}: {missing}") from None
     except OSError as exc:
         raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
+        os.close(fd)
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{path}: is {kind(info.st_mode)}, not a regular file")
-        if limit is not None and info.st_size > limit:
-            raise error(f"{path}: {info.st_size:,} bytes, more than the {limit:,} it may hold")
+        raise error(f"{path}: {info.st_size:,} bytes, more than the {limit:,} it may hold")
+    with os.fdopen(fd, "rb") as f:
         try:
             return f.read()
         except OSError as exc:

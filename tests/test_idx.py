@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import re
 import shutil
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -355,3 +357,49 @@ def test_damaged_embedded_mnist_fails_its_checksum(
 
     # the same files as an ordinary idx: source are accepted: the checksums are MNIST's only
     assert sources.load(f"idx:{copy}").splits["train"].labels[100] == data[8 + 100]
+
+
+# --- claimed sizes are bounded by the data really there ---------------------------------------
+
+
+def zeros_gz(path: Path, head: bytes, zeros: int) -> Path:
+    """A .gz of `head` then `zeros` zero bytes, compressed a block at a time (a zip bomb:
+    ~1,000x smaller than what it inflates to), without holding it inflated here."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+    with path.open("wb") as f:
+        f.write(packer.compress(head))
+        block = bytes(1 << 20)
+        for _ in range(zeros // len(block)):
+            f.write(packer.compress(block))
+        f.write(packer.flush())
+    return path
+
+
+def test_a_gz_bomb_is_inflated_no_further_than_its_header_claims(tmp_path: Path) -> None:
+    """A header claiming 10 labels before 256 MiB of zeros: reading stops one byte past
+    the claim (memory follows the claim, not the bomb), and the file is refused."""
+    path = zeros_gz(tmp_path / f"{LABELS}.gz", header(0x08, (10,)), 256 << 20)
+    data = idx.read_bytes(path)
+    assert len(data) == 8 + 10 + 1
+    with pytest.raises(IdxFormatError, match="trailing bytes"):
+        idx.parse(data, str(path))
+
+
+def test_a_huge_claim_reads_only_the_data_there(tmp_path: Path) -> None:
+    """A header claiming 2^32-1 images of 2^16 x 2^16 pixels over 1 MiB of data: what is
+    read is the 1 MiB there, then refused as truncated; nothing of the claimed size."""
+    path = zeros_gz(tmp_path / f"{IMAGES}.gz", header(0x08, (2**32 - 1, 2**16, 2**16)), 1 << 20)
+    data = idx.read_bytes(path)
+    assert len(data) == 16 + (1 << 20)
+    with pytest.raises(IdxFormatError, match="truncated"):
+        idx.parse_images(data, str(path))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_source_file_that_is_not_a_file_is_named(tmp_path: Path, kind: str) -> None:
+    """Neither blocks (a FIFO opened for reading would wait for a writer) nor says 'missing'."""
+    for suffix in ("", ".gz"):
+        path = tmp_path / f"{kind}{suffix}"
+        os.mkfifo(path) if kind == "fifo" else path.mkdir()
+        with pytest.raises(SourceError, match=re.escape(f"{path}: is a")):
+            idx.read_bytes(path)

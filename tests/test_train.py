@@ -59,6 +59,7 @@ def test_run_writes_checkpoints_metrics_and_learns(slice_shards: Manifest, tmp_p
         "batch_size": 3,
         "shuffle": False,
         "manifest_sha256": slice_shards.identity,
+        "order": "file order",
     }
     assert meta["sizes"] == [784, 32, 10]
 

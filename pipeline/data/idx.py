@@ -16,24 +16,47 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import IdxFormatError, SourceError
+from pipeline.fsutil import read_file
 
 # type code -> big-endian numpy dtype (the IDX spec's table)
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+READ_BLOCK = 1 << 22  # a .gz file is inflated this many bytes at a time
 
 
 def read_bytes(path: Path) -> bytes:
-    """The decompressed content of an IDX file, `.gz` or raw."""
+    """The decompressed content of an IDX file, `.gz` or raw.
+
+    A `.gz` file is inflated no further than one byte past what its header claims, a block
+    at a time: memory follows the data really there, never a claimed or a bomb's size.
+    """
+    if path.suffix != ".gz":
+        return read_file(path, error=SourceError)
+    if not path.is_file():  # missing, a device, a FIFO: read_file says which, never blocks
+        read_file(path, error=SourceError)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise SourceError(f"{path}: no such file") from None
+        with gzip.open(path, "rb") as f:
+            head = f.read(4)
+            if len(head) == 4 and head[:2] == b"\0\0" and head[2] in IDX_DTYPES:
+                head += f.read(4 * head[3])
+            claimed = _claimed_bytes(head)
+            parts, size = [head], len(head)
+            while size <= claimed and (part := f.read(min(READ_BLOCK, claimed + 1 - size))):
+                parts.append(part)
+                size += len(part)
+            return b"".join(parts)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise IdxFormatError(f"{path}: not a complete gzip file ({exc})") from None
     except OSError as exc:
         raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _claimed_bytes(head: bytes) -> int:
+    """The file size an IDX header claims (the header alone when it is not one)."""
+    if len(head) < 4 or head[2] not in IDX_DTYPES or len(head) < 4 + 4 * head[3]:
+        return len(head)
+    dims: tuple[int, ...] = struct.unpack(f">{head[3]}I", head[4 : 4 + 4 * head[3]])
+    itemsize: int = np.dtype(IDX_DTYPES[head[2]]).itemsize
+    return len(head) + math.prod(dims) * itemsize
 
 
 def parse(data: bytes, name: str) -> np.ndarray:
