@@ -66,6 +66,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 TRAIN = ("train", "--epochs", "1", "--hidden", "2", "--batch-size", "20")
 
 
+def write_consistent(data: Path, doc: dict[str, Any]) -> None:
+    """Write an edited manifest with the identity its (edited) content fields give."""
+    splits = {
+        name: SplitInfo(
+            s["samples"], s["label_histogram"], s["content"], [ShardInfo(**x) for x in s["shards"]]
+        )
+        for name, s in doc["splits"].items()
+    }
+    doc["identity"] = content_identity(doc["classes"], doc["image_shape"], splits)
+    (data / MANIFEST).write_text(json.dumps(doc))
+
+
 # --- 3. content identity --------------------------------------------------------------------
 
 
@@ -103,14 +115,7 @@ def test_verify_recomputes_the_content_behind_the_identity(tmp_path: Path, tiny:
     data = Path(shutil.copytree(tiny[0], tmp_path / "set"))
     doc = json.loads((data / MANIFEST).read_text())
     doc["splits"]["test"]["content"]["images"] = "0" * 64
-    splits = {
-        name: SplitInfo(
-            s["samples"], s["label_histogram"], s["content"], [ShardInfo(**x) for x in s["shards"]]
-        )
-        for name, s in doc["splits"].items()
-    }
-    doc["identity"] = content_identity(doc["classes"], doc["image_shape"], splits)
-    (data / MANIFEST).write_text(json.dumps(doc))
+    write_consistent(data, doc)
 
     result = invoke("verify", data)
     assert "content differs" in outcome(result)
@@ -386,14 +391,7 @@ def test_an_empty_train_split_is_called_empty(tmp_path: Path, tiny: Any) -> None
     data = Path(shutil.copytree(tiny[0], tmp_path / "set"))
     doc = json.loads((data / MANIFEST).read_text())
     doc["splits"]["train"].update(samples=0, shards=[], label_histogram=[0] * 10)
-    splits = {
-        n: SplitInfo(
-            s["samples"], s["label_histogram"], s["content"], [ShardInfo(**x) for x in s["shards"]]
-        )
-        for n, s in doc["splits"].items()
-    }
-    doc["identity"] = content_identity(doc["classes"], doc["image_shape"], splits)
-    (data / MANIFEST).write_text(json.dumps(doc))
+    write_consistent(data, doc)
     line = outcome(invoke(*TRAIN, "--data", data, "--run-dir", tmp_path / "run"))
     assert line == f"error: {data}: split 'train' is empty (0 samples)"
 
