@@ -258,8 +258,8 @@ def parse(directory: Path, text: bytes) -> Manifest:
         if not all(isinstance(c, str) for c in classes):
             raise _Bad("classes: names must be strings")
         shape = _list(doc, "image_shape")
-        if len(shape) != 2:
-            raise _Bad(f"image_shape {shape!r}: must be [rows, cols]")
+        if len(shape) not in (2, 3):
+            raise _Bad(f"image_shape {shape!r}: must be [rows, cols] or [rows, cols, channels]")
         image_shape = _ints(shape, "image_shape", 1, MAX_SIDE)
         features = _int(doc, "features", 1, MAX_FEATURES)
         if features != math.prod(image_shape):
