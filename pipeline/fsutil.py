@@ -19,9 +19,10 @@ from pathlib import Path
 
 from pipeline.errors import LockedError, OutputError, PipelineError
 
-# our own marker: cleanup deletes only names of this shape, never a user's `.notes.tmp`
-TMP_SUFFIX = ".pipeline.tmp"
-TMP_NAME = re.compile(r"^\..+\.\d+\.pipeline\.tmp$")
+# our own marker, `.NAME.PID.tmp`: cleanup deletes only names of this shape, never a user's
+# `.notes.tmp`
+TMP_SUFFIX = ".tmp"
+TMP_NAME = re.compile(r"^\..+\.\d+\.tmp$")
 
 
 def fsync(path: Path) -> None:

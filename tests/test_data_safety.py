@@ -148,13 +148,13 @@ def fields(doc: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
 
 def mutations(value: Any) -> list[Any]:
     """Hostile replacements for one field's value (a marker object for deletion)."""
-    out: list[Any] = [DELETE, "x", []]
+    out: list[Any] = [DELETE, "x"]
     if isinstance(value, int) and not isinstance(value, bool):
-        out += [-1, 0, value + 1, 2 * value, 2**63, float(value), True]
+        out += [-1, 0, 2 * value, 2**63, True]
     if isinstance(value, str):
         out += ["", value + "0", 7]
     if isinstance(value, list) and value:
-        out += [value * 2, value[:-1]]
+        out += [[], value * 2, value[:-1]]
     if isinstance(value, dict):
         out += [{}]
     return out
@@ -207,7 +207,7 @@ def test_every_manifest_field_mutated(tmp_path: Path, tiny: tuple[Path, Path]) -
                 assert outcomes[1:] == ["ok", "ok"], (path, value, outcomes)
             shutil.rmtree(scratch)
             scratch.mkdir()
-    assert tried > 200 and refused > tried // 2
+    assert tried > 200 and refused > tried // 2, (tried, refused)
 
 
 def rewrite(path: Path, edit: Callable[[h5py.File], None]) -> None:

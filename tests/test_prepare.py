@@ -442,7 +442,7 @@ def test_rerun_removes_only_its_own_leftovers(
     out = tmp_path / "shards"
     prepare.prepare(out, small_raw, shard_size=100)
     listed = snapshot(out)
-    (out / ".train-00000.h5.4242.pipeline.tmp").write_bytes(b"half a shard")
+    (out / ".train-00000.h5.4242.tmp").write_bytes(b"half a shard")
     (out / "train-00009-00c0ffee.h5").write_bytes(b"a shard a killed prepare wrote")
     (out / prepare.JOURNAL).write_text("train-00009-00c0ffee.h5\n")
     foreign = {".notes.tmp": b"a user's temporary", "train-00007-0123abcd.h5": b"a user's shard"}

@@ -275,6 +275,9 @@ def parse(directory: Path, text: bytes) -> Manifest:
         if compression not in COMPRESSIONS:
             raise _Bad(f"compression {compression!r}: not one of {COMPRESSIONS}")
         chunk_rows = _int(layout, "chunk_rows", 1, MAX_CHUNK_ROWS)
+        _int(layout, "shard_size", 1, MAX_SAMPLES)
+        if layout["fletcher32"] is not True:
+            raise _Bad(f"fletcher32 {layout['fletcher32']!r}: shards carry HDF5's checksum")
         entries = _dict(doc, "splits")
         if not entries:
             raise _Bad("splits: none; the set holds no data")
