@@ -163,12 +163,12 @@ def no_readers(directory: Path) -> Iterator[bool]:
 
 
 @contextlib.contextmanager
-def dir_lock(directory: Path, *, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on `directory` (a `.lock` file) or fail at once.
+def dir_lock(directory: Path, *, what: str, name: str = ".lock") -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (the file `name` in it) or fail at once.
 
     flock locks die with their process, so a killed writer never leaves a stale lock.
     """
-    lock_file = directory / ".lock"
+    lock_file = directory / name
     try:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
