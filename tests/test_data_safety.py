@@ -274,7 +274,9 @@ def test_every_shard_dataset_mutated(
 def test_a_test_shard_copied_over_a_train_shard_is_refused(tmp_path: Path) -> None:
     """The audit's case: same size, other bytes (test data leaking into training)."""
     rng = np.random.default_rng(1)
-    raw = write_idx_dir(tmp_path / "raw", random_split(rng, 40), random_split(rng, 20))
+    (train, _), (test, _) = random_split(rng, 40), random_split(rng, 20)
+    every_class = np.arange(40, dtype=np.uint8) % 10
+    raw = write_idx_dir(tmp_path / "raw", (train, every_class), (test, every_class[:20]))
     data = prepare.prepare(tmp_path / "set", sources.load(f"idx:{raw}"), shard_size=20).manifest
     test_shard = data.path(data.split("test").shards[0])
     victim = data.path(data.split("train").shards[1])
