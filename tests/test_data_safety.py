@@ -27,7 +27,7 @@ from pipeline import fsutil
 from pipeline.cli import app
 from pipeline.data import prepare, shards, sources
 from pipeline.data.loader import Loader
-from pipeline.data.manifest import MANIFEST, ShardInfo, SplitInfo, content_identity
+from pipeline.data.manifest import MANIFEST, identity_of
 from pipeline.errors import ShardCorruptError, ShardSetError
 from tests.conftest import REPO, assert_clean, random_split, write_idx_dir
 
@@ -68,13 +68,7 @@ TRAIN = ("train", "--epochs", "1", "--hidden", "2", "--batch-size", "20")
 
 def write_consistent(data: Path, doc: dict[str, Any]) -> None:
     """Write an edited manifest with the identity its (edited) content fields give."""
-    splits = {
-        name: SplitInfo(
-            s["samples"], s["label_histogram"], s["content"], [ShardInfo(**x) for x in s["shards"]]
-        )
-        for name, s in doc["splits"].items()
-    }
-    doc["identity"] = content_identity(doc["classes"], doc["image_shape"], splits)
+    doc["identity"] = identity_of(doc)
     (data / MANIFEST).write_text(json.dumps(doc))
 
 

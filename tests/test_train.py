@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from pipeline.cli import app
+from pipeline.data.manifest import identity_of
 from pipeline.data.shards import MANIFEST, Manifest
 from pipeline.errors import (
     CheckpointError,
@@ -539,7 +540,8 @@ def test_an_empty_train_split_is_named(slice_shards: Manifest, tmp_path: Path) -
     doc = json.loads((data / MANIFEST).read_text())
     for shard in doc["splits"]["train"]["shards"]:
         (data / shard["file"]).unlink()
-    doc["splits"]["train"] = {"samples": 0, "label_histogram": [0] * 10, "shards": []}
+    doc["splits"]["train"].update(samples=0, label_histogram=[0] * 10, shards=[])
+    doc["identity"] = identity_of(doc)  # a manifest consistent in itself
     (data / MANIFEST).write_text(json.dumps(doc))
     with pytest.raises(ShardSetError, match="the train split is empty"):
         train.train(data, tmp_path / "run", SMALL)

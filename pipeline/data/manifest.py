@@ -95,6 +95,15 @@ def content_identity(
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def identity_of(doc: dict[str, Any]) -> str:
+    """The content identity of a manifest document's fields (for tools that edit one)."""
+    splits = {
+        name: SplitInfo(s["samples"], s["label_histogram"], s["content"], [])
+        for name, s in doc["splits"].items()
+    }
+    return content_identity(doc["classes"], doc["image_shape"], splits)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A validated `manifest.json`, with the directory it describes."""
