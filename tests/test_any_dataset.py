@@ -101,7 +101,16 @@ def test_train_and_evaluate_any_shape(tmp_path, make, shape: list[int], classes:
 def test_run_reuses_its_val_split_and_refuses_another(tmp_path: Path) -> None:
     source = eight_by_eight(tmp_path)
     run_dir = tmp_path / "run"
-    args = ["run", "--run-dir", run_dir, "--source", source, "--val-fraction", "0.25", *TINY]
+    args: list[str | Path] = [
+        "run",
+        "--run-dir",
+        run_dir,
+        "--source",
+        source,
+        "--val-fraction",
+        "0.25",
+        *TINY,
+    ]
     invoke(*args)
     identity = load_manifest(run_dir / "shards").identity
     again = invoke(*args)
