@@ -119,7 +119,7 @@ def test_run_reuses_its_val_split_and_refuses_another(tmp_path: Path) -> None:
     other = CliRunner().invoke(app, [str(a) for a in args[:5]] + ["--val-fraction", "0.5", *TINY])
     assert other.exit_code == 1
     assert other.stderr.startswith("error: ") and other.stderr.count("\n") == 1
-    assert "--force" in other.stderr
+    assert "with val_fraction 0.25" in other.stderr
 
 
 def test_show_summarizes_and_draws(tmp_path: Path) -> None:
