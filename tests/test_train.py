@@ -27,7 +27,6 @@ from pipeline.errors import (
     DivergedError,
     LockedError,
     OutputError,
-    ShardSetError,
 )
 from pipeline.fsutil import dir_lock, sha256_file
 from pipeline.training import checkpoint, rundir
@@ -531,16 +530,3 @@ def test_cleanup_removes_only_the_temporaries_of_its_own_files(
         path.write_bytes(b"half")
     train.train(slice_shards.directory, run_dir, SMALL, resume=True)
     assert [p.exists() for p in stale + theirs] == [False, False, True, True]
-
-
-def test_an_empty_train_split_is_named(slice_shards: Manifest, tmp_path: Path) -> None:
-    data = tmp_path / "shards"
-    shutil.copytree(slice_shards.directory, data)
-    doc = json.loads((data / MANIFEST).read_text())
-    for shard in doc["splits"]["train"]["shards"]:
-        (data / shard["file"]).unlink()
-    doc["splits"]["train"] = {"samples": 0, "label_histogram": [0] * 10, "shards": []}
-    (data / MANIFEST).write_text(json.dumps(doc))
-    with pytest.raises(ShardSetError, match="the train split is empty"):
-        train.train(data, tmp_path / "run", SMALL)
-    assert not (tmp_path / "run" / "run.json").exists()
