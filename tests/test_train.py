@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from pipeline.cli import app
+from pipeline.data.manifest import identity_of
 from pipeline.data.shards import MANIFEST, Manifest
 from pipeline.errors import (
     CheckpointError,
@@ -27,6 +28,7 @@ from pipeline.errors import (
     DivergedError,
     LockedError,
     OutputError,
+    ShardSetError,
 )
 from pipeline.fsutil import dir_lock, sha256_file
 from pipeline.training import checkpoint, rundir
@@ -321,21 +323,21 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     ("args", "needle", "code"),
     [
-        (["--lr", "0"], "--lr", 1),
-        (["--lr", "-1"], "--lr", 1),
-        (["--lr", "nan"], "--lr", 1),
-        (["--lr", "inf"], "--lr", 1),
-        (["--seed", "-1"], "--seed", 1),
+        (["--lr", "0"], "--lr", 2),
+        (["--lr", "-1"], "--lr", 2),
+        (["--lr", "nan"], "--lr", 2),
+        (["--lr", "inf"], "--lr", 2),
+        (["--seed", "-1"], "--seed", 2),
         (["--batch-size", "0"], "--batch-size", 2),
         (["--epochs", "0"], "--epochs", 2),
-        (["--hidden", "0"], "--hidden", 1),
+        (["--hidden", "0"], "--hidden", 2),
         (["--checkpoint-every", "-1"], "--checkpoint-every", 2),
     ],
 )
 def test_cli_bad_options_one_line(
     slice_shards: Manifest, tmp_path: Path, args: list[str], needle: str, code: int
 ) -> None:
-    """Out-of-range numbers are usage errors (2); values typer cannot judge are ours (1)."""
+    """Out-of-range option values are usage errors (2), whether typer or TrainConfig judges."""
     result = runner.invoke(
         app,
         ["train", "--data", str(slice_shards.directory), "--run-dir", str(tmp_path / "run"), *args],
@@ -530,3 +532,17 @@ def test_cleanup_removes_only_the_temporaries_of_its_own_files(
         path.write_bytes(b"half")
     train.train(slice_shards.directory, run_dir, SMALL, resume=True)
     assert [p.exists() for p in stale + theirs] == [False, False, True, True]
+
+
+def test_an_empty_train_split_is_named(slice_shards: Manifest, tmp_path: Path) -> None:
+    data = tmp_path / "shards"
+    shutil.copytree(slice_shards.directory, data)
+    doc = json.loads((data / MANIFEST).read_text())
+    for shard in doc["splits"]["train"]["shards"]:
+        (data / shard["file"]).unlink()
+    doc["splits"]["train"].update(samples=0, label_histogram=[0] * 10, shards=[])
+    doc["identity"] = identity_of(doc)  # a manifest consistent in itself
+    (data / MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(ShardSetError, match="the train split is empty"):
+        train.train(data, tmp_path / "run", SMALL)
+    assert not (tmp_path / "run" / "run.json").exists()

@@ -18,6 +18,7 @@ import math
 import platform
 import re
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,16 @@ MANIFEST = "manifest.json"
 SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-(?P<tag>[0-9a-f]{8})\.h5$")
 SPLIT_NAME = re.compile(r"^[a-z]+$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-COMPRESSIONS = ("none", "lzf", "gzip")
+
+
+class Compression(StrEnum):
+    """HDF5 compression of the shards' datasets (none reads fastest: see the README)."""
+
+    none = "none"
+    lzf = "lzf"
+    gzip = "gzip"
+
+
 DATASETS = {"images": "float32", "labels": "float32", "targets": "uint8"}
 NORMALIZATION = {"images": "float32(pixel) / float32(255)", "labels": "one-hot"}
 # bounds no real set comes near; a claim beyond them is a damaged or hostile manifest
@@ -83,6 +93,15 @@ def content_identity(
         "splits": {name: {"samples": s.samples, **s.content} for name, s in sorted(splits.items())},
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def identity_of(doc: dict[str, Any]) -> str:
+    """The content identity of a manifest document's fields (for tools that edit one)."""
+    splits = {
+        name: SplitInfo(s["samples"], s["label_histogram"], s["content"], [])
+        for name, s in doc["splits"].items()
+    }
+    return content_identity(doc["classes"], doc["image_shape"], splits)
 
 
 @dataclass(frozen=True)
@@ -272,8 +291,8 @@ def parse(directory: Path, text: bytes) -> Manifest:
             raise _Bad(f"normalization {doc['normalization']!r}: not {NORMALIZATION}")
         layout = _dict(doc, "layout")
         compression = layout["compression"]
-        if compression not in COMPRESSIONS:
-            raise _Bad(f"compression {compression!r}: not one of {COMPRESSIONS}")
+        if compression not in set(Compression):
+            raise _Bad(f"compression {compression!r}: not one of {', '.join(Compression)}")
         chunk_rows = _int(layout, "chunk_rows", 1, MAX_CHUNK_ROWS)
         _int(layout, "shard_size", 1, MAX_SAMPLES)
         if layout["fletcher32"] is not True:

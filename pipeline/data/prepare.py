@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data import integrity, manifest
-from pipeline.data.manifest import COMPRESSIONS, MANIFEST, SHARD_NAME, Manifest, SplitInfo
+from pipeline.data.manifest import MANIFEST, SHARD_NAME, Compression, Manifest, SplitInfo
 from pipeline.data.shards import CHUNK_ROWS, ShardWriter
 from pipeline.data.sources import RawDataset, resolve
 from pipeline.errors import ConfigError, OutputError, ShardSetError
@@ -156,8 +156,9 @@ def prepare(
     """Write `raw` as a shard set in `out`; `on_progress(split, samples)` after each block."""
     if shard_size < 1:
         raise ConfigError("must be at least 1", param="shard_size", value=shard_size)
-    if compression not in COMPRESSIONS:
-        raise ConfigError(f"choose one of {COMPRESSIONS}", param="compression", value=compression)
+    if compression not in set(Compression):
+        choices = ", ".join(Compression)
+        raise ConfigError(f"choose one of {choices}", param="compression", value=compression)
     started = time.perf_counter()
     fingerprint = _fingerprint(raw, shard_size, compression)
 

@@ -22,10 +22,10 @@ import h5py
 import numpy as np
 
 from pipeline.data.manifest import (
-    COMPRESSIONS,
     DATASETS,
     MANIFEST,
     SHARD_NAME,
+    Compression,
     Manifest,
     ShardInfo,
     SplitInfo,
@@ -36,10 +36,10 @@ from pipeline.fsutil import commit, sha256_file, tmp_path_for
 
 __all__ = [
     "CHUNK_ROWS",
-    "COMPRESSIONS",
     "DATASETS",
     "MANIFEST",
     "SHARD_NAME",
+    "Compression",
     "Manifest",
     "ShardInfo",
     "ShardWriter",
@@ -106,7 +106,7 @@ class ShardWriter:
         claim: Callable[[Path, str], bool],
     ) -> None:
         assert shard_size >= 1
-        assert compression in COMPRESSIONS
+        assert compression in set(Compression)
         self.directory, self.split, self.n_classes = directory, split, n_classes
         self.shard_size, self.compression, self.attrs = shard_size, compression, attrs
         self.claim = claim
