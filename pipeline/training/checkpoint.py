@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import CheckpointError, ConfigError
-from pipeline.fsutil import atomic_path
+from pipeline.fsutil import atomic_path, read_file
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 
 if TYPE_CHECKING:
@@ -179,25 +178,6 @@ def save(
         np.savez(f, allow_pickle=False, **arrays)
 
 
-def _read_bounded(path: Path) -> bytes:
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_FILE_BYTES:
-                raise CheckpointError(
-                    f"{path}: {size:,} bytes, larger than any checkpoint of a network this "
-                    f"project builds ({MAX_FILE_BYTES:,}); refused unread"
-                )
-            data = f.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise CheckpointError(f"{path}: grew beyond {MAX_FILE_BYTES:,} bytes while read")
-    return data
-
-
 def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
     """Every member a stored .npy whose header fits its entry and our bounds, before any
     array is read: no size a file claims is trusted further than its own bytes prove."""
@@ -237,7 +217,11 @@ def load(path: Path) -> Checkpoint:
     The file is read once: the network and the sha256 a report quotes come from the same
     bytes, even if a running `train` replaces the file meanwhile.
     """
-    data = _read_bounded(path)
+    # bounded: a file larger than any checkpoint of a network this project builds is refused
+    # from its size, unread (a FIFO or device too, never opened for a blocking read)
+    data = read_file(
+        path, error=CheckpointError, missing="no such checkpoint", limit=MAX_FILE_BYTES
+    )
     if not data.startswith(b"PK"):
         raise CheckpointError(f"{path}: not a checkpoint (.npz) file")
     try:
