@@ -317,3 +317,23 @@ def test_run_under_mpi_prepares_once_trains_and_reports(
     doc = json.loads((run_dir / "report.json").read_text())
     assert doc["samples"] == 1000  # every test image, counted once
     assert (run_dir / "shards" / "manifest.json").exists()
+
+
+def test_a_modern_recipe_with_dropout_and_momentum_trains_like_one_process(
+    mpiexec: str, slice_shards: Manifest, tmp_path: Path
+) -> None:
+    args = ["--data", str(slice_shards.directory), "--preset", "fast", "--hidden", "64"]
+    args += ["--epochs", "2", "--checkpoint-every", "10"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = run_job([str(BIN / "pipeline"), "train", *args, "--run-dir", str(one)])
+    assert proc.returncode == 0, proc.stderr
+    proc = run_job(job(mpiexec, 2, "train", *args, "--run-dir", str(two)))
+    assert proc.returncode == 0, proc.stderr
+    # the same dropout masks, momentum and schedule: only the order of sums differs (float32)
+    assert max_diff(params(one), params(two)) < 1e-4
+    metas = [checkpoint.load(RunDir(r).all_checkpoints()[-1]).meta for r in (one, two)]
+    assert metas[0].dropout_counter == metas[1].dropout_counter > 0
+    assert metas[0].optimizer == metas[1].optimizer
+    accuracy = [json.loads((r / "metrics.jsonl").read_text().splitlines()[-1]) for r in (one, two)]
+    assert abs(accuracy[0]["test_accuracy"] - accuracy[1]["test_accuracy"]) <= 0.005
+    assert accuracy[1]["test_accuracy"] > 0.8
