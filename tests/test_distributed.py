@@ -238,11 +238,23 @@ def gone(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize(("how", "resume_ranks"), [("kill-rank-1", 2), ("sigterm-job", 1)])
+FAST = ["--preset", "fast", "--hidden", "64"]  # dropout, momentum, a cosine schedule
+
+
+@pytest.mark.parametrize(
+    ("how", "resume_ranks", "recipe"),
+    [("kill-rank-1", 2, ARGS), ("sigterm-job", 1, ARGS), ("kill-rank-1", 2, FAST)],
+    ids=["kill-original-resume-2", "sigterm-original-resume-1", "kill-fast-resume-2"],
+)
 def test_a_lost_rank_stops_the_job_and_resume_continues_with_any_rank_count(
-    mpiexec: str, slice_shards: Manifest, tmp_path: Path, how: str, resume_ranks: int
+    mpiexec: str,
+    slice_shards: Manifest,
+    tmp_path: Path,
+    how: str,
+    resume_ranks: int,
+    recipe: list[str],
 ) -> None:
-    data = ["--data", str(slice_shards.directory), *ARGS, "--epochs", "4"]
+    data = ["--data", str(slice_shards.directory), *recipe, "--epochs", "4"]
     reference = tmp_path / "reference"
     done = run_job(job(mpiexec, 2, "train", *data, "--run-dir", str(reference)))
     assert done.returncode == 0, done.stderr
@@ -322,8 +334,8 @@ def test_run_under_mpi_prepares_once_trains_and_reports(
 def test_a_modern_recipe_with_dropout_and_momentum_trains_like_one_process(
     mpiexec: str, slice_shards: Manifest, tmp_path: Path
 ) -> None:
-    args = ["--data", str(slice_shards.directory), "--preset", "fast", "--hidden", "64"]
-    args += ["--epochs", "2", "--checkpoint-every", "10"]
+    args = ["--data", str(slice_shards.directory), *FAST, "--epochs", "2"]
+    args += ["--checkpoint-every", "10"]
     one, two = tmp_path / "one", tmp_path / "two"
     proc = run_job([str(BIN / "pipeline"), "train", *args, "--run-dir", str(one)])
     assert proc.returncode == 0, proc.stderr

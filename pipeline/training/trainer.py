@@ -297,12 +297,16 @@ class Trainer:
 
     def position(self, resumed_from: Path | None) -> dict[str, Any]:
         """Where training starts: what every rank must agree on before the first step."""
-        network = self.state.network
+        network, recipe = self.state.network, self.recipe
+        state = [*network.weights, *network.biases]
+        if recipe is not None:  # the optimizer's buffers and the dropout generator too
+            state += [v for _, v in sorted(recipe.optimizer.state_arrays().items())]
         return {
             "checkpoint": resumed_from.name if resumed_from else None,
             "epoch": self.state.epoch,
             "step": self.state.step,
-            "weights_sha256": distributed.digest([*network.weights, *network.biases]),
+            "dropout_counter": recipe.dropout_counter if recipe is not None else 0,
+            "state_sha256": distributed.digest(state),
         }
 
     def run(self) -> Path:
