@@ -238,11 +238,23 @@ def gone(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize(("how", "resume_ranks"), [("kill-rank-1", 2), ("sigterm-job", 1)])
+FAST = ["--preset", "fast", "--hidden", "64"]  # dropout, momentum, a cosine schedule
+
+
+@pytest.mark.parametrize(
+    ("how", "resume_ranks", "recipe"),
+    [("kill-rank-1", 2, ARGS), ("sigterm-job", 1, ARGS), ("kill-rank-1", 2, FAST)],
+    ids=["kill-original-resume-2", "sigterm-original-resume-1", "kill-fast-resume-2"],
+)
 def test_a_lost_rank_stops_the_job_and_resume_continues_with_any_rank_count(
-    mpiexec: str, slice_shards: Manifest, tmp_path: Path, how: str, resume_ranks: int
+    mpiexec: str,
+    slice_shards: Manifest,
+    tmp_path: Path,
+    how: str,
+    resume_ranks: int,
+    recipe: list[str],
 ) -> None:
-    data = ["--data", str(slice_shards.directory), *ARGS, "--epochs", "4"]
+    data = ["--data", str(slice_shards.directory), *recipe, "--epochs", "4"]
     reference = tmp_path / "reference"
     done = run_job(job(mpiexec, 2, "train", *data, "--run-dir", str(reference)))
     assert done.returncode == 0, done.stderr
@@ -317,3 +329,23 @@ def test_run_under_mpi_prepares_once_trains_and_reports(
     doc = json.loads((run_dir / "report.json").read_text())
     assert doc["samples"] == 1000  # every test image, counted once
     assert (run_dir / "shards" / "manifest.json").exists()
+
+
+def test_a_modern_recipe_with_dropout_and_momentum_trains_like_one_process(
+    mpiexec: str, slice_shards: Manifest, tmp_path: Path
+) -> None:
+    args = ["--data", str(slice_shards.directory), *FAST, "--epochs", "2"]
+    args += ["--checkpoint-every", "10"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = run_job([str(BIN / "pipeline"), "train", *args, "--run-dir", str(one)])
+    assert proc.returncode == 0, proc.stderr
+    proc = run_job(job(mpiexec, 2, "train", *args, "--run-dir", str(two)))
+    assert proc.returncode == 0, proc.stderr
+    # the same dropout masks, momentum and schedule: only the order of sums differs (float32)
+    assert max_diff(params(one), params(two)) < 1e-4
+    metas = [checkpoint.load(RunDir(r).all_checkpoints()[-1]).meta for r in (one, two)]
+    assert metas[0].dropout_counter == metas[1].dropout_counter > 0
+    assert metas[0].optimizer == metas[1].optimizer
+    accuracy = [json.loads((r / "metrics.jsonl").read_text().splitlines()[-1]) for r in (one, two)]
+    assert abs(accuracy[0]["test_accuracy"] - accuracy[1]["test_accuracy"]) <= 0.005
+    assert accuracy[1]["test_accuracy"] > 0.8

@@ -8,6 +8,11 @@ For a batch of B rows, with a_0 = x (after input dropout), layers l = 1..L:
 The products run in BLAS (numpy.matmul into preallocated outputs); everything else is one
 fused pass (`pipeline.nn.fused`). No batch-sized array is allocated after construction: a
 batch smaller than the buffers (an epoch's last) uses their first rows.
+
+Under MPI (`comm`, `pipeline.training.distributed`) the batch is the GLOBAL batch: every rank
+draws the dropout masks of all its rows (so the generator and the masks are those of one
+process), computes its share of the rows with delta_L scaled by 1 / (global rows), and one
+Allreduce sums the gradients (and the loss) before the identical optimizer step on every rank.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pipeline.nn import fused
 from pipeline.nn.layers import GOLDEN, MASK64, dropout_threshold, words_for
 from pipeline.nn.network import Network
 from pipeline.nn.optimizers import Hyper, Optimizer
+from pipeline.training.distributed import LOCAL, Comm, GradientSum, share
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,16 @@ class Spec:
 
 
 class RecipeStep:
-    def __init__(self, network: Network, spec: Spec, *, batch_size: int, dropout_key: int) -> None:
-        self.network, self.spec = network, spec
+    def __init__(
+        self,
+        network: Network,
+        spec: Spec,
+        *,
+        batch_size: int,
+        dropout_key: int,
+        comm: Comm = LOCAL,
+    ) -> None:
+        self.network, self.spec, self.comm = network, spec, comm
         self.act = fused.ACT_CODE[spec.activation]
         sizes, dt = network.sizes, network.dtype
         n = batch_size
@@ -46,6 +60,8 @@ class RecipeStep:
         self.grad_w = [np.empty_like(w) for w in network.weights]
         self.grad_b = [np.empty_like(b) for b in network.biases]
         self.optimizer = Optimizer(network.weights + network.biases, spec.optimizer)
+        shapes = [p.shape for p in (*network.weights, *network.biases)]
+        self.reducer = GradientSum(shapes, dt) if comm.size > 1 else None
         self.dropout_key = dropout_key
         self.dropout_counter = 0  # splitmix64 words drawn so far: the dropout generator's state
 
@@ -55,15 +71,18 @@ class RecipeStep:
         self.dropout_counter += words_for(keep.size)
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        """One update on x (B, n_0), y (B, n_L); returns the batch's summed loss."""
+        """One update on the (global) batch x (B, n_0), y (B, n_L); returns its summed loss."""
         spec, net = self.spec, self.network
+        total = len(x)
+        mine = share(total, self.comm.rank, self.comm.size)  # all rows in one process
+        x, y = x[mine], y[mine]
         rows, layers = len(x), len(net.weights)
         a = [buf[:rows] for buf in self.a]  # (rows, n_l) views: contiguous, no copies
         d = [buf[:rows] for buf in self.d]
-        keep = [buf[:rows] for buf in self.keep]
+        keep = [buf[mine] for buf in self.keep]  # this rank's rows of the global masks
         a[0] = x
         if spec.input_dropout > 0:
-            self._draw(keep[0], spec.input_dropout)
+            self._draw(self.keep[0][:total], spec.input_dropout)
             fused.dropout_into(x, self.a[0][:rows], keep[0], 1.0 / (1.0 - spec.input_dropout))
             a[0] = self.a[0][:rows]
         p = spec.dropout
@@ -71,22 +90,25 @@ class RecipeStep:
         for layer in range(layers - 1):  # hidden layers
             np.matmul(a[layer], net.weights[layer], out=a[layer + 1])  # (rows, n_{l+1})
             if p > 0:
-                self._draw(keep[layer + 1], p)
+                self._draw(self.keep[layer + 1][:total], p)
             fused.forward_hidden(a[layer + 1], net.biases[layer], self.act, keep[layer + 1],
                                  scale, p > 0)  # fmt: skip
         out = layers
         np.matmul(a[out - 1], net.weights[out - 1], out=a[out])  # (rows, n_L) logits
         if spec.loss == "cross_entropy":
-            loss = fused.cross_entropy_out(a[out], net.biases[out - 1], y, d[out], 1.0 / rows)
+            loss = fused.cross_entropy_out(a[out], net.biases[out - 1], y, d[out], 1.0 / total)
         else:
-            loss = fused.mse_out(a[out], net.biases[out - 1], self.act, y, d[out], 1.0 / rows)
+            loss = fused.mse_out(a[out], net.biases[out - 1], self.act, y, d[out], 1.0 / total)
         for layer in reversed(range(layers)):  # weights[layer] maps a[layer] -> a[layer + 1]
             np.matmul(a[layer].T, d[layer + 1], out=self.grad_w[layer])  # (n_l, n_{l+1})
             fused.column_sums(d[layer + 1], self.grad_b[layer])
             if layer:
                 np.matmul(d[layer + 1], net.weights[layer].T, out=d[layer])  # (rows, n_l)
                 fused.backward_hidden(d[layer], a[layer], self.act, keep[layer], scale, p > 0)
-        self.optimizer.step(net.weights + net.biases, self.grad_w + self.grad_b, lr)
+        grads = self.grad_w + self.grad_b
+        if self.reducer is not None:  # sum over the ranks: the global batch's mean gradient
+            grads, loss = self.reducer(self.comm, grads, loss, 1.0)
+        self.optimizer.step(net.weights + net.biases, grads, lr)
         if spec.max_norm > 0:
             for w in net.weights:
                 fused.max_norm(w, spec.max_norm)

@@ -6,7 +6,7 @@ checkpoint and ends bit-identical to a run that was never interrupted, every rec
 number included (a checkpoint holds the optimizer's state and the dropout generator's
 position too). A directory with no checkpoint yet holds no run: it starts afresh.
 Under MPI (`comm`, see distributed.py) every rank trains its share of each global batch and
-rank 0 alone writes the run (the original recipe only, for now).
+rank 0 alone writes the run.
 
 The original recipe trains through `Network.steps` (its compiled kernel); every other recipe
 through `pipeline.nn.recipe.RecipeStep`. When the shard set has a "val" split, each epoch is
@@ -238,12 +238,6 @@ class Trainer:
         )
         self.last: Path | None = None  # the newest checkpoint on disk
         self.recipe = None if config.is_original else self._recipe(network)
-        if self.recipe is not None and comm.size > 1:
-            raise ConfigError(
-                "only the original recipe trains under MPI for now",
-                param="preset",
-                value=config.preset,
-            )
         per_epoch = len(self.train_loader)
         self.schedule = Schedule(
             config.schedule,
@@ -261,7 +255,7 @@ class Trainer:
         spec = Spec(c.activation, c.loss, c.dropout, c.input_dropout, c.max_norm, hyper)
         # the dropout generator's key: from the seed, apart from the init's and the loader's
         key = int(np.random.default_rng([c.seed, 1]).integers(2**63))
-        return RecipeStep(network, spec, batch_size=c.batch_size, dropout_key=key)
+        return RecipeStep(network, spec, batch_size=c.batch_size, dropout_key=key, comm=self.comm)
 
     def restore(self, path: Path | None = None) -> Path | None:
         """Continue from `path` [default: the newest checkpoint, if there is one]; returns it."""
@@ -303,12 +297,16 @@ class Trainer:
 
     def position(self, resumed_from: Path | None) -> dict[str, Any]:
         """Where training starts: what every rank must agree on before the first step."""
-        network = self.state.network
+        network, recipe = self.state.network, self.recipe
+        state = [*network.weights, *network.biases]
+        if recipe is not None:  # the optimizer's buffers and the dropout generator too
+            state += [v for _, v in sorted(recipe.optimizer.state_arrays().items())]
         return {
             "checkpoint": resumed_from.name if resumed_from else None,
             "epoch": self.state.epoch,
             "step": self.state.step,
-            "weights_sha256": distributed.digest([*network.weights, *network.biases]),
+            "dropout_counter": recipe.dropout_counter if recipe is not None else 0,
+            "state_sha256": distributed.digest(state),
         }
 
     def run(self) -> Path:
