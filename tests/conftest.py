@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -24,6 +25,16 @@ from pipeline.data import prepare, shards, sources
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(__file__).resolve().parents[1] / "pipeline" / "data" / "mnist"
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _children_take_sigint() -> Iterator[None]:
+    """Subprocesses the tests start react to SIGINT even when this run was started with SIGINT
+    ignored (a background job of a non-interactive shell, some CI runners): an ignored signal
+    is inherited through exec, a handler is not, so the tests that send SIGINT do not hang."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(autouse=True, scope="session")
