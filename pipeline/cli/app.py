@@ -1,7 +1,8 @@
 """The command line: thin typer commands over the stages, rich output, one-line errors.
 
-Exit codes: 0 success; 1 bad input or environment (one line on stderr); 2 bad usage (typer);
-3 the `--min-accuracy` quality gate failed (the report is still written); 130 interrupted.
+Exit codes: 0 success (also "up to date"); 1 bad input or environment (one line on stderr);
+2 bad usage (typer); 3 the `--min-accuracy` quality gate failed (the report is still written);
+75 another trigger holds the run (EX_TEMPFAIL: try again later); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from pipeline import runs as runs_lib
+from pipeline.cli.logs import Log, LogFormat
 from pipeline.data import prepare as prepare_stage
 from pipeline.data import shards, sources
 from pipeline.errors import PipelineError
@@ -37,7 +40,7 @@ from pipeline.report import evaluate as evaluate_stage
 from pipeline.training import trainer as train_stage
 from pipeline.training.config import TrainConfig
 
-EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED = 1, 3, 130
+EXIT_ERROR, EXIT_GATE, EXIT_BUSY, EXIT_INTERRUPTED = 1, 3, 75, 130
 # library parameter -> the flag that sets it, for rendering errors the library raises
 FLAGS = {
     name: "--" + name.replace("_", "-")
@@ -70,6 +73,7 @@ app = typer.Typer(
     help="MNIST-style images: IDX -> HDF5 shards -> batches -> MLP -> checkpoint -> report.",
 )
 out = Console(soft_wrap=True)  # long paths stay on one line in logs
+log = Log(out)
 
 
 class Compression(StrEnum):
@@ -83,20 +87,23 @@ def friendly_errors() -> Iterator[None]:
     """Turn the pipeline's exceptions into one line on stderr and an exit code."""
     try:
         yield
+    except runs_lib.RunBusyError as exc:  # a scheduler's "not now": its own exit code
+        log.error(f"busy: {exc}", event="busy")
+        raise typer.Exit(EXIT_BUSY) from None
     except PipelineError as exc:
-        typer.echo(f"error: {exc.render(FLAGS)}", err=True)
+        log.error(exc.render(FLAGS))
         raise typer.Exit(EXIT_ERROR) from None
     except KeyboardInterrupt:
-        typer.echo(
+        log.error(
             "interrupted: every file written is complete; rerun (train: --resume) to go on",
-            err=True,
+            event="interrupted",
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except MemoryError:
-        typer.echo("error: out of memory (a smaller --hidden or --batch-size?)", err=True)
+        log.error("out of memory (a smaller --hidden or --batch-size?)")
         raise typer.Exit(EXIT_ERROR) from None
     except OSError as exc:  # a safety net: the stages turn the ones they expect into errors
-        typer.echo(f"error: {exc}", err=True)
+        log.error(str(exc))
         raise typer.Exit(EXIT_ERROR) from None
 
 
@@ -156,13 +163,14 @@ class TrainView:
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, info=f"test accuracy {record['test_accuracy']:.2%}")
         else:
-            out.print(line, highlight=False)
+            metrics = {k: v for k, v in record.items() if k != "epoch"}
+            log.event("epoch", {"epoch": record["epoch"], "metrics": metrics}, plain=line)
 
 
 @contextlib.contextmanager
 def _display() -> Iterator[Progress | None]:
     """A live progress display on a terminal; None (plain lines) in logs and pipes."""
-    if not out.is_terminal:
+    if not out.is_terminal or log.json:
         yield None
         return
     with _progress() as progress:
@@ -253,10 +261,17 @@ def _summary(result: prepare_stage.PrepareResult) -> None:
 @app.command()
 def prepare(
     out_dir: Annotated[
-        Path, typer.Option("--out", file_okay=False, help="Directory for the shard set.")
+        Path,
+        typer.Option(
+            "--out", file_okay=False, envvar="PIPELINE_DATA", help="Directory for the shard set."
+        ),
     ],
     source: Annotated[
-        str, typer.Option(help="'embedded' (MNIST shipped with the package) or 'idx:DIR'.")
+        str,
+        typer.Option(
+            envvar="PIPELINE_SOURCE",
+            help="'embedded' (MNIST shipped with the package) or 'idx:DIR'.",
+        ),
     ] = "embedded",
     name: Annotated[
         str | None, typer.Option(help="Dataset name [default: mnist, or DIR's name].")
@@ -277,8 +292,26 @@ def prepare(
             "new one is complete."
         ),
     ] = False,
+    if_missing: Annotated[
+        bool,
+        typer.Option(
+            help="Do nothing if --out already holds a complete shard set, whatever its source "
+            "(the scheduled mode's first stage: a data set swapped in stays)."
+        ),
+    ] = False,
+    log_format: Logs = LogFormat.plain,
 ) -> None:
     """Read IDX files and write normalized, one-hot HDF5 shards plus manifest.json."""
+    log.use(log_format)
+    if if_missing and (out_dir / shards.MANIFEST).exists() and not force:
+        with friendly_errors():
+            manifest = shards.load_manifest(out_dir)
+        log.event(
+            "prepared",
+            {"path": str(out_dir), "dataset": manifest.name, "identity": manifest.identity},
+            plain=f"shards: {out_dir} already holds {manifest.name}",
+        )
+        return
     with friendly_errors(), _display() as progress:
         result = _do_prepare(
             out_dir,
@@ -323,23 +356,88 @@ def verify(
 
 Hidden = Annotated[
     list[int] | None,
-    typer.Option("--hidden", help="Hidden layer size; repeat for more layers [default: 500]."),
+    typer.Option(
+        "--hidden",
+        envvar="PIPELINE_HIDDEN",
+        help="Hidden layer size; repeat for more layers (env: space-separated) [default: 500].",
+    ),
 ]
-Epochs = Annotated[int, typer.Option(min=1, help="Epochs to train.")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Mini-batch size.")]
-LearningRate = Annotated[float, typer.Option(help="SGD learning rate (positive).")]
-Seed = Annotated[int, typer.Option(help="Seed of the initial weights (and of shuffling).")]
+Epochs = Annotated[int, typer.Option(min=1, envvar="PIPELINE_EPOCHS", help="Epochs to train.")]
+BatchSize = Annotated[
+    int, typer.Option(min=1, envvar="PIPELINE_BATCH_SIZE", help="Mini-batch size.")
+]
+LearningRate = Annotated[
+    float, typer.Option(envvar="PIPELINE_LR", help="SGD learning rate (positive).")
+]
+Seed = Annotated[
+    int,
+    typer.Option(envvar="PIPELINE_SEED", help="Seed of the initial weights (and of shuffling)."),
+]
 Shuffle = Annotated[
-    bool, typer.Option(help="Shuffle each epoch; off trains in file order, as the original recipe.")
+    bool,
+    typer.Option(
+        envvar="PIPELINE_SHUFFLE",
+        help="Shuffle each epoch; off trains in file order, as the original recipe.",
+    ),
 ]
 CheckpointEvery = Annotated[
-    int, typer.Option(min=0, help="Also checkpoint every N steps (0: at epoch ends only).")
+    int,
+    typer.Option(
+        min=0,
+        envvar="PIPELINE_CHECKPOINT_EVERY",
+        help="Also checkpoint every N steps (0: at epoch ends only).",
+    ),
 ]
 MinAccuracy = Annotated[
     float | None,
-    typer.Option(min=0.0, max=1.0, help="Exit with code 3 if accuracy is below this (0-1)."),
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        envvar="PIPELINE_MIN_ACCURACY",
+        help="Exit with code 3 if accuracy is below this (0-1).",
+    ),
 ]
-RunDir = Annotated[Path, typer.Option("--run-dir", file_okay=False, help="The run's directory.")]
+RunDir = Annotated[
+    Path,
+    typer.Option(
+        "--run-dir", file_okay=False, envvar="PIPELINE_RUN_DIR", help="The run's directory."
+    ),
+]
+OptionalRunDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--run-dir",
+        file_okay=False,
+        envvar="PIPELINE_RUN_DIR",
+        help="The run's directory (or --runs).",
+    ),
+]
+Runs = Annotated[
+    Path | None,
+    typer.Option(
+        "--runs",
+        file_okay=False,
+        envvar="PIPELINE_RUNS",
+        help="Scheduled mode: a directory of runs, one per (data, recipe); "
+        "a finished one is 'up to date'.",
+    ),
+]
+Keep = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        envvar="PIPELINE_KEEP",
+        help="With --runs: keep the newest N finished runs (and latest), delete older (0: all).",
+    ),
+]
+Logs = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="PIPELINE_LOG_FORMAT",
+        help="plain: lines (a live display on a terminal); json: one JSON object per line.",
+    ),
+]
 
 
 def _config(
@@ -398,19 +496,21 @@ def _show_report(evaluation: evaluate_stage.Evaluation) -> None:
         style="bold",
     )
     out.print(table)
-    out.print(
-        f'accuracy ("precision") {report.accuracy:.2%} on {doc["samples"]:,} '
-        f"{doc['split']} images; report: {evaluation.run_dir / evaluate_stage.REPORT_MD}",
-        highlight=False,
+    report_md = evaluation.run_dir / evaluate_stage.REPORT_MD
+    log.event(
+        "report",
+        {"accuracy": report.accuracy, "samples": doc["samples"], "report": str(report_md)},
+        plain=f'accuracy ("precision") {report.accuracy:.2%} on {doc["samples"]:,} '
+        f"{doc['split']} images; report: {report_md}",
     )
 
 
 def _gate(evaluation: evaluate_stage.Evaluation, min_accuracy: float | None) -> None:
     if min_accuracy is not None and evaluation.report.accuracy < min_accuracy:
-        typer.echo(
+        log.error(
             f"quality gate failed: accuracy {evaluation.report.accuracy:.4f} < "
             f"--min-accuracy {min_accuracy}",
-            err=True,
+            event="gate-failed",
         )
         raise typer.Exit(EXIT_GATE)
 
@@ -418,9 +518,16 @@ def _gate(evaluation: evaluate_stage.Evaluation, min_accuracy: float | None) -> 
 @app.command()
 def train(
     data: Annotated[
-        Path, typer.Option("--data", file_okay=False, help="Shard directory written by prepare.")
+        Path,
+        typer.Option(
+            "--data",
+            file_okay=False,
+            envvar="PIPELINE_DATA",
+            help="Shard directory written by prepare.",
+        ),
     ],
-    run_dir: RunDir,
+    run_dir: OptionalRunDir = None,
+    runs: Runs = None,
     epochs: Epochs = 10,
     batch_size: BatchSize = 3,
     lr: LearningRate = 0.1,
@@ -431,17 +538,37 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir from its newest checkpoint.")
     ] = False,
+    log_format: Logs = LogFormat.plain,
 ) -> None:
-    """Train the MLP on the shards (default: the original 784-500-10 recipe)."""
+    """Train the MLP on the shards (default: the original 784-500-10 recipe).
+
+    With --runs, train the run of this data and recipe (resuming it); `run --runs` finishes it."""
+    log.use(log_format)
     config = _config(hidden, epochs, batch_size, lr, seed, shuffle, checkpoint_every)
+    where = _one_of(run_dir, runs)
+    if runs is not None:
+        from pipeline.cli.scheduled import trigger
+
+        trigger(runs, data, None, config, min_accuracy=None, keep=0, train_only=True)
+        return
+    assert where is not None
     with friendly_errors(), _display() as progress:
-        result = _do_train(data, run_dir, config, resume, progress)
+        result = _do_train(data, where, config, resume, progress)
     last = result.history[-1]
-    out.print(
-        f"trained {last['epoch']} epochs: test accuracy {last['test_accuracy']:.2%}; "
+    log.event(
+        "trained",
+        {"epoch": last["epoch"], "metrics": last, "checkpoint": str(result.checkpoint)},
+        plain=f"trained {last['epoch']} epochs: test accuracy {last['test_accuracy']:.2%}; "
         f"checkpoint {result.checkpoint}",
-        highlight=False,
     )
+
+
+def _one_of(run_dir: Path | None, runs: Path | None) -> Path | None:
+    """--run-dir (one run) or --runs (scheduled mode): exactly one of them."""
+    if (run_dir is None) == (runs is None):
+        log.error("pass either --run-dir (one run) or --runs (a directory of runs)")
+        raise typer.Exit(2)
+    return run_dir
 
 
 @app.command()
@@ -457,8 +584,10 @@ def evaluate(
         typer.Option(dir_okay=False, help="Checkpoint file [default: the run's newest]."),
     ] = None,
     min_accuracy: MinAccuracy = None,
+    log_format: Logs = LogFormat.plain,
 ) -> None:
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
+    log.use(log_format)
     with friendly_errors():
         evaluation = evaluate_stage.evaluate(
             run_dir, data_dir=data, split=split, checkpoint_path=checkpoint
@@ -469,12 +598,24 @@ def evaluate(
 
 @app.command()
 def run(
-    run_dir: RunDir,
+    run_dir: OptionalRunDir = None,
+    runs: Runs = None,
     data: Annotated[
         Path | None,
-        typer.Option("--data", file_okay=False, help="Shard directory [default: RUN_DIR/shards]."),
+        typer.Option(
+            "--data",
+            file_okay=False,
+            envvar="PIPELINE_DATA",
+            help="Shard directory [default: RUN_DIR/shards, RUNS/shards].",
+        ),
     ] = None,
-    source: Annotated[str, typer.Option(help="'embedded' MNIST or 'idx:DIR'.")] = "embedded",
+    source: Annotated[
+        str,
+        typer.Option(
+            envvar="PIPELINE_SOURCE",
+            help="'embedded' MNIST or 'idx:DIR' (with --runs: only to fill an empty --data).",
+        ),
+    ] = "embedded",
     epochs: Epochs = 10,
     batch_size: BatchSize = 3,
     lr: LearningRate = 0.1,
@@ -483,9 +624,22 @@ def run(
     shuffle: Shuffle = False,
     checkpoint_every: CheckpointEvery = 0,
     min_accuracy: MinAccuracy = None,
+    keep: Keep = 0,
+    log_format: Logs = LogFormat.plain,
 ) -> None:
-    """Prepare (if needed), train (resuming if the run exists) and evaluate, in one go."""
+    """Prepare (if needed), train (resuming if the run exists) and evaluate, in one go.
+
+    With --runs (the scheduled mode): the run of the data and recipe, up to date or brought up to
+    date; a run passing the gate becomes RUNS/latest."""
+    log.use(log_format)
     config = _config(hidden, epochs, batch_size, lr, seed, shuffle, checkpoint_every)
+    run_dir = _one_of(run_dir, runs)
+    if runs is not None:
+        from pipeline.cli.scheduled import trigger
+
+        trigger(runs, data or runs / "shards", source, config, min_accuracy=min_accuracy, keep=keep)
+        return
+    assert run_dir is not None
     data = data or run_dir / "shards"
     with friendly_errors():
         with _display() as progress:

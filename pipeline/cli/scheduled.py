@@ -1,0 +1,148 @@
+"""The scheduled mode's commands: `run --runs` / `train --runs` (one trigger) and `runs DIR`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pipeline import runs as runs_lib
+from pipeline import schedule
+from pipeline.cli.app import (
+    EXIT_GATE,
+    Compression,
+    Logs,
+    TrainView,
+    _display,
+    _do_prepare,
+    _show_report,
+    app,
+    friendly_errors,
+    log,
+    out,
+)
+from pipeline.cli.logs import LogFormat
+from pipeline.data import prepare as prepare_stage
+from pipeline.data import shards
+from pipeline.training.config import TrainConfig
+
+PLAIN = {  # event -> its plain line
+    "up-to-date": "up to date: {path} is finished (same data and recipe); nothing to do",
+    "claimed": "run {path}",
+    "trained": "trained: {checkpoint}",
+    "evaluated": "gate: accuracy {accuracy:.4f}, min {min_accuracy}: {verdict}",
+    "promoted": "promoted: {latest} -> {run}",
+    "pruned": "pruned: {path}",
+}
+
+
+def _on_event(event: str, fields: dict[str, Any]) -> None:
+    verdict = "passed" if fields.get("passed") else "failed, latest unchanged"
+    log.event(event, fields, plain=PLAIN[event].format(**fields, verdict=verdict))
+
+
+def trigger(
+    runs_dir: Path,
+    data: Path,
+    source: str | None,
+    config: TrainConfig,
+    *,
+    min_accuracy: float | None,
+    keep: int,
+    train_only: bool = False,
+) -> None:
+    """One trigger: the set in `data` (prepared from `source` if there is none), then its run."""
+    with friendly_errors():
+        if source is not None and not (data / shards.MANIFEST).exists():
+            with _display() as progress:
+                _do_prepare(
+                    data,
+                    source,
+                    name=None,
+                    classes=None,
+                    shard_size=prepare_stage.DEFAULT_SHARD_SIZE,
+                    compression=Compression.none,
+                    force=False,
+                    progress=progress,
+                )
+        manifest = shards.load_manifest(data)
+        with _display() as progress:
+            outcome = schedule.trigger(
+                runs_dir,
+                manifest,
+                config,
+                min_accuracy=min_accuracy,
+                keep=keep,
+                train_only=train_only,
+                reporter=TrainView(progress, config.batch_size),
+                on_event=_on_event,
+            )
+    if outcome.evaluation is not None:
+        _show_report(outcome.evaluation)
+    if outcome.passed is False and not outcome.up_to_date:
+        log.error(
+            f"quality gate failed: accuracy {outcome.accuracy:.4f} < --min-accuracy "
+            f"{min_accuracy}; {runs_dir / runs_lib.LATEST} unchanged",
+            event="gate-failed",
+        )
+        raise typer.Exit(EXIT_GATE)
+
+
+def _recipe(recipe: dict[str, Any] | None) -> str:
+    if recipe is None:
+        return "?"
+    layers = "-".join(str(h) for h in recipe["hidden"])
+    shuffled = " shuffled" if recipe["shuffle"] else ""
+    return (
+        f"h{layers} e{recipe['epochs']} b{recipe['batch_size']} lr{recipe['lr']} "
+        f"s{recipe['seed']}{shuffled}"
+    )
+
+
+def _gate(info: runs_lib.RunInfo) -> str:
+    if info.passed is None:
+        return "-"
+    if info.min_accuracy is None:
+        return "none"
+    return f"{'pass' if info.passed else 'FAIL'} {info.min_accuracy:g}"
+
+
+@app.command("runs")
+def runs_command(
+    runs_dir: Annotated[
+        Path,
+        typer.Argument(
+            file_okay=False, envvar="PIPELINE_RUNS", help="A directory of runs (run --runs)."
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list, for scripts.")] = False,
+    log_format: Logs = LogFormat.plain,
+) -> None:
+    """List the runs of the scheduled mode: data, recipe, accuracy, gate, status, latest."""
+    log.use(log_format)
+    with friendly_errors():
+        rows = runs_lib.listing(runs_dir)
+    if as_json:
+        print(json.dumps([row.to_json() for row in rows], indent=2))
+        return
+    table = Table(title=f"runs in {runs_dir}")
+    columns = ("id", "date", "dataset", "recipe", "accuracy", "gate", "status", "time", "latest")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("accuracy", "time") else "left")
+    for row in rows:
+        table.add_row(
+            row.id,
+            row.date,
+            row.dataset or "?",
+            _recipe(row.recipe),
+            "-" if row.accuracy is None else f"{row.accuracy:.2%}",
+            _gate(row),
+            row.status,
+            "-" if row.seconds is None else f"{row.seconds:.0f} s",
+            "latest" if row.latest else "",
+        )
+    out.print(table, width=max(out.width, 132))  # one line a run, also in a log file
+    log.event("runs", {"runs": [row.to_json() for row in rows]})
