@@ -72,11 +72,12 @@ def _ours(runs_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (p.name[:10], _created(p), p.name))
 
 
-def _created(run: Path) -> str:
+def _created(run: Path) -> int:
+    """When the run began: run.json is written once, as the run is created."""
     try:
-        return str(json.loads((run / RUN_FILE).read_text()).get("created", ""))
-    except (OSError, ValueError, AttributeError):
-        return ""
+        return (run / RUN_FILE).stat().st_mtime_ns
+    except OSError:
+        return run.stat().st_mtime_ns
 
 
 def find(runs_dir: Path, rid: str) -> Path | None:
@@ -186,16 +187,15 @@ def claim(runs_dir: Path, manifest: Manifest, config: TrainConfig) -> Iterator[P
     except OSError as exc:
         reason = exc.strerror
         raise OutputError(f"{runs_dir}: cannot create the runs directory ({reason})") from None
-    with contextlib.ExitStack() as stack:
-        with _dir_lock(runs_dir):  # creating: two triggers make one directory
-            run = find(runs_dir, rid)
-            if run is None:
-                run = runs_dir / f"{datetime.now(UTC):%Y-%m-%d}-{rid}"
-                try:
-                    run.mkdir()
-                except OSError as exc:
-                    raise OutputError(f"{run}: cannot create the run ({exc.strerror})") from None
-            stack.enter_context(hold(run))
+    with _dir_lock(runs_dir):  # two triggers at once make one directory, not two
+        run = find(runs_dir, rid)
+        if run is None:
+            run = runs_dir / f"{datetime.now(UTC):%Y-%m-%d}-{rid}"
+            try:
+                run.mkdir()
+            except OSError as exc:
+                raise OutputError(f"{run}: cannot create the run ({exc.strerror})") from None
+    with hold(run):  # the one that loses this race exits "busy"
         yield run
 
 

@@ -55,13 +55,18 @@ def trigger(
     rid = runs.run_id(manifest.identity, config)
     done = runs.finished(runs_dir, manifest, config)
     if done is not None:
-        outcome = runs.read_outcome(done) or {}
+        recorded = runs.read_outcome(done) or {}
         on_event("up-to-date", {"run": done.name, "path": str(done)})
-        return Outcome(done, True, outcome.get("accuracy"), outcome.get("passed"))
+        return Outcome(done, True, recorded.get("accuracy"), recorded.get("passed"))
     with runs.claim(runs_dir, manifest, config) as run:
+        if (outcome := runs.read_outcome(run)) is not None:  # finished while we looked
+            on_event("up-to-date", {"run": run.name, "path": str(run)})
+            return Outcome(run, True, outcome.get("accuracy"), outcome.get("passed"))
         on_event("claimed", {"run": run.name, "path": str(run), "id": rid})
         result = train_stage.train(manifest.directory, run, config, resume=True, reporter=reporter)
-        on_event("trained", {"run": run.name, "checkpoint": str(result.checkpoint)})
+        resumed = None if result.resumed_from is None else str(result.resumed_from)
+        trained = {"run": run.name, "checkpoint": str(result.checkpoint), "resumed_from": resumed}
+        on_event("trained", trained)
         if train_only:
             return Outcome(run, False, None, None)
         started = time.perf_counter()

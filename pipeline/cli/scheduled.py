@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from pipeline import runs as runs_lib
@@ -32,7 +33,7 @@ from pipeline.training.config import TrainConfig
 PLAIN = {  # event -> its plain line
     "up-to-date": "up to date: {path} is finished (same data and recipe); nothing to do",
     "claimed": "run {path}",
-    "trained": "trained: {checkpoint}",
+    "trained": "trained: {checkpoint}{resumed}",
     "evaluated": "gate: accuracy {accuracy:.4f}, min {min_accuracy}: {verdict}",
     "promoted": "promoted: {latest} -> {run}",
     "pruned": "pruned: {path}",
@@ -41,7 +42,9 @@ PLAIN = {  # event -> its plain line
 
 def _on_event(event: str, fields: dict[str, Any]) -> None:
     verdict = "passed" if fields.get("passed") else "failed, latest unchanged"
-    log.event(event, fields, plain=PLAIN[event].format(**fields, verdict=verdict))
+    resumed = f" (resumed from {fields['resumed_from']})" if fields.get("resumed_from") else ""
+    plain = PLAIN[event].format(**fields, verdict=verdict, resumed=resumed)
+    log.event(event, fields, plain=plain)
 
 
 def trigger(
@@ -144,5 +147,9 @@ def runs_command(
             "-" if row.seconds is None else f"{row.seconds:.0f} s",
             "latest" if row.latest else "",
         )
-    out.print(table, width=max(out.width, 132))  # one line a run, also in a log file
-    log.event("runs", {"runs": [row.to_json() for row in rows]})
+    if log.json:
+        log.event("runs", {"runs": [row.to_json() for row in rows]})
+    elif out.is_terminal:
+        out.print(table)
+    else:  # one line a run in a log file or a pipe, however narrow the default width
+        Console(width=160).print(table)
