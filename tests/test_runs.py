@@ -174,17 +174,17 @@ def test_json_logs_one_object_per_line(tmp_path: Path, slice_set: Path) -> None:
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in result.output.splitlines()]
     assert [e["event"] for e in events] == [
-        "claimed", "epoch", "trained", "evaluated", "promoted", "report"
+        "data", "claimed", "epoch", "trained", "evaluated", "promoted", "report"
     ]  # fmt: skip
     assert all({"event", "time"} <= set(e) for e in events)
-    epoch = events[1]
+    epoch = events[2]
     assert epoch["epoch"] == 1 and 0 < epoch["metrics"]["test_accuracy"] <= 1
-    run = events[0]["run"]
-    assert all(e["run"] == run for e in events if "run" in e)
-    assert Path(events[3]["report"]).is_file()
+    run = events[1]["run"]
+    assert all(e["run"] == run for e in events[1:])
+    assert Path(events[4]["report"]).is_file()
     bad = runner.invoke(app, [*args, "--lr", "-1"], env=env)
     assert bad.exit_code == 1
-    [error] = [json.loads(line) for line in bad.output.splitlines()]
+    *_, error = [json.loads(line) for line in bad.output.splitlines()]
     assert error["event"] == "error" and "--lr -1.0" in error["error"]
 
 

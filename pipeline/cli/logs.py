@@ -27,9 +27,10 @@ class Log:
 
     def __init__(self, console: Console) -> None:
         self.console, self.format = console, LogFormat.plain
+        self.context: dict[str, Any] = {}  # fields every later JSON event carries (the run)
 
     def use(self, log_format: LogFormat) -> None:
-        self.format = log_format
+        self.format, self.context = log_format, {}
         self.console.quiet = log_format is LogFormat.json  # no tables or bars among the JSON
 
     @property
@@ -50,8 +51,8 @@ class Log:
         else:
             print(f"error: {message}" if event == "error" else message, file=sys.stderr)
 
-    @staticmethod
-    def _json(event: str, fields: dict[str, Any], stream: Any) -> None:
+    def _json(self, event: str, fields: dict[str, Any], stream: Any) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        stream.write(json.dumps({"event": event, "time": now, **fields}, default=str) + "\n")
+        doc = {"event": event, "time": now, **self.context, **fields}
+        stream.write(json.dumps(doc, default=str) + "\n")
         stream.flush()

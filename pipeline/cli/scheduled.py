@@ -41,6 +41,8 @@ PLAIN = {  # event -> its plain line
 
 
 def _on_event(event: str, fields: dict[str, Any]) -> None:
+    if "run" in fields:
+        log.context["run"] = fields["run"]  # epochs and errors name the run too
     verdict = "passed" if fields.get("passed") else "failed, latest unchanged"
     resumed = f" (resumed from {fields['resumed_from']})" if fields.get("resumed_from") else ""
     plain = PLAIN[event].format(**fields, verdict=verdict, resumed=resumed)
@@ -72,6 +74,11 @@ def trigger(
                     progress=progress,
                 )
         manifest = shards.load_manifest(data)
+        log.event(
+            "data",
+            {"path": str(data), "dataset": manifest.name, "identity": manifest.identity},
+            plain=f"data: {manifest.name} in {data} (identity {manifest.identity[:12]})",
+        )
         with _display() as progress:
             outcome = schedule.trigger(
                 runs_dir,
