@@ -123,10 +123,10 @@ def test_prepare_fashion_mnist(tmp_path: Path) -> None:
     out = tmp_path / "fashion"
     result = invoke("prepare", "--out", out, "--source", f"idx:{FASHION}")
     assert result.exit_code == 0, result.stderr
-    assert "fashion-mnist shard set" in result.stdout
+    assert "fashionmnist shard set" in result.stdout
 
     manifest = shards.load_manifest(out)
-    assert manifest.name == "fashion-mnist"
+    assert manifest.name == "fashionmnist"
     assert manifest.classes == [
         "T-shirt/top",
         "Trouser",

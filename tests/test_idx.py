@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import idx, sources
+from pipeline.data import sources
+from pipeline.data.sources import idx
 from pipeline.errors import IdxFormatError, SourceError
 from tests.conftest import SHARED_MNIST, idx_bytes, random_split, write_idx_dir
 
@@ -114,7 +115,7 @@ def test_fashion_mnist_directory_name_selects_its_class_names(tmp_path: Path) ->
         tmp_path / "fashion-mnist", random_split(rng, 20), random_split(rng, 5)
     )
     raw = sources.load(f"idx:{directory}")
-    assert raw.name == "fashion-mnist"
+    assert raw.name == "fashionmnist"  # the canonical name, as torchvision:FashionMNIST gives
     assert raw.classes[0] == "T-shirt/top"
     assert raw.classes[9] == "Ankle boot"
 
@@ -232,20 +233,39 @@ def test_out_of_range_label(good_dir: Path) -> None:
     labels = np.zeros(12, np.uint8)
     labels[7] = 10  # ten classes: 0..9
     path = replace_file(good_dir, TEST_LABELS, idx_bytes(labels), gz=True)
-    message = load_raises(good_dir, IdxFormatError, path)
-    assert "label 10 at index 7" in message
+    with pytest.raises(SourceError) as info:
+        sources.load(f"idx:{good_dir}", classes=[str(d) for d in range(10)])
+    assert f"{path}: label 10 at index 7 is out of range for 10 classes" in str(info.value)
+
+
+def test_unnamed_classes_follow_the_largest_label(tmp_path: Path) -> None:
+    """An IDX directory of no known dataset: its classes are named by their label numbers,
+    and a label that leaves a class without train samples is taken for corruption."""
+    images = np.zeros((39, 28, 28), np.uint8)
+    train = (images, (np.arange(39) % 13).astype(np.uint8))
+    test = (images[:5], np.array([0, 12, 3, 4, 5], np.uint8))
+    directory = write_idx_dir(tmp_path / "raw", train, test)
+    raw = sources.load(f"idx:{directory}")
+    assert raw.classes == [str(k) for k in range(13)]
+    assert raw.name == tmp_path.name  # "raw" names nothing: the parent folder does
+
+    labels = train[1].copy()
+    labels[labels == 7] = 6  # class 7 gone: label 8 now skips over it
+    path = replace_file(directory, LABELS, idx_bytes(labels), gz=False)
+    message = load_raises(directory, SourceError, path)
+    assert "label 8 at index 8 leaves class 7 without a train sample" in message
 
 
 def test_label_out_of_range_for_fewer_classes(good_dir: Path) -> None:
     """The range follows the class names given, not a fixed ten."""
-    with pytest.raises(IdxFormatError, match=re.escape(str(good_dir / LABELS))):
+    with pytest.raises(SourceError, match=re.escape(str(good_dir / LABELS))):
         sources.load(f"idx:{good_dir}", classes=["a", "b", "c"])
 
 
 def test_empty_split(good_dir: Path) -> None:
     replace_file(good_dir, TEST_IMAGES, idx_bytes(np.zeros((0, 28, 28), np.uint8)), gz=False)
     replace_file(good_dir, TEST_LABELS, idx_bytes(np.zeros(0, np.uint8)), gz=False)
-    assert "no images" in load_raises(good_dir, IdxFormatError, good_dir / TEST_IMAGES)
+    assert "no images" in load_raises(good_dir, SourceError, good_dir / TEST_IMAGES)
 
 
 def test_train_and_test_image_shapes_differ(tmp_path: Path) -> None:
@@ -253,7 +273,7 @@ def test_train_and_test_image_shapes_differ(tmp_path: Path) -> None:
     directory = write_idx_dir(
         tmp_path / "mixed", random_split(rng, 20), random_split(rng, 5, shape=(14, 14))
     )
-    assert "differ in shape" in load_raises(directory, IdxFormatError, directory)
+    assert "differ in shape" in load_raises(directory, SourceError, directory)
 
 
 # --- missing or unusable sources ------------------------------------------------------------
@@ -277,27 +297,29 @@ def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=re.escape(str(missing))) as info:
         sources.load(f"idx:{missing}")
     assert type(info.value) is SourceError
-    assert "--source" in str(info.value)
+    assert info.value.param == "source"
 
 
 def test_source_that_is_a_file(tmp_path: Path) -> None:
     file = tmp_path / "file"
     file.write_bytes(b"")
-    with pytest.raises(SourceError, match="is not a directory"):
+    with pytest.raises(SourceError, match="not a directory"):
         sources.load(f"idx:{file}")
 
 
 @pytest.mark.parametrize("spec", ["idx:", "idx", "hdf5:/data", "/data/mnist", "Embedded"])
 def test_bad_source_spec(spec: str) -> None:
-    with pytest.raises(SourceError, match=re.escape(f"--source {spec!r}")) as info:
+    with pytest.raises(SourceError, match="expected one of: embedded, idx:DIR") as info:
         sources.load(spec)
     assert type(info.value) is SourceError
+    assert (info.value.param, info.value.value) == ("source", spec)
 
 
 @pytest.mark.parametrize("classes", [["only"], ["a", "b", "a"]], ids=["one", "duplicate"])
 def test_bad_class_names(good_dir: Path, classes: list[str]) -> None:
-    with pytest.raises(SourceError, match="--classes"):
+    with pytest.raises(SourceError, match="distinct class names") as info:
         sources.load(f"idx:{good_dir}", classes=classes)
+    assert info.value.param == "classes"
 
 
 # --- the embedded MNIST ---------------------------------------------------------------------
@@ -346,7 +368,7 @@ def test_damaged_embedded_mnist_fails_its_checksum(
     data[8 + 100] = (data[8 + 100] + 1) % 10
     target.chmod(0o644)
     target.write_bytes(gzip.compress(bytes(data), mtime=0))
-    idx.parse_labels(bytes(data), "still a valid IDX file", 10)
+    assert idx.parse(bytes(data), "still a valid IDX file").max() < 10
 
     monkeypatch.setattr(sources, "EMBEDDED_DIR", copy)
     with pytest.raises(SourceError, match=re.escape(str(target))) as info:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -179,8 +180,10 @@ def test_many_steps_in_one_call_equal_one_call_per_batch(dtype: str) -> None:
     blocked = make([784, 30, 10], seed=13, dtype=dtype, std=0.01)
     stepped = make([784, 30, 10], seed=13, dtype=dtype, std=0.01)
     total = blocked.steps(x, y, 0.1, 3)
-    losses = [stepped.step(x[i : i + 3], y[i : i + 3], 0.1) for i in range(0, len(x), 3)]
-    assert total == pytest.approx(sum(losses), rel=1e-12)
+    running = 0.0  # the step losses added one at a time, in order
+    for i in range(0, len(x), 3):
+        running += stepped.step(x[i : i + 3], y[i : i + 3], 0.1)
+    assert total == running  # exactly: the kernel adds step by step too
     for a, b in zip(
         blocked.weights + blocked.biases, stepped.weights + stepped.biases, strict=True
     ):
@@ -195,3 +198,19 @@ def test_deeper_networks_train_through_the_plain_equations() -> None:
     for _ in range(50):
         net.steps(x, y, 0.5, 3)
     assert total_loss(net, x, y) < before
+
+
+@pytest.mark.parametrize("sizes", [[784, 30, 10], [784, 12, 8, 10]])
+def test_a_running_loss_sum_does_not_depend_on_how_the_steps_are_split(sizes: list[int]) -> None:
+    """What makes a resumed run record the same train_loss: the sum threaded through calls
+    that start at different batches equals the sum of one call, bit for bit."""
+    rng = np.random.default_rng(16)
+    x, y = batch(rng, 3 * 50 + 1, 784, 10, "float32")
+    totals = []
+    for cuts in ([0, len(x)], [0, 3, 60, 63, len(x)], [0, 3 * 17, 3 * 49, len(x)]):
+        net = make(sizes, seed=17, dtype="float32", std=0.01)
+        total = 0.0
+        for a, b in itertools.pairwise(cuts):
+            total = net.steps(x[a:b], y[a:b], 0.1, 3, loss_sum=total)
+        totals.append(total)
+    assert totals[0] == totals[1] == totals[2]

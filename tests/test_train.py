@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -94,6 +96,55 @@ def test_resume_in_process_matches_uninterrupted(slice_shards: Manifest, tmp_pat
     assert [drop_time(x) for x in full_log] == [drop_time(x) for x in part_log]
 
 
+class _Interrupted(Exception):
+    """Raised by StopAt: the run stops as a killed one would, between two blocks of steps."""
+
+
+class StopAt(train.Silent):
+    """A reporter that interrupts the run once it has passed (epoch, step)."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at, self.epoch = (epoch, step), 0
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        self.epoch = epoch
+
+    def advance(self, step: int, samples: int, loss_sum: float) -> None:
+        if (self.epoch, step) >= self.at:
+            raise _Interrupted
+
+
+def untimed_metrics(run_dir: Path) -> list[dict[str, object]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if "seconds" not in k} for line in lines]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_resume_from_mid_epoch_checkpoints_records_the_same_numbers(
+    mnist_shards: Manifest, tmp_path: Path, shuffle: bool
+) -> None:
+    """Interrupted three times mid-epoch (shards larger than the loader's blocks, so a resume
+    starts inside a block), the run's weights AND every number in metrics.jsonl are those of
+    an uninterrupted run, to the last bit. float64: float32 squared errors of an untrained
+    small network add up exactly in a float64 sum, which would hide a change of order."""
+    config = TrainConfig(
+        hidden=(16,), epochs=2, shuffle=shuffle, checkpoint_every=1000, dtype="float64"
+    )
+    data = mnist_shards.directory
+    train.train(data, tmp_path / "full", config)
+    for n, (epoch, step) in enumerate([(0, 2500), (0, 9100), (1, 7700)]):
+        with pytest.raises(_Interrupted):
+            train.train(data, tmp_path / "part", config, resume=n > 0, reporter=StopAt(epoch, step))
+    newest = checkpoint.newest(tmp_path / "part" / "checkpoints")
+    assert newest is not None and newest.name.startswith("checkpoint-e0001-")
+    assert not checkpoint.is_kept(newest)  # a mid-epoch one: the resume starts inside a block
+    resumed = train.train(data, tmp_path / "part", config, resume=True)
+    assert resumed.resumed_from == newest
+    assert_identical(weights(tmp_path / "full"), weights(tmp_path / "part"))
+    assert len(untimed_metrics(tmp_path / "full")) == 2
+    assert untimed_metrics(tmp_path / "full") == untimed_metrics(tmp_path / "part")
+
+
 def _train_cmd(data: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -112,11 +163,26 @@ def _train_cmd(data: Path, run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def _kill_when(proc: subprocess.Popen[bytes], event: Callable[[], bool]) -> bool:
+    """SIGKILL `proc` as soon as `event()` holds (a file event, polled); False if it ended
+    first. No deadline on speed: only a guard against a hung process, far beyond any run."""
+    guard = time.monotonic() + 1800
+    while proc.poll() is None:
+        if event():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        assert time.monotonic() < guard, "the training process hangs"
+        time.sleep(0.001)
+    return False
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_sigkill_at_any_moment_then_resume_is_bit_identical(
     mnist_shards: Manifest, tmp_path: Path, shuffle: bool
 ) -> None:
-    """Kill a real training process several times, at different moments; resume each time."""
+    """Kill a real training process four times, each at a moment named by what it has
+    written (not by time: a loaded machine only moves the moments); resume each time."""
     data = mnist_shards.directory
     reference = tmp_path / "reference"
     config = TrainConfig(epochs=2, checkpoint_every=997, shuffle=shuffle)
@@ -124,26 +190,34 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(
     order = ["--shuffle"] if shuffle else []
 
     run_dir = tmp_path / "killed"
-    kills = 0
-    for delay in (0.0, 0.3, 0.05, 0.7):  # after a checkpoint appears, wait this long, then kill
-        before = checkpoint.newest(run_dir / "checkpoints")
+    ckpts = run_dir / "checkpoints"
+
+    def position() -> int:  # steps done at the newest checkpoint (20,000 steps an epoch)
+        found = checkpoint.newest(ckpts)
+        match = checkpoint.NAME.match(found.name) if found else None
+        return int(match["epoch"]) * 20_000 + int(match["step"]) if match else -1
+
+    def writing(pid: int) -> bool:  # the process `pid` is half-way through a checkpoint
+        return any(ckpts.glob(f".checkpoint-*.{pid}.tmp"))
+
+    moments: list[Callable[[int, int], bool]] = [
+        # right after the first checkpoint's rename (before the directory fsync, maybe)
+        lambda start, pid: position() > start,
+        # half-way through writing a checkpoint (else three checkpoints on)
+        lambda start, pid: writing(pid) or position() >= start + 3 * 997,
+        # just after the epoch-end checkpoint: metrics.jsonl may not be written yet
+        lambda start, pid: position() >= 20_000,
+        # in the second epoch, two checkpoints further on
+        lambda start, pid: position() >= max(start, 20_000) + 2 * 997,
+    ]
+    for n, moment in enumerate(moments):
         proc = subprocess.Popen(
-            _train_cmd(data, run_dir, *order, *(["--resume"] if kills else [])),
+            _train_cmd(data, run_dir, *order, *(["--resume"] if n else [])),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if checkpoint.newest(run_dir / "checkpoints") not in (None, before):
-                break
-            time.sleep(0.002)
-        time.sleep(delay)
-        if proc.poll() is not None:
-            break  # finished before it could be killed: the comparison below still holds
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-    assert kills >= 2, "the run finished before it could be killed twice"
+        event = functools.partial(moment, position(), proc.pid)
+        assert _kill_when(proc, event), f"run {n} ended before its moment to be killed"
     done = subprocess.run(
         _train_cmd(data, run_dir, *order, "--resume"), capture_output=True, text=True, check=False
     )
@@ -151,14 +225,8 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(
     assert_identical(weights(reference), weights(run_dir))
     leftovers = [p.name for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
-    untimed = [
-        [{k: v for k, v in json.loads(line).items() if "seconds" not in k} for line in lines]
-        for lines in (
-            (reference / "metrics.jsonl").read_text().splitlines(),
-            (run_dir / "metrics.jsonl").read_text().splitlines(),
-        )
-    ]
-    assert len(untimed[0]) == 2 and untimed[0] == untimed[1]  # same losses and accuracies
+    assert len(untimed_metrics(reference)) == 2
+    assert untimed_metrics(reference) == untimed_metrics(run_dir)  # same losses and accuracies
 
 
 def test_resume_refuses_other_data(

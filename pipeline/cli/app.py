@@ -46,6 +46,11 @@ FLAGS = {
     name: "--" + name.replace("_", "-")
     for name in ("lr", "epochs", "batch_size", "hidden", "seed", "checkpoint_every")
 } | {"shard_size": "--shard-size", "compression": "--compression"}
+# the data source's parameters (pipeline.data.sources)
+FLAGS |= {
+    name: "--" + name.replace("_", "-")
+    for name in ("source", "classes", "image_shape", "val_fraction")
+}
 
 
 class OneLineErrors(TyperGroup):
@@ -156,12 +161,13 @@ class TrainView:
         self.progress.update(self.task, completed=step, info=info)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
+        split, accuracy = train_stage.epoch_accuracy(record)
         line = (
             f"epoch {record['epoch']}: train loss {record['train_loss']:.5f}, "
-            f"test accuracy {record['test_accuracy']:.2%}, {record['seconds']:.1f} s"
+            f"{split} accuracy {accuracy:.2%}, {record['seconds']:.1f} s"
         )
         if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, info=f"test accuracy {record['test_accuracy']:.2%}")
+            self.progress.update(self.task, info=f"{split} accuracy {accuracy:.2%}")
         else:
             metrics = {k: v for k, v in record.items() if k != "epoch"}
             log.event("epoch", {"epoch": record["epoch"], "metrics": metrics}, plain=line)
@@ -218,13 +224,18 @@ def _do_prepare(
     *,
     name: str | None,
     classes: str | None,
+    image_shape: str | None,
+    val_fraction: float | None,
     shard_size: int,
     compression: Compression,
     force: bool,
     progress: Progress | None,
 ) -> prepare_stage.PrepareResult:
     class_names = [c.strip() for c in classes.split(",")] if classes else None
-    raw = sources.load(source, name=name, classes=class_names)
+    shape = sources.parse_shape(image_shape) if image_shape else None
+    raw = sources.load(
+        source, name=name, classes=class_names, image_shape=shape, val_fraction=val_fraction
+    )
     view = PrepareView(progress, {split: len(data.images) for split, data in raw.splits.items()})
     result = prepare_stage.prepare(
         out_dir,
@@ -258,6 +269,24 @@ def _summary(result: prepare_stage.PrepareResult) -> None:
     out.print(table)
 
 
+Source = Annotated[
+    str,
+    typer.Option(
+        envvar="PIPELINE_SOURCE",
+        help="embedded | idx:DIR | torchvision:NAME[/SPLIT]:ROOT | npz:FILE | csv:TRAIN,TEST | "
+        "images:DIR (README: Data sources). With --runs: only to fill an empty --data.",
+    ),
+]
+ImageShape = Annotated[
+    str | None,
+    typer.Option(help="ROWSxCOLS[xCHANNELS] of a csv source's rows [default: square, grey]."),
+]
+ValFraction = Annotated[
+    float | None,
+    typer.Option(help="Carve this share of each class of train into a 'val' split (0-1)."),
+]
+
+
 @app.command()
 def prepare(
     out_dir: Annotated[
@@ -266,19 +295,14 @@ def prepare(
             "--out", file_okay=False, envvar="PIPELINE_DATA", help="Directory for the shard set."
         ),
     ],
-    source: Annotated[
-        str,
-        typer.Option(
-            envvar="PIPELINE_SOURCE",
-            help="'embedded' (MNIST shipped with the package) or 'idx:DIR'.",
-        ),
-    ] = "embedded",
-    name: Annotated[
-        str | None, typer.Option(help="Dataset name [default: mnist, or DIR's name].")
-    ] = None,
+    source: Source = "embedded",
+    name: Annotated[str | None, typer.Option(help="Dataset name [default: the source's].")] = None,
     classes: Annotated[
-        str | None, typer.Option(help="Comma-separated class names [default: by name, else 0-9].")
+        str | None,
+        typer.Option(help="Comma-separated class names [default: the source's, else 0..N-1]."),
     ] = None,
+    image_shape: ImageShape = None,
+    val_fraction: ValFraction = None,
     shard_size: Annotated[
         int, typer.Option(min=1, help="Samples per shard file.")
     ] = prepare_stage.DEFAULT_SHARD_SIZE,
@@ -301,7 +325,7 @@ def prepare(
     ] = False,
     log_format: Logs = LogFormat.plain,
 ) -> None:
-    """Read IDX files and write normalized, one-hot HDF5 shards plus manifest.json."""
+    """Read a data source and write normalized, one-hot HDF5 shards plus manifest.json."""
     log.use(log_format)
     if if_missing and (out_dir / shards.MANIFEST).exists() and not force:
         with friendly_errors():
@@ -318,12 +342,50 @@ def prepare(
             source,
             name=name,
             classes=classes,
+            image_shape=image_shape,
+            val_fraction=val_fraction,
             shard_size=shard_size,
             compression=compression,
             force=force,
             progress=progress,
         )
     _summary(result)
+
+
+@app.command()
+def show(
+    data: Annotated[Path, typer.Argument(help="A shard directory written by prepare.")],
+    grid: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="PNG of sample images [default: ./NAME-samples.png]."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split the sample images come from.")] = "train",
+    per_class: Annotated[int, typer.Option(min=1, max=32, help="Images per class.")] = 8,
+) -> None:
+    """Summarize a shard set (splits, counts per class, shape, identity, source) and draw a
+    grid of sample images per class."""
+    from pipeline.report import dataset
+
+    with friendly_errors():
+        manifest = shards.load_manifest(data)
+        summary = dataset.summarize(manifest)
+        grid = grid or Path(f"{summary.name.replace('/', '_')}-samples.png")
+        manifest.split(split)  # an unknown split is an error before anything is drawn
+        dataset.save_sample_grid(manifest, grid, split=split, per_class=per_class)
+    shape = "x".join(map(str, summary.image_shape))
+    table = Table(title=f"{summary.name}: {shape} images, {len(summary.classes)} classes")
+    table.add_column("class")
+    for name in summary.histograms:
+        table.add_column(name, justify="right")
+    for k, cls in enumerate(summary.classes):
+        table.add_row(cls, *(f"{h[k]:,}" for h in summary.histograms.values()))
+    table.add_row("total", *(f"{sum(h):,}" for h in summary.histograms.values()), style="bold")
+    table.caption = (
+        f"identity {summary.identity[:16]}; source {summary.source}; "
+        f"{summary.channels} channel(s); shards {summary.shards}"
+    )
+    out.print(table)
+    out.print(f"sample images: {grid}", highlight=False)
 
 
 @app.command()
@@ -555,10 +617,11 @@ def train(
     with friendly_errors(), _display() as progress:
         result = _do_train(data, where, config, resume, progress)
     last = result.history[-1]
+    split, accuracy = train_stage.epoch_accuracy(last)
     log.event(
         "trained",
         {"epoch": last["epoch"], "metrics": last, "checkpoint": str(result.checkpoint)},
-        plain=f"trained {last['epoch']} epochs: test accuracy {last['test_accuracy']:.2%}; "
+        plain=f"trained {last['epoch']} epochs: {split} accuracy {accuracy:.2%}; "
         f"checkpoint {result.checkpoint}",
     )
 
@@ -609,13 +672,9 @@ def run(
             help="Shard directory [default: RUN_DIR/shards, RUNS/shards].",
         ),
     ] = None,
-    source: Annotated[
-        str,
-        typer.Option(
-            envvar="PIPELINE_SOURCE",
-            help="'embedded' MNIST or 'idx:DIR' (with --runs: only to fill an empty --data).",
-        ),
-    ] = "embedded",
+    source: Source = "embedded",
+    image_shape: ImageShape = None,
+    val_fraction: ValFraction = None,
     epochs: Epochs = 10,
     batch_size: BatchSize = 3,
     lr: LearningRate = 0.1,
@@ -643,7 +702,7 @@ def run(
     data = data or run_dir / "shards"
     with friendly_errors():
         with _display() as progress:
-            existing = prepare_stage.find_set(data, source)
+            existing = prepare_stage.find_set(data, source, val_fraction or 0.0)
             if existing is not None:
                 out.print(f"shards: {data} already holds {existing.name}", highlight=False)
             else:
@@ -652,6 +711,8 @@ def run(
                     source,
                     name=None,
                     classes=None,
+                    image_shape=image_shape,
+                    val_fraction=val_fraction,
                     shard_size=prepare_stage.DEFAULT_SHARD_SIZE,
                     compression=Compression.none,
                     force=False,

@@ -68,6 +68,8 @@ def trigger(
                     source,
                     name=None,
                     classes=None,
+                    image_shape=None,
+                    val_fraction=None,
                     shard_size=prepare_stage.DEFAULT_SHARD_SIZE,
                     compression=Compression.none,
                     force=False,

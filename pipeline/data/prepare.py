@@ -57,6 +57,7 @@ def _fingerprint(raw: RawDataset, shard_size: int, compression: str) -> dict[str
         "files": {f.name: f.sha256 for f in raw.files},
         "shard_size": shard_size,
         "compression": compression,
+        "val_fraction": raw.val_fraction,
     }
 
 
@@ -69,14 +70,16 @@ def _existing(out: Path) -> Manifest | None:
         return None  # a damaged set: rebuilding it loses nothing usable
 
 
-def find_set(out: Path, source: str | None) -> Manifest | None:
+def find_set(out: Path, source: str | None, val_fraction: float = 0.0) -> Manifest | None:
     """A complete shard set in `out` built from `source` (any layout options), or None.
 
     Reads nothing but the manifest and the shard sizes, so it also works on a read-only volume.
     """
     existing = _existing(out)
-    if existing is None or existing.raw.get("source", {}).get("spec") != resolve(source)[0]:
+    if existing is None or existing.raw.get("source", {}).get("spec") != resolve(source):
         return None
+    if existing.raw.get("fingerprint", {}).get("val_fraction", 0.0) != (val_fraction or 0.0):
+        return None  # another val split: not the set asked for
     return existing
 
 

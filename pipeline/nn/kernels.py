@@ -280,9 +280,11 @@ def sgd_steps(
     Y: np.ndarray,
     lr: float,
     batch: int,
+    total: float,
 ) -> float:
     """SGD steps in place over X (N, n_in), Y (N, n_out): consecutive batches of `batch` rows
-    (the last may be smaller). Returns the loss summed over all N samples.
+    (the last may be smaller). Returns `total` plus each step's summed loss, added one step at
+    a time: the running sum is the same however the steps are split into calls.
 
     The same arithmetic as one call per batch, so the weights are bit-identical; w2 is
     transposed once per call instead of twice per step."""
@@ -292,7 +294,6 @@ def sgd_steps(
     scr = _scratch(batch, n_in, n_hid, n_out, b1.dtype)
     w2t = scr[12]
     _transpose(w2, w2t)
-    total = 0.0
     for i in range(0, N, batch):
         B = min(batch, N - i)
         total += _step(w1, b1, w2t, b2, X[i : i + B], Y[i : i + B], lr, scr)
@@ -304,4 +305,4 @@ if __name__ == "__main__":  # warm the on-disk cache (e.g. at image build time)
     for dtype in (np.float32, np.float64):
         w1, b1 = np.zeros((4, 3), dtype), np.zeros(3, dtype)
         w2, b2 = np.zeros((3, 2), dtype), np.zeros(2, dtype)
-        sgd_steps(w1, b1, w2, b2, np.ones((2, 4), dtype), np.ones((2, 2), dtype), 0.1, 2)
+        sgd_steps(w1, b1, w2, b2, np.ones((2, 4), dtype), np.ones((2, 2), dtype), 0.1, 2, 0.0)

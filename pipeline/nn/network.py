@@ -94,17 +94,22 @@ class Network:
             w -= (lr * gw).astype(w.dtype)
             b -= (lr * gb).astype(b.dtype)
 
-    def steps(self, x: np.ndarray, y: np.ndarray, lr: float, batch_size: int) -> float:
+    def steps(
+        self, x: np.ndarray, y: np.ndarray, lr: float, batch_size: int, *, loss_sum: float = 0.0
+    ) -> float:
         """SGD steps over consecutive batches of x (N, n_0), y (N, n_L), the last batch possibly
-        smaller; returns the summed loss. One hidden layer (the recipe) runs the fused kernel."""
+        smaller; returns `loss_sum` plus each batch's summed loss, added one batch at a time, so
+        a running sum threaded through many calls does not depend on how the batches were
+        split into calls (a resumed run records the same numbers). One hidden layer (the
+        recipe) runs the fused kernel."""
         x = np.ascontiguousarray(x, dtype=self.dtype)
         y = np.ascontiguousarray(y, dtype=self.dtype)
         if len(self.weights) == 2:
             from pipeline.nn import kernels  # numba: compiled (or loaded) only when training
 
             (w1, w2), (b1, b2) = self.weights, self.biases
-            return float(kernels.sgd_steps(w1, b1, w2, b2, x, y, lr, batch_size))
-        total = 0.0
+            return float(kernels.sgd_steps(w1, b1, w2, b2, x, y, lr, batch_size, loss_sum))
+        total = float(loss_sum)
         for start in range(0, len(x), batch_size):
             loss, grads_w, grads_b = self.backprop(
                 x[start : start + batch_size], y[start : start + batch_size]

@@ -21,7 +21,13 @@ from pipeline.fsutil import atomic_write_bytes
 from pipeline.report import plots
 from pipeline.report.metrics import ClassificationReport, classification_report, confusion_on
 from pipeline.training import checkpoint
-from pipeline.training.trainer import CHECKPOINT_DIR, EVAL_BATCH, RUN_FILE, read_run_file
+from pipeline.training.trainer import (
+    CHECKPOINT_DIR,
+    EVAL_BATCH,
+    RUN_FILE,
+    epoch_accuracy,
+    read_run_file,
+)
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
@@ -96,8 +102,9 @@ def evaluate(
             plots.save_learning_curves(
                 [r["epoch"] for r in history],
                 [r["train_loss"] for r in history],
-                [r["test_accuracy"] for r in history],
+                [epoch_accuracy(r)[1] for r in history],
                 run_dir / CURVES_PNG,
+                label=f"{epoch_accuracy(history[0])[0]} accuracy",
             )
         atomic_write_bytes(run_dir / REPORT_MD, _markdown(doc, history).encode())
         atomic_write_bytes(run_dir / REPORT_JSON, (json.dumps(doc, indent=2) + "\n").encode())
@@ -189,11 +196,11 @@ def _markdown(doc: dict[str, Any], history: list[dict[str, Any]]) -> str:
         lines += [
             "## Training curve",
             "",
-            "| epoch | train loss | test accuracy | seconds |",
+            f"| epoch | train loss | {epoch_accuracy(history[0])[0]} accuracy | seconds |",
             "| ---: | ---: | ---: | ---: |",
         ]
         lines += [
-            f"| {r['epoch']} | {r['train_loss']:.5f} | {r['test_accuracy']:.4f} | "
+            f"| {r['epoch']} | {r['train_loss']:.5f} | {epoch_accuracy(r)[1]:.4f} | "
             f"{r['seconds']:.1f} |"
             for r in history
         ]

@@ -62,7 +62,12 @@ def save_confusion_heatmap(
 
 
 def save_learning_curves(
-    epochs: Sequence[int], train_loss: Sequence[float], test_accuracy: Sequence[float], path: Path
+    epochs: Sequence[int],
+    train_loss: Sequence[float],
+    test_accuracy: Sequence[float],
+    path: Path,
+    *,
+    label: str = "test accuracy",
 ) -> None:
     """Train loss and test accuracy per epoch, side by side.
 
@@ -85,7 +90,7 @@ def save_learning_curves(
     loss_ax.set_title("train loss")
     loss_ax.set_ylabel("loss")
     acc_ax.plot(epochs, 100.0 * accuracy, marker="o", color="tab:green")
-    acc_ax.set_title("test accuracy")
+    acc_ax.set_title(label)  # "val accuracy" when the run was scored on a val split
     acc_ax.set_ylabel("accuracy (%)")
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")

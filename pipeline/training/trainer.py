@@ -35,6 +35,12 @@ CHECKPOINT_DIR = "checkpoints"
 EVAL_BATCH = 1000
 
 
+def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
+    """The split an epoch record was scored on ("val" when the set has one) and its accuracy."""
+    split = "val" if "val_accuracy" in record else "test"
+    return split, float(record[f"{split}_accuracy"])
+
+
 class Reporter(Protocol):
     """What the trainer tells a progress display; the CLI implements it with rich."""
 
@@ -184,7 +190,9 @@ class Trainer:
             shuffle=config.shuffle,
             seed=config.seed,
         )
-        self.test_loader = Loader(manifest, "test", batch_size=EVAL_BATCH)
+        # scored each epoch: val when the set has one (test then waits for evaluate)
+        self.scored_split = "val" if "val" in manifest.splits else "test"
+        self.test_loader = Loader(manifest, self.scored_split, batch_size=EVAL_BATCH)
         self.last: Path | None = None  # the newest checkpoint on disk
 
     def restore(self) -> Path | None:
@@ -247,26 +255,30 @@ class Trainer:
                 if every:  # stop exactly at the next checkpoint step
                     todo = min(todo, every - state.step % every)
                 rows = slice(done * size, (done + todo) * size)
-                loss = state.network.steps(x[rows], y[rows], config.lr, size)
-                if not math.isfinite(loss):
-                    self._diverged(loss, todo)
+                # the epoch's loss sum goes through every step in order: the same bits
+                # whichever block boundaries (or resume points) split the epoch
+                loss_sum = state.network.steps(
+                    x[rows], y[rows], config.lr, size, loss_sum=state.loss_sum
+                )
+                if not math.isfinite(loss_sum):
+                    self._diverged(loss_sum, todo)
                 done += todo
                 state.step += todo
                 state.samples += len(x[rows])
-                state.loss_sum += loss
+                state.loss_sum = loss_sum
                 if every and state.step % every == 0 and state.step < len(self.train_loader):
                     self.save()
             self.reporter.advance(state.step, state.samples, state.loss_sum)
 
     def end_epoch(self, seconds: float) -> None:
-        """Score the test split, log the epoch, checkpoint."""
+        """Score the val split (else test), log the epoch, checkpoint."""
         state = self.state
         confusion = confusion_on(state.network, self.test_loader)
         total = state.history[-1]["seconds_total"] if state.history else 0.0
         record = {
             "epoch": state.epoch + 1,
             "train_loss": state.loss_sum / state.samples,  # mean of |a - y|^2 / 2
-            "test_accuracy": float(np.trace(confusion) / confusion.sum()),
+            f"{self.scored_split}_accuracy": float(np.trace(confusion) / confusion.sum()),
             "seconds": round(seconds, 3),
             "seconds_total": round(total + seconds, 3),
         }
