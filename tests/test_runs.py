@@ -192,6 +192,9 @@ def test_env_vars_set_options_and_show_in_help() -> None:
     result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "250"})
     for var in ("PIPELINE_RUNS", "PIPELINE_EPOCHS", "PIPELINE_MIN_ACCURACY", "PIPELINE_KEEP"):
         assert var in result.output
+    for command in ("prepare", "verify", "train", "evaluate", "run", "runs", "show"):
+        shown = runner.invoke(app, [command, "--help"])  # every help renders (rich markup)
+        assert shown.exit_code == 0 and "Usage" in shown.output, (command, shown.output)
     both = runner.invoke(app, ["run", "--runs", "a", "--run-dir", "b"])
     assert both.exit_code == 2 and "either --run-dir" in both.output
 

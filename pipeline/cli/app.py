@@ -273,7 +273,8 @@ Source = Annotated[
     str,
     typer.Option(
         envvar="PIPELINE_SOURCE",
-        help="embedded | idx:DIR | torchvision:NAME[/SPLIT]:ROOT | npz:FILE | csv:TRAIN,TEST | "
+        # "\\[" is a literal bracket in rich markup (a bare "[/SPLIT]" crashed --help)
+        help="embedded | idx:DIR | torchvision:NAME\\[/SPLIT]:ROOT | npz:FILE | csv:TRAIN,TEST | "
         "images:DIR (README: Data sources). With --runs: only to fill an empty --data.",
     ),
 ]
