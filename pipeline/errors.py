@@ -52,6 +52,10 @@ class CheckpointError(PipelineError):
     """A checkpoint is missing, corrupt, unsafe (pickled) or does not fit."""
 
 
+class ArrayError(PipelineError):
+    """An array handed to a compiled kernel does not fit it (kind, dtype, layout, shape)."""
+
+
 class DivergedError(PipelineError):
     """Training produced a non-finite loss."""
 

@@ -72,12 +72,12 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
 
 
 @contextlib.contextmanager
-def dir_lock(directory: Path, *, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on `directory` (a `.lock` file) or fail at once.
+def dir_lock(directory: Path, *, what: str, name: str = ".lock") -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (the file `name` in it) or fail at once.
 
     flock locks die with their process, so a killed writer never leaves a stale lock.
     """
-    lock_file = directory / ".lock"
+    lock_file = directory / name
     try:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:

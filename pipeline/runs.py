@@ -34,7 +34,7 @@ from pipeline.data.shards import Manifest
 from pipeline.errors import ConfigError, LockedError, OutputError
 from pipeline.fsutil import atomic_write_bytes, fsync
 from pipeline.training.config import TrainConfig
-from pipeline.training.trainer import RUN_FILE, read_run_file
+from pipeline.training.rundir import RUN_FILE, RunDir
 
 LATEST = "latest"
 OUTCOME = "outcome.json"
@@ -289,20 +289,19 @@ def listing(runs_dir: Path) -> list[RunInfo]:
         match = RUN_NAME.match(run.name)
         assert match is not None  # _ours matched it
         try:
-            saved, outcome = read_run_file(run), read_outcome(run)
-        except ConfigError:
+            saved, outcome = RunDir(run).read_run_file(), read_outcome(run)
+        except ConfigError:  # damaged: listed with what is known, never guessed
             saved, outcome = None, None
         status = "running" if is_held(run) else "finished" if outcome else "unfinished"
-        saved, outcome = saved or {}, outcome or {}
-        config = TrainConfig.from_json(saved["config"]) if "config" in saved else None
+        outcome = outcome or {}
         rows.append(
             RunInfo(
                 name=run.name,
                 id=match["id"],
                 date=match["date"],
-                dataset=saved.get("dataset"),
-                data_identity=saved.get("manifest_sha256"),
-                recipe=None if config is None else recipe(config),
+                dataset=None if saved is None else saved.dataset,
+                data_identity=None if saved is None else saved.data_identity,
+                recipe=None if saved is None else recipe(saved.config),
                 status=status,
                 accuracy=outcome.get("accuracy"),
                 min_accuracy=outcome.get("min_accuracy"),

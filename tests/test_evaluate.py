@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 from pipeline.cli.app import EXIT_ERROR, EXIT_GATE, app
 from pipeline.data import prepare, sources
 from pipeline.data.shards import MANIFEST, Manifest
-from pipeline.errors import CheckpointError, OutputError, ShardSetError
+from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
 from pipeline.fsutil import sha256_file
 from pipeline.report import evaluate
-from pipeline.training import checkpoint
+from pipeline.training import checkpoint, rundir
 from pipeline.training import trainer as train
 from pipeline.training.config import TrainConfig
 from tests.conftest import random_split, write_idx_dir
@@ -61,9 +61,8 @@ def test_report_matches_an_independent_computation(
         np.uint8,
         offset=8,
     )
-    from pipeline.training import checkpoint
-
-    network = checkpoint.load(checkpoint.newest(run_dir / "checkpoints")).network  # type: ignore[arg-type]
+    newest = rundir.RunDir(run_dir).newest_checkpoint()
+    network = checkpoint.load(newest).network  # type: ignore[arg-type]
     predicted = network.feedforward(images.astype(np.float32) / np.float32(255))[-1].argmax(axis=1)
     expected = np.zeros((10, 10), np.int64)
     np.add.at(expected, (labels, predicted), 1)
@@ -132,7 +131,7 @@ def test_a_checkpoint_from_elsewhere_is_kept_in_the_run_dir(
     assert kept.parent == run_dir / "checkpoints" and kept.name.startswith("evaluated-")
     assert sha256_file(kept) == doc["checkpoint"]["sha256"] == sha256_file(outside)
     # a later resume does not take the copy for the run's newest checkpoint
-    assert checkpoint.newest(run_dir / "checkpoints") == run_dir / "checkpoints" / (
+    assert rundir.RunDir(run_dir).newest_checkpoint() == run_dir / "checkpoints" / (
         "checkpoint-e0002-s0000000.npz"
     )
 
@@ -301,3 +300,76 @@ def test_readme_main_job_reaches_the_recipe_accuracy(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "run" / "report.json").read_text())
     assert doc["accuracy"] >= 0.963
     assert doc["model"]["sizes"] == [784, 500, 10] and len(doc["history"]) == 10
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def fashion_shards(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    """The real Fashion-MNIST (Debian's files), its first 3,000/1,000 images."""
+    assert FASHION.is_dir(), "install it: apt-get install -y dataset-fashion-mnist"
+    raw = sources.load(f"idx:{FASHION}")
+    train, test = raw.splits["train"], raw.splits["test"]
+    slice_dir = write_idx_dir(
+        tmp_path_factory.mktemp("fashion-idx"),
+        (train.images[:3000].reshape(-1, 28, 28), train.labels[:3000]),
+        (test.images[:1000].reshape(-1, 28, 28), test.labels[:1000]),
+    )
+    small = sources.load(f"idx:{slice_dir}", name=raw.name, classes=raw.classes)
+    out = tmp_path_factory.mktemp("fashion-shards")
+    return prepare.prepare(out, small, shard_size=1000).manifest
+
+
+def test_a_checkpoint_of_other_data_is_refused_naming_both(
+    trained_run: Path, fashion_shards: Manifest, tmp_path: Path
+) -> None:
+    """An MNIST model on Fashion-MNIST: same shapes, other classes; refused unless asked."""
+    run_dir = copy_run(trained_run, tmp_path)
+    fashion = fashion_shards.name  # the source's name for Debian's files
+    assert "fashion" in fashion
+    with pytest.raises(ConfigError) as caught:
+        evaluate.evaluate(run_dir, data_dir=fashion_shards.directory)
+    assert caught.value.param == "allow_other_data"
+    line = one_line_error(
+        ["evaluate", "--run-dir", str(run_dir), "--data", str(fashion_shards.directory)]
+    )
+    for needle in ("mnist-slice (classes 0, 1", f"{fashion} (classes T-shirt/top", "--allow"):
+        assert needle in line
+    assert not (run_dir / "report.json").exists()
+
+    args = ["--run-dir", str(run_dir), "--data", str(fashion_shards.directory)]
+    result = runner.invoke(app, ["evaluate", *args, "--allow-other-data"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads((run_dir / "report.json").read_text())
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["dataset"]["name"] == fashion and not doc["dataset"]["trained_on_same_data"]
+    assert doc["dataset"]["trained_on"]["name"] == "mnist-slice"
+    assert doc["classes"][0] == "T-shirt/top"
+    headline = (run_dir / "report.md").read_text().splitlines()[0]
+    assert headline.startswith(f"# {fashion} test: accuracy")
+    assert headline.endswith("(model trained on mnist-slice)")
+
+
+def test_another_shard_set_of_the_same_classes_is_refused_too(
+    trained_run: Path, mnist_shards: Manifest, tmp_path: Path
+) -> None:
+    run_dir = copy_run(trained_run, tmp_path)
+    with pytest.raises(ConfigError, match="trained on mnist-slice") as caught:
+        evaluate.evaluate(run_dir, data_dir=mnist_shards.directory)
+    assert "not on mnist" in str(caught.value)
+    allowed = evaluate.evaluate(run_dir, data_dir=mnist_shards.directory, allow_other_data=True)
+    assert allowed.doc["samples"] == 10_000
+    assert "(model trained on mnist-slice)" in (run_dir / "report.md").read_text()
+
+
+def test_a_killed_evaluate_leaves_nothing_behind(trained_run: Path, tmp_path: Path) -> None:
+    """The next evaluate removes the half-written report files a killed one left; a train's
+    temporaries (it may be running beside) are not its to remove."""
+    run_dir = copy_run(trained_run, tmp_path)
+    ours = [run_dir / ".curves.png.999.tmp", run_dir / "checkpoints" / ".evaluated-ab.npz.9.tmp"]
+    theirs = [run_dir / ".metrics.jsonl.999.tmp", run_dir / "checkpoints" / ".checkpoint-x.9.tmp"]
+    for path in ours + theirs:
+        path.write_bytes(b"half")
+    evaluate.evaluate(run_dir)
+    assert [p.exists() for p in ours + theirs] == [False, False, True, True]

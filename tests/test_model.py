@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
+from pipeline.errors import ArrayError
 from pipeline.nn.network import Network, sigmoid
 
 
@@ -214,3 +217,91 @@ def test_a_running_loss_sum_does_not_depend_on_how_the_steps_are_split(sizes: li
             total = net.steps(x[a:b], y[a:b], 0.1, 3, loss_sum=total)
         totals.append(total)
     assert totals[0] == totals[1] == totals[2]
+
+
+def _recipe_arrays() -> dict[str, Any]:
+    net = make([12, 5, 3], seed=18, dtype="float32", std=0.1)
+    x, y = batch(np.random.default_rng(19), 7, 12, 3, "float32")
+    (w1, w2), (b1, b2) = net.weights, net.biases
+    return {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "x": x, "y": y}
+
+
+def _fortran(a: np.ndarray) -> np.ndarray:
+    return np.asfortranarray(a)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize(
+    ("param", "change", "needle"),
+    [
+        ("b2", lambda a: a.astype(np.float64), "dtype float64, need w1's float32"),
+        ("b1", lambda a: a.astype(np.float16), "dtype float16, need w1's float32 or float64"),
+        ("x", lambda a: a.astype(np.int64), "dtype int64"),
+        ("y", lambda a: a.tolist(), "not an array"),
+        ("w1", _fortran, "C-contiguous"),
+        ("x", lambda a: np.repeat(a, 2, axis=1)[:, ::2], "C-contiguous"),
+        ("w2", _read_only, "writable"),
+        ("x", lambda a: a[:, :-1].copy(), "does not fit"),  # features: fewer than w1's rows
+        ("x", lambda a: np.hstack([a, a]), "does not fit"),  # more: reads past w1
+        ("y", lambda a: a[:, :2].copy(), "does not fit"),  # fewer classes than w2's columns
+        ("y", lambda a: np.vstack([a, a]), "does not fit"),  # rows unlike x's
+        ("b1", lambda a: a[:-1].copy(), "does not fit"),
+        ("b2", lambda a: np.append(a, a), "does not fit"),
+        ("w2", lambda a: a[:-1].copy(), "does not fit"),  # hidden units unlike w1's
+        ("x", lambda a: a[None], "3-D, need 2-D"),
+        ("b2", lambda a: a[None], "2-D, need 1-D"),
+    ],
+)
+def test_kernel_refuses_arrays_that_do_not_fit(
+    param: str, change: Callable[[np.ndarray], np.ndarray], needle: str
+) -> None:
+    """The compiled kernel checks no bounds: its Python boundary names the argument at fault,
+    before anything is read or written."""
+    from pipeline.nn import kernels
+
+    arrays = _recipe_arrays()
+    before = {k: np.array(v, copy=True) for k, v in arrays.items()}
+    arrays[param] = change(arrays[param])
+    with pytest.raises(ArrayError, match=needle) as caught:
+        kernels.sgd_steps(**arrays, lr=0.1, batch=3)
+    assert caught.value.param == param
+    for name in ("w1", "b1", "w2", "b2"):
+        if name != param:
+            assert np.array_equal(arrays[name], before[name])
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("batch", 0),
+        ("batch", -3),
+        ("batch", 2.5),
+        ("batch", True),
+        ("lr", math.nan),
+        ("lr", math.inf),
+        ("loss_sum", math.nan),
+    ],
+)
+def test_kernel_refuses_bad_numbers(param: str, value: object) -> None:
+    from pipeline.nn import kernels
+
+    args: dict[str, object] = {**_recipe_arrays(), "lr": 0.1, "batch": 3, "loss_sum": 0.0}
+    args[param] = value
+    with pytest.raises(ArrayError) as caught:
+        kernels.sgd_steps(**args)  # type: ignore[arg-type]
+    assert caught.value.param == param
+
+
+def test_kernel_accepts_a_batch_larger_than_its_rows() -> None:
+    """Its work arrays are sized by the rows it is given, not by the batch it is told."""
+    from pipeline.nn import kernels
+
+    arrays, same = _recipe_arrays(), _recipe_arrays()
+    total = kernels.sgd_steps(**arrays, lr=0.1, batch=10**12)
+    assert total == kernels.sgd_steps(**same, lr=0.1, batch=len(same["x"]))
+    assert np.array_equal(arrays["w1"], same["w1"])

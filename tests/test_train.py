@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -20,9 +21,16 @@ from typer.testing import CliRunner, Result
 
 from pipeline.cli import app
 from pipeline.data.shards import MANIFEST, Manifest
-from pipeline.errors import CheckpointError, ConfigError, DivergedError, LockedError, OutputError
+from pipeline.errors import (
+    CheckpointError,
+    ConfigError,
+    DivergedError,
+    LockedError,
+    OutputError,
+    ShardSetError,
+)
 from pipeline.fsutil import dir_lock, sha256_file
-from pipeline.training import checkpoint
+from pipeline.training import checkpoint, rundir
 from pipeline.training import trainer as train
 from pipeline.training.config import TrainConfig
 from tests.conftest import run_size_limited
@@ -31,7 +39,7 @@ SMALL = TrainConfig(hidden=(32,), epochs=2, lr=1.0)  # a larger lr learns in 2 s
 
 
 def weights(run_dir: Path) -> list[np.ndarray]:
-    ckpt = checkpoint.load(checkpoint.newest(run_dir / "checkpoints"))  # type: ignore[arg-type]
+    ckpt = checkpoint.load(rundir.RunDir(run_dir).newest_checkpoint())  # type: ignore[arg-type]
     return ckpt.network.weights + ckpt.network.biases
 
 
@@ -43,7 +51,7 @@ def assert_identical(a: list[np.ndarray], b: list[np.ndarray]) -> None:
 
 def test_run_writes_checkpoints_metrics_and_learns(slice_shards: Manifest, tmp_path: Path) -> None:
     result = train.train(slice_shards.directory, tmp_path / "run", SMALL)
-    names = [p.name for p in checkpoint.all_in(tmp_path / "run" / "checkpoints")]
+    names = [p.name for p in rundir.RunDir(tmp_path / "run").all_checkpoints()]
     assert names == ["checkpoint-e0001-s0000000.npz", "checkpoint-e0002-s0000000.npz"]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -52,9 +60,9 @@ def test_run_writes_checkpoints_metrics_and_learns(slice_shards: Manifest, tmp_p
     assert records[1]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert result.history == records
     meta = checkpoint.load(result.checkpoint).meta
-    assert meta["manifest_sha256"] == slice_shards.sha256
-    assert meta["config"] == SMALL.to_json()
-    assert meta["loader"] == {
+    assert meta.data_identity == slice_shards.sha256
+    assert meta.config == SMALL
+    assert meta.loader == {
         "epoch": 2,
         "batches": 0,
         "seed": 0,
@@ -62,7 +70,7 @@ def test_run_writes_checkpoints_metrics_and_learns(slice_shards: Manifest, tmp_p
         "shuffle": False,
         "manifest_sha256": slice_shards.sha256,
     }
-    assert meta["sizes"] == [784, 32, 10]
+    assert meta.sizes == (784, 32, 10)
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
@@ -135,9 +143,9 @@ def test_resume_from_mid_epoch_checkpoints_records_the_same_numbers(
     for n, (epoch, step) in enumerate([(0, 2500), (0, 9100), (1, 7700)]):
         with pytest.raises(_Interrupted):
             train.train(data, tmp_path / "part", config, resume=n > 0, reporter=StopAt(epoch, step))
-    newest = checkpoint.newest(tmp_path / "part" / "checkpoints")
+    newest = rundir.RunDir(tmp_path / "part").newest_checkpoint()
     assert newest is not None and newest.name.startswith("checkpoint-e0001-")
-    assert not checkpoint.is_kept(newest)  # a mid-epoch one: the resume starts inside a block
+    assert not rundir.is_kept(newest)  # a mid-epoch one: the resume starts inside a block
     resumed = train.train(data, tmp_path / "part", config, resume=True)
     assert resumed.resumed_from == newest
     assert_identical(weights(tmp_path / "full"), weights(tmp_path / "part"))
@@ -193,8 +201,8 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(
     ckpts = run_dir / "checkpoints"
 
     def position() -> int:  # steps done at the newest checkpoint (20,000 steps an epoch)
-        found = checkpoint.newest(ckpts)
-        match = checkpoint.NAME.match(found.name) if found else None
+        found = rundir.RunDir(run_dir).newest_checkpoint()
+        match = rundir.CHECKPOINT_NAME.match(found.name) if found else None
         return int(match["epoch"]) * 20_000 + int(match["step"]) if match else -1
 
     def writing(pid: int) -> bool:  # the process `pid` is half-way through a checkpoint
@@ -293,7 +301,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     config = TrainConfig(hidden=(8,), epochs=1, checkpoint_every=100)
     with pytest.raises(DivergedError, match=r"step 667: .*checkpoint-e0000-s0000600\.npz"):
         train.train(data, tmp_path / "run", config)
-    newest = checkpoint.newest(tmp_path / "run" / "checkpoints")
+    newest = rundir.RunDir(tmp_path / "run").newest_checkpoint()
     assert newest is not None and newest.name == "checkpoint-e0000-s0000600.npz"
     assert all(np.isfinite(w).all() for w in checkpoint.load(newest).network.weights)
     result = runner.invoke(app, ["train", "--data", str(data), "--run-dir", str(tmp_path / "cli")])
@@ -383,7 +391,7 @@ def test_read_only_run_dir(slice_shards: Manifest, tmp_path: Path, mount_tmpfs) 
     else:  # chmod stops everyone but root
         for path in [roomy / "run", *(roomy / "run").rglob("*")]:
             path.chmod(0o555 if path.is_dir() else 0o444)
-    with pytest.raises(OutputError, match="cannot write"):
+    with pytest.raises(OutputError, match="run: not writable"):  # it exists: not "cannot create"
         train.train(slice_shards.directory, roomy / "run", SMALL, resume=True)
     assert_identical(before, weights(roomy / "run"))
 
@@ -433,7 +441,8 @@ def test_cli_train_end_to_end_on_a_real_mnist_slice(slice_shards: Manifest, tmp_
     last = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1]
     assert json.loads(last)["test_accuracy"] > 0.8  # 3,000 real digits, 2 epochs
     again = cli_train(2)
-    assert again.exit_code == 1 and "--resume" in again.stderr
+    assert again.exit_code == 1 and "already holds a run" in again.stderr
+    assert "resume it" in again.stderr
     resumed = cli_train(3, "--resume")
     assert resumed.exit_code == 0, resumed.stderr
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
@@ -443,8 +452,94 @@ def test_cli_train_end_to_end_on_a_real_mnist_slice(slice_shards: Manifest, tmp_
 def test_checkpoint_without_its_config_is_refused(slice_shards: Manifest, tmp_path: Path) -> None:
     result = train.train(slice_shards.directory, tmp_path / "run", SMALL)
     ckpt = checkpoint.load(result.checkpoint)
-    meta = {k: v for k, v in ckpt.meta.items() if k not in ("config", "format")}
+    meta = {k: v for k, v in ckpt.meta.to_json().items() if k != "config"}
     later = result.checkpoint.with_name("checkpoint-e0003-s0000000.npz")
-    checkpoint.save(later, ckpt.network, meta)
-    with pytest.raises(CheckpointError, match="no usable training config"):
+    with later.open("wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), w0=ckpt.weights[0], b0=ckpt.biases[0])
+    with pytest.raises(CheckpointError, match="field 'config' is missing"):
         train.train(slice_shards.directory, tmp_path / "run", SMALL, resume=True)
+
+
+def test_a_failed_first_train_does_not_poison_its_run_dir(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    """Stopped before its first checkpoint (a divergence, an out-of-memory, Ctrl-C), the run
+    directory holds no run: the same command, or one with another config, starts it again."""
+    data, run_dir = slice_shards.directory, tmp_path / "run"
+    with pytest.raises(_Interrupted):  # no mid-epoch checkpoints: stopped inside epoch 1
+        train.train(data, run_dir, SMALL, reporter=StopAt(0, 1))
+    assert (run_dir / "run.json").exists() and rundir.RunDir(run_dir).newest_checkpoint() is None
+    other = TrainConfig(hidden=(8,), epochs=1, lr=1.0)
+    train.train(data, run_dir, other)  # another config, no resume: a new start
+    assert rundir.RunDir(run_dir).read_run_file().config == other  # type: ignore[union-attr]
+    train.train(data, tmp_path / "clean", other)
+    assert_identical(weights(run_dir), weights(tmp_path / "clean"))
+    with pytest.raises(_Interrupted):  # the same with resume (the CLI's `run` passes it)
+        train.train(data, tmp_path / "again", SMALL, reporter=StopAt(0, 1))
+    train.train(data, tmp_path / "again", other, resume=True)
+    assert_identical(weights(tmp_path / "again"), weights(tmp_path / "clean"))
+
+
+def test_a_run_with_checkpoints_is_not_silently_mixed(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    data, run_dir = slice_shards.directory, tmp_path / "run"
+    with pytest.raises(_Interrupted):
+        train.train(data, run_dir, replace(SMALL, checkpoint_every=100), reporter=StopAt(0, 300))
+    assert rundir.RunDir(run_dir).newest_checkpoint() is not None
+    with pytest.raises(ConfigError, match="different config"):
+        train.train(data, run_dir, replace(SMALL, checkpoint_every=100, hidden=(8,)), resume=True)
+    (run_dir / "run.json").unlink()  # lost: the checkpoints remain
+    with pytest.raises(ConfigError, match=r"holds checkpoints but no run\.json") as caught:
+        train.train(data, run_dir, replace(SMALL, hidden=(8,)))
+    assert "resume it" in str(caught.value)
+    with pytest.raises(ConfigError, match="different config"):  # the checkpoint's own config
+        train.train(data, run_dir, replace(SMALL, hidden=(8,)), resume=True)
+    train.train(data, run_dir, replace(SMALL, checkpoint_every=100), resume=True)
+    assert rundir.RunDir(run_dir).read_run_file() is not None  # written again
+    train.train(data, tmp_path / "whole", SMALL)
+    assert_identical(weights(run_dir), weights(tmp_path / "whole"))
+
+
+def test_a_batch_larger_than_the_train_split_is_refused(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    """Refused (not clamped: the config is what runs) before anything is written."""
+    with pytest.raises(ConfigError, match="larger than the 3000 samples") as caught:
+        train.train(slice_shards.directory, tmp_path / "run", replace(SMALL, batch_size=10**7))
+    assert caught.value.param == "batch_size"
+    assert not (tmp_path / "run" / "run.json").exists()
+    args = ["--data", str(slice_shards.directory), "--run-dir", str(tmp_path / "cli")]
+    result = runner.invoke(app, ["train", *args, "--batch-size", "10000000"])
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--batch-size" in lines[0] and "3000 samples" in lines[0]
+    assert "memory" not in lines[0]
+
+
+def test_cleanup_removes_only_the_temporaries_of_its_own_files(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    """A train removes what killed trains left (run.json, metrics, checkpoints); an
+    evaluate's half-written report beside it belongs to the evaluate, and stays."""
+    run_dir = tmp_path / "run"
+    train.train(slice_shards.directory, run_dir, SMALL)
+    stale = [run_dir / ".metrics.jsonl.999.tmp", run_dir / "checkpoints" / ".checkpoint-x.9.tmp"]
+    theirs = [run_dir / ".report.json.999.tmp", run_dir / ".notes.txt.1.tmp"]
+    for path in stale + theirs:
+        path.write_bytes(b"half")
+    train.train(slice_shards.directory, run_dir, SMALL, resume=True)
+    assert [p.exists() for p in stale + theirs] == [False, False, True, True]
+
+
+def test_an_empty_train_split_is_named(slice_shards: Manifest, tmp_path: Path) -> None:
+    data = tmp_path / "shards"
+    shutil.copytree(slice_shards.directory, data)
+    doc = json.loads((data / MANIFEST).read_text())
+    for shard in doc["splits"]["train"]["shards"]:
+        (data / shard["file"]).unlink()
+    doc["splits"]["train"] = {"samples": 0, "label_histogram": [0] * 10, "shards": []}
+    (data / MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(ShardSetError, match="the train split is empty"):
+        train.train(data, tmp_path / "run", SMALL)
+    assert not (tmp_path / "run" / "run.json").exists()

@@ -45,7 +45,13 @@ EXIT_ERROR, EXIT_GATE, EXIT_BUSY, EXIT_INTERRUPTED = 1, 3, 75, 130
 FLAGS = {
     name: "--" + name.replace("_", "-")
     for name in ("lr", "epochs", "batch_size", "hidden", "seed", "checkpoint_every")
-} | {"shard_size": "--shard-size", "compression": "--compression"}
+} | {
+    "shard_size": "--shard-size",
+    "compression": "--compression",
+    "allow_other_data": "--allow-other-data",
+    "run_dir": "--run-dir",
+    "data_dir": "--data",
+}
 # the data source's parameters (pipeline.data.sources)
 FLAGS |= {
     name: "--" + name.replace("_", "-")
@@ -648,13 +654,25 @@ def evaluate(
         typer.Option(dir_okay=False, help="Checkpoint file [default: the run's newest]."),
     ] = None,
     min_accuracy: MinAccuracy = None,
+    allow_other_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-data",
+            help="Evaluate a checkpoint on data other than it was trained on (other classes "
+            "or another shard set); the report's headline then names both.",
+        ),
+    ] = False,
     log_format: Logs = LogFormat.plain,
 ) -> None:
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
     log.use(log_format)
     with friendly_errors():
         evaluation = evaluate_stage.evaluate(
-            run_dir, data_dir=data, split=split, checkpoint_path=checkpoint
+            run_dir,
+            data_dir=data,
+            split=split,
+            checkpoint_path=checkpoint,
+            allow_other_data=allow_other_data,
         )
     _show_report(evaluation)
     _gate(evaluation, min_accuracy)

@@ -26,6 +26,8 @@ import math
 import numpy as np
 from numba import njit
 
+from pipeline.errors import ArrayError
+
 __all__ = ["sgd_steps"]
 
 
@@ -271,7 +273,7 @@ def _step(
 
 
 @njit(cache=True, fastmath=False, nogil=True)
-def sgd_steps(
+def _sgd_steps(
     w1: np.ndarray,
     b1: np.ndarray,
     w2: np.ndarray,
@@ -291,7 +293,7 @@ def sgd_steps(
     N, n_in = X.shape
     n_hid = w1.shape[1]
     n_out = w2.shape[1]
-    scr = _scratch(batch, n_in, n_hid, n_out, b1.dtype)
+    scr = _scratch(max(1, min(batch, N)), n_in, n_hid, n_out, b1.dtype)  # no bigger than X
     w2t = scr[12]
     _transpose(w2, w2t)
     for i in range(0, N, batch):
@@ -301,8 +303,56 @@ def sgd_steps(
     return total
 
 
+def sgd_steps(
+    w1: np.ndarray,
+    b1: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    lr: float,
+    batch: int,
+    loss_sum: float = 0.0,
+) -> float:
+    """`_sgd_steps` behind a guard: the compiled code does no bounds checks, so every array
+    is checked here (kind, dtype, layout, shapes that fit each other) and so are the
+    numbers; nothing a file says can make it read or write outside an array."""
+    arrays = {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "x": x, "y": y}
+    dtype = getattr(w1, "dtype", None)
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise ArrayError(f"not an array but {type(a).__name__}", param=name, value="")
+        if a.dtype not in (np.float32, np.float64) or a.dtype != dtype:
+            need = "float32 or float64" if a.dtype not in (np.float32, np.float64) else dtype
+            raise ArrayError(f"dtype {a.dtype}, need w1's {need}", param=name, value=a.shape)
+        if a.ndim != (1 if name[0] == "b" else 2):
+            raise ArrayError(
+                f"{a.ndim}-D, need {1 if name[0] == 'b' else 2}-D", param=name, value=a.shape
+            )
+        if not (a.flags.c_contiguous and a.flags.aligned and (a.flags.writeable or name in "xy")):
+            raise ArrayError("must be C-contiguous, aligned, writable", param=name, value=a.shape)
+    (n_in, n_hid), n_out, n = w1.shape, w2.shape[1], len(x)
+    want = {"b1": (n_hid,), "w2": (n_hid, n_out), "b2": (n_out,), "x": (n, n_in), "y": (n, n_out)}
+    for name, shape in want.items():
+        if arrays[name].shape != shape:
+            raise ArrayError(
+                f"does not fit w1 {w1.shape} and w2 {w2.shape}: need {shape}",
+                param=name,
+                value=arrays[name].shape,
+            )
+    if min(n_in, n_hid, n_out) < 1:
+        raise ArrayError("a layer has no units", param="w1", value=w1.shape)
+    if isinstance(batch, bool) or not isinstance(batch, int | np.integer) or batch < 1:
+        raise ArrayError("must be an integer of at least 1", param="batch", value=batch)
+    for name, number in (("lr", lr), ("loss_sum", loss_sum)):
+        if not isinstance(number, int | float | np.floating) or not math.isfinite(number):
+            raise ArrayError("must be a finite number", param=name, value=number)
+    return float(_sgd_steps(w1, b1, w2, b2, x, y, float(lr), int(batch), float(loss_sum)))
+
+
 if __name__ == "__main__":  # warm the on-disk cache (e.g. at image build time)
     for dtype in (np.float32, np.float64):
         w1, b1 = np.zeros((4, 3), dtype), np.zeros(3, dtype)
         w2, b2 = np.zeros((3, 2), dtype), np.zeros(2, dtype)
-        sgd_steps(w1, b1, w2, b2, np.ones((2, 4), dtype), np.ones((2, 2), dtype), 0.1, 2, 0.0)
+        _sgd_steps(w1, b1, w2, b2, np.ones((2, 4), dtype), np.ones((2, 2), dtype), 0.1, 2, 0.0)

@@ -108,7 +108,9 @@ class Network:
             from pipeline.nn import kernels  # numba: compiled (or loaded) only when training
 
             (w1, w2), (b1, b2) = self.weights, self.biases
-            return float(kernels.sgd_steps(w1, b1, w2, b2, x, y, lr, batch_size, loss_sum))
+            return kernels.sgd_steps(
+                w1, b1, w2, b2, x, y, lr=lr, batch=batch_size, loss_sum=loss_sum
+            )
         total = float(loss_sum)
         for start in range(0, len(x), batch_size):
             loss, grads_w, grads_b = self.backprop(

@@ -14,23 +14,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
 from pipeline.fsutil import atomic_write_bytes
-from pipeline.report import plots
-from pipeline.report.metrics import ClassificationReport, classification_report, confusion_on
+from pipeline.nn.network import Network
+from pipeline.report.metrics import ClassificationReport, classification_report, confusion_matrix
 from pipeline.training import checkpoint
-from pipeline.training.trainer import (
-    CHECKPOINT_DIR,
-    EVAL_BATCH,
+from pipeline.training.rundir import (
+    CONFUSION_PNG,
+    CURVES_PNG,
+    REPORT_JSON,
+    REPORT_MD,
     RUN_FILE,
+    RunDir,
     epoch_accuracy,
-    read_run_file,
 )
 
-REPORT_JSON, REPORT_MD = "report.json", "report.md"
-CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
+__all__ = ["EVAL_BATCH", "REPORT_MD", "Evaluation", "confusion_on", "evaluate"]
+EVAL_BATCH = 1000  # rows per forward pass when scoring a split
 
 
 @dataclass(frozen=True)
@@ -40,25 +44,52 @@ class Evaluation:
     run_dir: Path
 
 
-def _data_dir(run_dir: Path, data_dir: Path | None) -> Path:
+def confusion_on(network: Network, loader: Loader) -> np.ndarray:
+    """(classes, classes) counts of (true, predicted) over one streamed pass of a split."""
+    n = network.sizes[-1]
+    confusion = np.zeros((n, n), np.int64)
+    for x, y in loader.epoch(0):  # x (batch, features), y (batch, classes) one-hot
+        confusion += confusion_matrix(y.argmax(axis=1), network.predict(x), n)
+    return confusion
+
+
+def _data_dir(run: RunDir, data_dir: Path | None) -> Path:
     if data_dir is not None:
         return data_dir
-    saved = read_run_file(run_dir)
+    saved = run.read_run_file()
     if saved is None:
-        raise ConfigError(f"{run_dir}: no {RUN_FILE} to find the shards by; pass --data")
-    return Path(saved["data"])
+        raise ConfigError(
+            f"no {RUN_FILE} in {run.path} to find the shards by; name them",
+            param="data_dir",
+            value=None,
+        )
+    return Path(saved.data)
 
 
-def _keep(ckpt: checkpoint.Checkpoint, run_dir: Path) -> Path:
-    """The report's checkpoint, where no later run can remove or overwrite it: the run's own
-    epoch-end checkpoints stay as they are; any other is copied in under its content hash."""
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    if ckpt.path.resolve().parent == ckpt_dir.resolve() and checkpoint.is_kept(ckpt.path):
-        return ckpt.path
-    kept = ckpt_dir / f"evaluated-{ckpt.sha256[:16]}.npz"
-    ckpt_dir.mkdir(exist_ok=True)
-    atomic_write_bytes(kept, ckpt.data)
-    return kept
+def _check_same_data(ckpt: checkpoint.Checkpoint, manifest: Manifest, allow: bool) -> None:
+    """A model is scored on the data it learned, unless other data is asked for by name."""
+    meta = ckpt.meta
+    same_kind = meta.dataset == manifest.name and list(meta.classes) == manifest.classes
+    if allow or (same_kind and meta.data_identity == manifest.identity):
+        return
+    if same_kind:
+        what = (
+            f"another shard set of {meta.dataset} ({meta.data_identity[:12]}), not on the one "
+            f"in {manifest.directory} ({manifest.identity[:12]})"
+        )
+    else:
+        what = (
+            f"{_names(meta.dataset, meta.classes)}, not on "
+            f"{_names(manifest.name, manifest.classes)} in {manifest.directory}"
+        )
+    raise ConfigError(
+        f"{ckpt.path.name} was trained on {what}", param="allow_other_data", value="not given"
+    )
+
+
+def _names(dataset: str, classes: tuple[str, ...] | list[str]) -> str:
+    shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+    return f"{dataset or 'unnamed data'} (classes {shown})"
 
 
 def evaluate(
@@ -67,14 +98,16 @@ def evaluate(
     data_dir: Path | None = None,
     split: str = "test",
     checkpoint_path: Path | None = None,
+    allow_other_data: bool = False,
 ) -> Evaluation:
+    run = RunDir(run_dir)
     if not run_dir.is_dir():
-        raise ConfigError(f"--run-dir {run_dir}: no such run directory")
-    path = checkpoint_path or checkpoint.newest(run_dir / CHECKPOINT_DIR)
+        raise ConfigError("no such run directory", param="run_dir", value=run_dir)
+    path = checkpoint_path or run.newest_checkpoint()
     if path is None:
-        raise CheckpointError(f"{run_dir}: holds no checkpoint; run `pipeline train` first")
+        raise CheckpointError(f"{run_dir}: holds no checkpoint; train first")
     ckpt = checkpoint.load(path)
-    manifest = load_manifest(_data_dir(run_dir, data_dir))
+    manifest = load_manifest(_data_dir(run, data_dir))
     sizes = ckpt.network.sizes
     if (sizes[0], sizes[-1]) != (manifest.features, manifest.n_classes):
         raise CheckpointError(
@@ -83,34 +116,49 @@ def evaluate(
         )
     if manifest.split(split).samples == 0:
         raise ShardSetError(f"{manifest.directory}: split {split!r} is empty")
+    _check_same_data(ckpt, manifest, allow_other_data)
     if not os.access(run_dir, os.W_OK):
-        raise OutputError(f"--run-dir {run_dir}: not writable, the report cannot be saved")
+        raise OutputError(
+            "not writable, the report cannot be saved", param="run_dir", value=run_dir
+        )
 
     confusion = confusion_on(ckpt.network, Loader(manifest, split, batch_size=EVAL_BATCH))
     report = classification_report(confusion)
-    history = ckpt.meta.get("history") or []  # the epochs that made this checkpoint
+    history = list(ckpt.meta.history)  # the epochs that made this checkpoint
+    from pipeline.report import plots  # matplotlib: only when a report is drawn
+
     try:
-        kept = _keep(ckpt, run_dir)
-        doc = _report_doc(report, manifest, split, ckpt, kept, run_dir, history)
-        plots.save_confusion_heatmap(
-            confusion,
-            manifest.classes,
-            run_dir / CONFUSION_PNG,
-            title=f"{manifest.name} {split}: accuracy {report.accuracy:.2%}",
-        )
-        if history:
-            plots.save_learning_curves(
-                [r["epoch"] for r in history],
-                [r["train_loss"] for r in history],
-                [epoch_accuracy(r)[1] for r in history],
-                run_dir / CURVES_PNG,
-                label=f"{epoch_accuracy(history[0])[0]} accuracy",
+        with run.reporting():
+            kept = run.keep_for_report(ckpt.path, ckpt.data, ckpt.sha256)
+            doc = _report_doc(report, manifest, split, ckpt, kept, run_dir, history)
+            plots.save_confusion_heatmap(
+                confusion,
+                manifest.classes,
+                run_dir / CONFUSION_PNG,
+                title=_headline(doc, "accuracy", f"{report.accuracy:.2%}"),
             )
-        atomic_write_bytes(run_dir / REPORT_MD, _markdown(doc, history).encode())
-        atomic_write_bytes(run_dir / REPORT_JSON, (json.dumps(doc, indent=2) + "\n").encode())
+            if history:
+                plots.save_learning_curves(
+                    [r["epoch"] for r in history],
+                    [r["train_loss"] for r in history],
+                    [epoch_accuracy(r)[1] for r in history],
+                    run_dir / CURVES_PNG,
+                    label=f"{epoch_accuracy(history[0])[0]} accuracy",
+                )
+            atomic_write_bytes(run_dir / REPORT_MD, _markdown(doc, history).encode())
+            atomic_write_bytes(run_dir / REPORT_JSON, (json.dumps(doc, indent=2) + "\n").encode())
     except OSError as exc:
         raise OutputError(f"{run_dir}: cannot write the report ({exc})") from None
     return Evaluation(report, doc, run_dir)
+
+
+def _headline(doc: dict[str, Any], what: str, value: str) -> str:
+    """ "mnist test: accuracy 97%"; on other data it names both: "... (model trained on X)"."""
+    head = f"{doc['dataset']['name']} {doc['split']}: {what} {value}"
+    trained = doc["dataset"]["trained_on"]
+    if not doc["dataset"]["trained_on_same_data"]:
+        head += f" (model trained on {trained['name'] or 'other data'})"
+    return head
 
 
 def _report_doc(
@@ -132,20 +180,26 @@ def _report_doc(
             "file": str(kept.resolve().relative_to(run_dir.resolve())),
             "evaluated": str(ckpt.path),
             "sha256": ckpt.sha256,
-            "epoch": meta.get("epoch"),
-            "step": meta.get("step"),
+            "epoch": meta.epoch,
+            "step": meta.step,
         },
         "dataset": {
             "name": manifest.name,
             "manifest_sha256": manifest.identity,
             "directory": str(manifest.directory),
-            "trained_on_same_data": meta.get("manifest_sha256") == manifest.identity,
+            "trained_on_same_data": meta.data_identity == manifest.identity
+            and list(meta.classes) == manifest.classes,
+            "trained_on": {
+                "name": meta.dataset,
+                "manifest_sha256": meta.data_identity,
+                "classes": list(meta.classes),
+            },
         },
         "model": {
             "sizes": ckpt.network.sizes,
             "dtype": str(ckpt.network.dtype),
-            "recipe": meta.get("recipe"),
-            "config": meta.get("config"),
+            "recipe": meta.recipe,
+            "config": meta.config.to_json(),
         },
         "history": history,
         "images": {
@@ -159,7 +213,7 @@ def _report_doc(
 def _markdown(doc: dict[str, Any], history: list[dict[str, Any]]) -> str:
     classes = doc["classes"]
     lines = [
-        f'# {doc["dataset"]["name"]} {doc["split"]}: accuracy ("precision") {doc["accuracy"]:.2%}',
+        "# " + _headline(doc, 'accuracy ("precision")', f"{doc['accuracy']:.2%}"),
         "",
         f"- samples: {doc['samples']}",
         f"- model: {'-'.join(map(str, doc['model']['sizes']))} {doc['model']['dtype']}, "

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from pipeline.data.loader import Loader
-    from pipeline.nn.network import Network
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -134,12 +129,3 @@ def classification_report(confusion: np.ndarray) -> ClassificationReport:
         support=support,
         confusion=counts,
     )
-
-
-def confusion_on(network: Network, loader: Loader) -> np.ndarray:
-    """(classes, classes) counts of (true, predicted) over one streamed pass of a split."""
-    n = network.sizes[-1]
-    confusion = np.zeros((n, n), np.int64)
-    for x, y in loader.epoch(0):
-        confusion += confusion_matrix(y.argmax(axis=1), network.predict(x), n)
-    return confusion

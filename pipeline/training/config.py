@@ -8,6 +8,10 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 
+# the largest network this project builds (weights and biases): a config beyond it is refused,
+# and so is a checkpoint file that claims more (before it is read whole)
+MAX_PARAMETERS = 1 << 26
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -50,8 +54,30 @@ class TrainConfig:
         return {**asdict(self), "hidden": list(self.hidden)}
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(
-            **{**{k: v for k, v in doc.items() if k in known}, "hidden": tuple(doc["hidden"])}
-        )
+    def from_json(cls, doc: object) -> TrainConfig:
+        """A saved config, each value of its field's type and in range (ValueError if not:
+        run.json and checkpoints are files, and their values size arrays)."""
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in doc:
+                continue  # a field added since: its default is what the run used
+            value, kind = doc[f.name], type(f.default)
+            if kind is tuple:  # hidden: a list of ints
+                ok = isinstance(value, list) and all(type(v) is int for v in value)
+                value = tuple(value) if ok else value
+            elif kind is float:
+                ok = type(value) in (int, float)
+                value = float(value) if ok else value
+            else:
+                ok = type(value) is kind
+            if not ok:
+                raise ValueError(f"{f.name} {str(value)[:40]!r} is not a {kind.__name__}")
+            values[f.name] = value
+        config = cls(**values)
+        try:
+            config.check()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return config

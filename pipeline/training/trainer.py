@@ -1,16 +1,14 @@
 """The train stage: stream batches from the shards through the network, checkpointing as it goes.
 
-A run directory holds one run:
-    run.json                 the config and the data it trains on (written once)
-    checkpoints/*.npz        one per finished epoch, plus the newest mid-epoch one
-    metrics.jsonl            one line per finished epoch (rewritten from the checkpoint)
-Every file is replaced atomically, so a run killed at any instant resumes from its newest
-checkpoint and ends bit-identical to a run that was never interrupted.
+The run directory's layout (run.json, metrics.jsonl, checkpoints/) is `rundir`'s. Every
+file is replaced atomically, so a run killed at any instant resumes from its newest
+checkpoint and ends bit-identical to a run that was never interrupted, every recorded
+number included. A directory with no checkpoint yet holds no run: it starts afresh.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,23 +20,20 @@ import numpy as np
 
 from pipeline.data.loader import Loader, LoaderState
 from pipeline.data.shards import Manifest, load_manifest
-from pipeline.errors import CheckpointError, ConfigError, DivergedError, OutputError
-from pipeline.fsutil import atomic_write_bytes, dir_lock, remove_stale_tmp
+from pipeline.errors import (
+    CheckpointError,
+    ConfigError,
+    DivergedError,
+    OutputError,
+    ShardSetError,
+)
 from pipeline.nn.network import Network
-from pipeline.report.metrics import confusion_on
+from pipeline.report.evaluate import EVAL_BATCH, confusion_on
 from pipeline.training import checkpoint
-from pipeline.training.config import TrainConfig
-
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
-EVAL_BATCH = 1000
-
-
-def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
-    """The split an epoch record was scored on ("val" when the set has one) and its accuracy."""
-    split = "val" if "val_accuracy" in record else "test"
-    return split, float(record[f"{split}_accuracy"])
+from pipeline.training.checkpoint import CheckpointMeta
+from pipeline.training.config import MAX_PARAMETERS, TrainConfig
+from pipeline.training.rundir import RUN_FILE, RunDir, RunFile
+from pipeline.training.rundir import epoch_accuracy as epoch_accuracy  # the CLI reads it here
 
 
 class Reporter(Protocol):
@@ -75,39 +70,19 @@ class TrainResult:
     resumed_from: Path | None
 
 
-def read_run_file(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / RUN_FILE
-    if not path.exists():
-        return None
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text())
-        TrainConfig.from_json(doc["config"])
-        if not isinstance(doc["manifest_sha256"], str) or not isinstance(doc["data"], str):
-            raise TypeError("manifest_sha256 and data must be strings")
-        return doc
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"{path}: not a readable run file ({exc})") from None
-
-
 def _check_compatible(
-    run_dir: Path, saved: dict[str, Any], config: TrainConfig, manifest: Manifest
+    where: Path, identity: str, saved: TrainConfig, config: TrainConfig, manifest: Manifest
 ) -> None:
-    if saved["manifest_sha256"] != manifest.identity:
+    if identity != manifest.identity:
         raise ConfigError(
-            f"{run_dir}: was trained on another shard set (manifest "
-            f"{saved['manifest_sha256'][:12]}), not {manifest.directory} ({manifest.identity[:12]})"
+            f"{where}: was trained on another shard set ({identity[:12]}), not "
+            f"{manifest.directory} ({manifest.identity[:12]})"
         )
-    old = TrainConfig.from_json(saved["config"]).to_json()
-    new = config.to_json()
-    changed = [k for k in old if k not in TrainConfig.RESUMABLE and old[k] != new[k]]
+    old, new = saved.to_json(), config.to_json()
+    changed = [k for k in old if k not in TrainConfig.RESUMABLE and old[k] != new.get(k)]
     if changed:
-        diffs = ", ".join(f"{k} {old[k]} -> {new[k]}" for k in changed)
-        raise ConfigError(f"{run_dir}: cannot resume with a different config ({diffs})")
-
-
-def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    lines = "".join(json.dumps(record) + "\n" for record in history)
-    atomic_write_bytes(run_dir / METRICS_FILE, lines.encode())
+        diffs = ", ".join(f"{k} {old[k]} -> {new.get(k)}" for k in changed)
+        raise ConfigError(f"{where}: cannot resume with a different config ({diffs})")
 
 
 def train(
@@ -121,40 +96,34 @@ def train(
     """Train (or continue) the run in `run_dir` on the shard set in `data_dir`."""
     config.check()
     manifest = load_manifest(data_dir)
-    reporter = reporter or Silent()
+    run = RunDir(run_dir)
+    run.create()
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
-    try:
-        with dir_lock(run_dir, what="train"):
-            remove_stale_tmp(run_dir)  # left by a run killed while writing
-            remove_stale_tmp(run_dir / CHECKPOINT_DIR)
-            return _train_locked(manifest, run_dir, config, resume, reporter)
+        with run.training():
+            return _train_locked(manifest, run, config, resume, reporter or Silent())
     except OSError as exc:  # a full disk, a read-only volume: whatever the OS refused
         raise OutputError(f"{run_dir}: cannot write the run ({exc})") from None
 
 
 def _train_locked(
-    manifest: Manifest, run_dir: Path, config: TrainConfig, resume: bool, reporter: Reporter
+    manifest: Manifest, run: RunDir, config: TrainConfig, resume: bool, reporter: Reporter
 ) -> TrainResult:
-    saved = read_run_file(run_dir)
-    if saved is not None and not resume:
-        raise ConfigError(f"{run_dir}: already holds a run; pass --resume or use another --run-dir")
-    if saved is not None:
-        _check_compatible(run_dir, saved, config, manifest)
-    trainer = Trainer(manifest, run_dir, config, reporter)  # before run.json: bad input leaves none
-    if saved is None:
-        doc = {
-            "config": config.to_json(),
-            "manifest_sha256": manifest.identity,
-            "data": str(manifest.directory.resolve()),
-            "dataset": manifest.name,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        atomic_write_bytes(run_dir / RUN_FILE, (json.dumps(doc, indent=2) + "\n").encode())
-    resumed_from = trainer.restore()
+    saved = run.read_run_file()
+    newest = run.newest_checkpoint()
+    if newest is not None and not resume:
+        why = "already holds a run" if saved else f"holds checkpoints but no {RUN_FILE}"
+        raise ConfigError(
+            f"{run.path}: {why} (newest {newest.name}); resume it, or use another run directory"
+        )
+    if newest is not None and saved is not None:
+        _check_compatible(run.path / RUN_FILE, saved.data_identity, saved.config, config, manifest)
+    trainer = Trainer(manifest, run, config, reporter)  # before run.json: bad input leaves none
+    resumed_from = trainer.restore()  # the checkpoint's own config and data are checked too
+    if newest is None or saved is None:  # a new run, one that failed before its first
+        # checkpoint (started again with this config), or one whose run.json was lost
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        data = str(manifest.directory.resolve())
+        run.write_run_file(RunFile(config, manifest.identity, data, manifest.name, created))
     last = trainer.run()
     return TrainResult(trainer.state.network, trainer.state.history, last, resumed_from)
 
@@ -163,16 +132,28 @@ class Trainer:
     """One run: the network and its position, the loaders, and the checkpoints they go to."""
 
     def __init__(
-        self, manifest: Manifest, run_dir: Path, config: TrainConfig, reporter: Reporter
+        self, manifest: Manifest, run: RunDir, config: TrainConfig, reporter: Reporter
     ) -> None:
-        self.manifest, self.run_dir, self.config, self.reporter = (
-            manifest,
-            run_dir,
-            config,
-            reporter,
-        )
-        self.ckpt_dir = run_dir / CHECKPOINT_DIR
+        self.manifest, self.rundir, self.config, self.reporter = manifest, run, config, reporter
+        samples = manifest.split("train").samples
+        if samples == 0:
+            raise ShardSetError(
+                f"{manifest.directory}: the train split is empty: nothing to train on"
+            )
+        if config.batch_size > samples:  # refused, not clamped: the config is what runs
+            raise ConfigError(
+                f"larger than the {samples} samples of {manifest.name}'s train split",
+                param="batch_size",
+                value=config.batch_size,
+            )
         sizes = [manifest.features, *config.hidden, manifest.n_classes]
+        if sum(a * b + b for a, b in itertools.pairwise(sizes)) > MAX_PARAMETERS:
+            raise ConfigError(
+                f"a {'-'.join(map(str, sizes))} network has more than the "
+                f"{MAX_PARAMETERS:,} parameters this project builds",
+                param="hidden",
+                value=list(config.hidden),
+            )
         self.rng = np.random.default_rng(config.seed)
         try:
             network = Network.initialize(
@@ -180,7 +161,7 @@ class Trainer:
             )
         except MemoryError:
             raise ConfigError(
-                f"--hidden {list(config.hidden)}: the network does not fit in memory"
+                "the network does not fit in memory", param="hidden", value=list(config.hidden)
             ) from None
         self.state = RunState(network)
         self.train_loader = Loader(
@@ -197,37 +178,34 @@ class Trainer:
 
     def restore(self) -> Path | None:
         """Continue from the newest checkpoint, if there is one; returns it."""
-        path = checkpoint.newest(self.ckpt_dir)
+        path = self.rundir.newest_checkpoint()
         if path is None:
             return None
         ckpt = checkpoint.load(path)
-        meta, network = ckpt.meta, ckpt.network
-        try:  # the checkpoint's own config and data, not only run.json's, must match
-            _check_compatible(path, meta, self.config, self.manifest)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{path}: holds no usable training config ({exc})") from None
-        fresh = self.state.network
+        meta = ckpt.meta
+        # the checkpoint's own config and data, not only run.json's, must match
+        _check_compatible(path, meta.data_identity, meta.config, self.config, self.manifest)
+        network, fresh = ckpt.network, self.state.network
         if network.sizes != fresh.sizes or network.dtype != fresh.dtype:
             raise CheckpointError(
                 f"{path}: layers {network.sizes} {network.dtype} do not fit "
                 f"{fresh.sizes} {fresh.dtype}"
             )
-        try:
-            position = (int(meta["epoch"]), int(meta["step"]))
-            self.train_loader.check_state(LoaderState(**meta["loader"]), *position)
-            self.rng.bit_generator.state = meta["rng"]
-            self.state = RunState(
-                network,
-                *position,
-                float(meta["loss_sum"]),
-                int(meta["samples"]),
-                list(meta["history"]),
+        if meta.step > len(self.train_loader):
+            raise CheckpointError(
+                f"{path}: step {meta.step} of a {len(self.train_loader)}-step epoch"
             )
+        try:
+            self.train_loader.check_state(LoaderState(**meta.loader), meta.epoch, meta.step)
+            self.rng.bit_generator.state = meta.rng
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
+            raise CheckpointError(f"{path}: unusable loader or generator state ({exc})") from None
         except ConfigError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-        _write_metrics(self.run_dir, self.state.history)
+        self.state = RunState(
+            network, meta.epoch, meta.step, meta.loss_sum, meta.samples, list(meta.history)
+        )
+        self.rundir.write_metrics(self.state.history)
         self.last = path
         return path
 
@@ -238,7 +216,7 @@ class Trainer:
             self.train_epoch()
             self.end_epoch(time.perf_counter() - started)
         if self.last is None:
-            raise CheckpointError(f"{self.ckpt_dir}: no checkpoint written")
+            raise CheckpointError(f"{self.rundir.checkpoints}: no checkpoint written")
         return self.last
 
     def train_epoch(self) -> None:
@@ -285,44 +263,40 @@ class Trainer:
         state.history.append(record)
         state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
         self.save()
-        _write_metrics(self.run_dir, state.history)
+        self.rundir.write_metrics(state.history)
         self.reporter.end_epoch(record)
 
     def save(self) -> None:
         state = self.state
-        path = self.ckpt_dir / checkpoint.name_for(state.epoch, state.step)
+        path = self.rundir.checkpoint_path(state.epoch, state.step)
         checkpoint.save(path, state.network, self._meta())
-        # mid-epoch checkpoints are only stepping stones: keep the newest one alone
-        for old in checkpoint.all_in(self.ckpt_dir):
-            if old != path and not checkpoint.is_kept(old):
-                old.unlink(missing_ok=True)
+        self.rundir.prune(newest=path)
         self.last = path
 
     def _diverged(self, loss: float, steps: int) -> None:
         first = self.state.step + 1
         where = f"step {first}" + (f"-{first + steps - 1}" if steps > 1 else "")
         raise DivergedError(
-            f"loss became {loss} in epoch {self.state.epoch + 1}, {where}: lower --lr or check "
-            f"the data (pipeline verify); last good checkpoint: "
+            f"loss became {loss} in epoch {self.state.epoch + 1}, {where}: lower the learning "
+            f"rate (lr) or check the data (pipeline verify); last good checkpoint: "
             f"{self.last.name if self.last else 'none yet'}"
         )
 
-    def _meta(self) -> dict[str, Any]:
-        state, config = self.state, self.config
-        return {
-            "config": config.to_json(),
-            "sizes": state.network.sizes,
-            "recipe": "mlp-sigmoid-mse-sgd",
-            "epoch": state.epoch,
-            "step": state.step,
-            "loss_sum": state.loss_sum,
-            "samples": state.samples,
-            "history": state.history,
-            "loader": asdict(self.train_loader.state(state.epoch, state.step)),
-            "optimizer": {"name": "sgd", "lr": config.lr},  # plain SGD carries no state
-            "rng": self.rng.bit_generator.state,
-            "manifest_sha256": self.manifest.identity,
-            "dataset": self.manifest.name,
-            "classes": self.manifest.classes,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+    def _meta(self) -> CheckpointMeta:
+        state, config, manifest = self.state, self.config, self.manifest
+        return CheckpointMeta(
+            config=config,
+            sizes=tuple(state.network.sizes),
+            epoch=state.epoch,
+            step=state.step,
+            loss_sum=state.loss_sum,
+            samples=state.samples,
+            history=tuple(state.history),
+            loader=asdict(self.train_loader.state(state.epoch, state.step)),
+            rng=dict(self.rng.bit_generator.state),
+            data_identity=manifest.identity,
+            dataset=manifest.name,
+            classes=tuple(manifest.classes),
+            optimizer={"name": "sgd", "lr": config.lr},  # plain SGD carries no state
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )

@@ -1,0 +1,177 @@
+"""Checkpoint files: typed metadata, bounds checked before reading, refusals that name the fault."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.data.shards import Manifest
+from pipeline.errors import CheckpointError
+from pipeline.training import checkpoint
+from pipeline.training import trainer as train
+from pipeline.training.checkpoint import MAX_FILE_BYTES, CheckpointMeta
+from pipeline.training.config import TrainConfig
+
+TINY = TrainConfig(hidden=(4,), epochs=1, lr=1.0)
+
+
+@pytest.fixture(scope="module")
+def saved(slice_shards: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    return train.train(slice_shards.directory, run_dir, TINY).checkpoint
+
+
+def write_npz(path: Path, meta: object, **arrays: np.ndarray) -> Path:
+    with path.open("wb") as f:
+        text = meta if isinstance(meta, str) else json.dumps(meta)
+        np.savez(f, meta=np.array(text), **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def test_meta_round_trips_as_a_frozen_dataclass(saved: Path) -> None:
+    ckpt = checkpoint.load(saved)
+    meta = ckpt.meta
+    assert isinstance(meta, CheckpointMeta) and meta.config == TINY
+    assert CheckpointMeta.from_json(meta.to_json()) == meta
+    with pytest.raises(AttributeError):
+        meta.epoch = 5  # type: ignore[misc]
+    assert (meta.epoch, meta.step, meta.sizes) == (1, 0, (784, 4, 10))
+    assert [w.shape for w in ckpt.weights] == [(784, 4), (4, 10)]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("config", None, "field 'config' is missing"),
+        ("config", [1], "field 'config'"),
+        ("config", {"hidden": "many"}, "field 'config'"),
+        ("epoch", -1, "field 'epoch'"),
+        ("epoch", "1", "field 'epoch'"),
+        ("step", 1.5, "field 'step'"),
+        ("loss_sum", "nan", "field 'loss_sum'"),
+        ("samples", None, "field 'samples' is missing"),
+        ("history", [{"train_loss": 1.0}], "field 'history'"),
+        ("sizes", [784, 0, 10], "field 'sizes'"),
+        ("classes", [0, 1], "field 'classes'"),
+        ("manifest_sha256", 7, "field 'manifest_sha256'"),
+        ("loader", [], "field 'loader'"),
+        ("format", 2, "format 2"),
+    ],
+)
+def test_every_meta_field_is_validated(
+    saved: Path, tmp_path: Path, field: str, value: object, needle: str
+) -> None:
+    ckpt = checkpoint.load(saved)
+    doc = ckpt.meta.to_json()
+    if value is None:
+        del doc[field]
+    else:
+        doc[field] = value
+    arrays = {"w0": ckpt.weights[0], "b0": ckpt.biases[0], "w1": ckpt.weights[1]}
+    path = write_npz(tmp_path / "c.npz", doc, **arrays, b1=ckpt.biases[1])
+    with pytest.raises(CheckpointError, match=needle) as caught:
+        checkpoint.load(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_meta_that_is_not_json_says_so(saved: Path, tmp_path: Path) -> None:
+    ckpt = checkpoint.load(saved)
+    path = write_npz(tmp_path / "c.npz", "{not json", w0=ckpt.weights[0], b0=ckpt.biases[0])
+    with pytest.raises(CheckpointError) as caught:
+        checkpoint.load(path)
+    message = str(caught.value)
+    assert "its meta is not JSON" in message and "missing" not in message
+
+
+def test_arrays_must_fit_their_meta(saved: Path, tmp_path: Path) -> None:
+    ckpt = checkpoint.load(saved)
+    doc = ckpt.meta.to_json()
+    w0, b0, w1, b1 = ckpt.weights[0], ckpt.biases[0], ckpt.weights[1], ckpt.biases[1]
+    cases = {
+        "layer 1 has shapes": {"w0": w0, "b0": b0, "w1": w1[:3], "b1": b1},
+        "no layer": {"w0": w0, "b0": b0},
+        "unknown": {"w0": w0, "b0": b0, "w1": w1, "b1": b1, "w2": w1},
+        "float16": {"w0": w0.astype(np.float16), "b0": b0, "w1": w1, "b1": b1},
+        "its config says": {
+            k: v.astype(np.float64) for k, v in {"w0": w0, "b0": b0, "w1": w1, "b1": b1}.items()
+        },
+    }
+    for needle, arrays in cases.items():
+        path = write_npz(tmp_path / "c.npz", doc, **arrays)
+        with pytest.raises(CheckpointError, match=needle):
+            checkpoint.load(path)
+
+
+def test_a_file_larger_than_any_checkpoint_is_refused_unread(tmp_path: Path) -> None:
+    """A sparse file of the size: refused from its size, before a byte is read."""
+    path = tmp_path / "huge.npz"
+    with path.open("wb") as f:
+        f.write(b"PK\x03\x04")
+        f.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(CheckpointError, match="larger than any checkpoint"):
+        checkpoint.load(path)
+
+
+def test_declared_shapes_are_checked_against_the_bytes(saved: Path, tmp_path: Path) -> None:
+    """A member whose npy header claims a huge array (the bytes are not there) is refused
+    from its header, before numpy allocates it."""
+    ckpt = checkpoint.load(saved)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)}
+    )
+    path = tmp_path / "liar.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("meta.npy", _npy(np.array(json.dumps(ckpt.meta.to_json()))))
+        z.writestr("w0.npy", header.getvalue() + b"\0" * 64)
+    with pytest.raises(CheckpointError, match="'w0' is not the size its header says"):
+        checkpoint.load(path)
+
+
+def test_compressed_members_are_refused(saved: Path, tmp_path: Path) -> None:
+    """np.savez writes members stored: a deflated one could inflate beyond what it says."""
+    ckpt = checkpoint.load(saved)
+    path = tmp_path / "deflated.npz"
+    with path.open("wb") as f:
+        np.savez_compressed(f, meta=np.array(json.dumps(ckpt.meta.to_json())), w0=ckpt.weights[0])
+    with pytest.raises(CheckpointError, match=r"not a plain \.npy array"):
+        checkpoint.load(path)
+
+
+def test_an_overlong_meta_is_refused(saved: Path, tmp_path: Path) -> None:
+    path = write_npz(tmp_path / "c.npz", "x" * (checkpoint.MAX_META_CHARS + 1))
+    with pytest.raises(CheckpointError, match="meta is not a bounded JSON text"):
+        checkpoint.load(path)
+
+
+def test_a_directory_or_missing_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        checkpoint.load(tmp_path / "none.npz")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        checkpoint.load(tmp_path)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def test_storage_does_not_import_compute() -> None:
+    """Reading a checkpoint loads neither numba nor the network until one is asked for."""
+    code = (
+        "import sys\n"
+        "import pipeline.training.checkpoint, pipeline.training.rundir, pipeline.report.metrics\n"
+        "loaded = [m for m in ('numba', 'pipeline.nn.network', 'pipeline.nn.kernels',\n"
+        "          'pipeline.data.loader') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
