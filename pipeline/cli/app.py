@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import signal
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -37,10 +39,13 @@ from pipeline.data import prepare as prepare_stage
 from pipeline.data import shards, sources
 from pipeline.errors import PipelineError
 from pipeline.report import evaluate as evaluate_stage
+from pipeline.training import distributed
 from pipeline.training import trainer as train_stage
 from pipeline.training.config import TrainConfig
+from pipeline.training.distributed import Comm
 
 EXIT_ERROR, EXIT_GATE, EXIT_BUSY, EXIT_INTERRUPTED = 1, 3, 75, 130
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # library parameter -> the flag that sets it, for rendering errors the library raises
 FLAGS = {
     name: "--" + name.replace("_", "-")
@@ -51,6 +56,7 @@ FLAGS = {
     "allow_other_data": "--allow-other-data",
     "run_dir": "--run-dir",
     "data_dir": "--data",
+    "distributed": "--distributed",
 }
 # the data source's parameters (pipeline.data.sources)
 FLAGS |= {
@@ -118,6 +124,33 @@ def friendly_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_ERROR) from None
 
 
+@contextlib.contextmanager
+def _world(mode: str) -> Iterator[Comm]:
+    """The MPI world for `--distributed MODE` (one process unless launched under MPI). Under
+    MPI, SIGTERM or SIGINT stops every rank after the same step (distributed.request_stop);
+    a rank that fails alone stops cleanly (its files are atomic) and then aborts the job, so
+    no rank waits forever for it in a collective."""
+    with friendly_errors():
+        comm = distributed.connect(mode)
+    if comm.size == 1:
+        yield comm
+        return
+    previous = {s: signal.signal(s, distributed.request_stop) for s in STOP_SIGNALS}
+    try:
+        yield comm
+    except typer.Exit as exc:
+        if exc.exit_code and not distributed.stop_agreed():
+            comm.abort(exc.exit_code)
+        raise
+    except BaseException:  # a bug: show it, then end the other ranks too
+        traceback.print_exc()
+        comm.abort(EXIT_ERROR)
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _command() -> str:
     return shlex.join(["pipeline", *sys.argv[1:]])
 
@@ -180,9 +213,9 @@ class TrainView:
 
 
 @contextlib.contextmanager
-def _display() -> Iterator[Progress | None]:
+def _display(comm: Comm | None = None) -> Iterator[Progress | None]:
     """A live progress display on a terminal; None (plain lines) in logs and pipes."""
-    if not out.is_terminal or log.json:
+    if not out.is_terminal or log.json or (comm is not None and comm.rank != 0):
         yield None
         return
     with _progress() as progress:
@@ -507,6 +540,14 @@ Logs = Annotated[
         help="plain: lines (a live display on a terminal); json: one JSON object per line.",
     ),
 ]
+Distributed = Annotated[
+    str,
+    typer.Option(
+        "--distributed",
+        help="Data-parallel over MPI: 'auto' (when started by mpiexec/srun with several ranks), "
+        "'mpi' (always; needs the mpi extra) or 'off'.",
+    ),
+]
 
 
 def _config(
@@ -535,10 +576,11 @@ def _do_train(
     config: TrainConfig,
     resume: bool,
     progress: Progress | None,
+    comm: Comm = distributed.LOCAL,
 ) -> train_stage.TrainResult:
     view = TrainView(progress, config.batch_size)
-    result = train_stage.train(data, run_dir, config, resume=resume, reporter=view)
-    if result.resumed_from is not None:
+    result = train_stage.train(data, run_dir, config, resume=resume, reporter=view, comm=comm)
+    if result.resumed_from is not None and comm.rank == 0:
         out.print(f"resumed from {result.resumed_from}", highlight=False)
     return result
 
@@ -607,6 +649,7 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir from its newest checkpoint.")
     ] = False,
+    distributed_mode: Distributed = "auto",
     log_format: Logs = LogFormat.plain,
 ) -> None:
     """Train the MLP on the shards (default: the original 784-500-10 recipe).
@@ -615,14 +658,16 @@ def train(
     log.use(log_format)
     config = _config(hidden, epochs, batch_size, lr, seed, shuffle, checkpoint_every)
     where = _one_of(run_dir, runs)
-    if runs is not None:
+    if runs is not None:  # the scheduled mode trains in one process
         from pipeline.cli.scheduled import trigger
 
         trigger(runs, data, None, config, min_accuracy=None, keep=0, train_only=True)
         return
     assert where is not None
-    with friendly_errors(), _display() as progress:
-        result = _do_train(data, where, config, resume, progress)
+    with _world(distributed_mode) as comm, friendly_errors(), _display(comm) as progress:
+        result = _do_train(data, where, config, resume, progress, comm)
+    if comm.rank != 0:
+        return
     last = result.history[-1]
     split, accuracy = train_stage.epoch_accuracy(last)
     log.event(
@@ -654,6 +699,7 @@ def evaluate(
         typer.Option(dir_okay=False, help="Checkpoint file [default: the run's newest]."),
     ] = None,
     min_accuracy: MinAccuracy = None,
+    distributed_mode: Distributed = "auto",
     allow_other_data: Annotated[
         bool,
         typer.Option(
@@ -666,14 +712,17 @@ def evaluate(
 ) -> None:
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
     log.use(log_format)
-    with friendly_errors():
+    with _world(distributed_mode) as comm, friendly_errors():
         evaluation = evaluate_stage.evaluate(
             run_dir,
             data_dir=data,
             split=split,
             checkpoint_path=checkpoint,
             allow_other_data=allow_other_data,
+            comm=comm,
         )
+    if comm.rank != 0:
+        return
     _show_report(evaluation)
     _gate(evaluation, min_accuracy)
 
@@ -703,6 +752,7 @@ def run(
     checkpoint_every: CheckpointEvery = 0,
     min_accuracy: MinAccuracy = None,
     keep: Keep = 0,
+    distributed_mode: Distributed = "auto",
     log_format: Logs = LogFormat.plain,
 ) -> None:
     """Prepare (if needed), train (resuming if the run exists) and evaluate, in one go.
@@ -719,11 +769,14 @@ def run(
         return
     assert run_dir is not None
     data = data or run_dir / "shards"
-    with friendly_errors():
-        with _display() as progress:
+    with _world(distributed_mode) as comm, friendly_errors():
+        with _display(comm) as progress:
             existing = prepare_stage.find_set(data, source, val_fraction or 0.0)
             if existing is not None:
-                out.print(f"shards: {data} already holds {existing.name}", highlight=False)
+                if comm.rank == 0:
+                    out.print(f"shards: {data} already holds {existing.name}", highlight=False)
+            elif comm.rank != 0:  # rank 0 prepares; the others wait for its shards
+                pass
             else:
                 _do_prepare(
                     data,
@@ -737,7 +790,10 @@ def run(
                     force=False,
                     progress=progress,
                 )
-            _do_train(data, run_dir, config, True, progress)
-        evaluation = evaluate_stage.evaluate(run_dir, data_dir=data)
+            comm.barrier()
+            _do_train(data, run_dir, config, True, progress, comm)
+        evaluation = evaluate_stage.evaluate(run_dir, data_dir=data, comm=comm)
+    if comm.rank != 0:
+        return
     _show_report(evaluation)
     _gate(evaluation, min_accuracy)

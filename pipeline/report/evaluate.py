@@ -23,6 +23,7 @@ from pipeline.fsutil import atomic_write_bytes
 from pipeline.nn.network import Network
 from pipeline.report.metrics import ClassificationReport, classification_report, confusion_matrix
 from pipeline.training import checkpoint
+from pipeline.training.distributed import LOCAL, Comm
 from pipeline.training.rundir import (
     CONFUSION_PNG,
     CURVES_PNG,
@@ -99,11 +100,14 @@ def evaluate(
     split: str = "test",
     checkpoint_path: Path | None = None,
     allow_other_data: bool = False,
+    comm: Comm = LOCAL,
 ) -> Evaluation:
+    """Score a checkpoint on a split and write the report. Under MPI every rank scores its
+    part of the split, and rank 0 alone writes (the others return an empty `doc`)."""
     run = RunDir(run_dir)
     if not run_dir.is_dir():
         raise ConfigError("no such run directory", param="run_dir", value=run_dir)
-    path = checkpoint_path or run.newest_checkpoint()
+    path = comm.broadcast(checkpoint_path or run.newest_checkpoint())
     if path is None:
         raise CheckpointError(f"{run_dir}: holds no checkpoint; train first")
     ckpt = checkpoint.load(path)
@@ -117,13 +121,17 @@ def evaluate(
     if manifest.split(split).samples == 0:
         raise ShardSetError(f"{manifest.directory}: split {split!r} is empty")
     _check_same_data(ckpt, manifest, allow_other_data)
-    if not os.access(run_dir, os.W_OK):
+    if comm.rank == 0 and not os.access(run_dir, os.W_OK):
         raise OutputError(
             "not writable, the report cannot be saved", param="run_dir", value=run_dir
         )
 
-    confusion = confusion_on(ckpt.network, Loader(manifest, split, batch_size=EVAL_BATCH))
+    part = Loader(manifest, split, batch_size=EVAL_BATCH, rank=comm.rank, world_size=comm.size)
+    confusion = confusion_on(ckpt.network, part)  # (classes, classes) int64, this rank's part
+    comm.allreduce_sum(confusion)
     report = classification_report(confusion)
+    if comm.rank != 0:
+        return Evaluation(report, {}, run_dir)
     history = list(ckpt.meta.history)  # the epochs that made this checkpoint
     from pipeline.report import plots  # matplotlib: only when a report is drawn
 

@@ -4,6 +4,8 @@ The run directory's layout (run.json, metrics.jsonl, checkpoints/) is `rundir`'s
 file is replaced atomically, so a run killed at any instant resumes from its newest
 checkpoint and ends bit-identical to a run that was never interrupted, every recorded
 number included. A directory with no checkpoint yet holds no run: it starts afresh.
+Under MPI (`comm`, see distributed.py) every rank trains its share of each global batch and
+rank 0 alone writes the run.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from pipeline.errors import (
 )
 from pipeline.nn.network import Network
 from pipeline.report.evaluate import EVAL_BATCH, confusion_on
-from pipeline.training import checkpoint
+from pipeline.training import checkpoint, distributed
 from pipeline.training.checkpoint import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
+from pipeline.training.distributed import LOCAL, Comm
 from pipeline.training.rundir import RUN_FILE, RunDir, RunFile
 from pipeline.training.rundir import epoch_accuracy as epoch_accuracy  # the CLI reads it here
 
@@ -92,21 +95,30 @@ def train(
     *,
     resume: bool = False,
     reporter: Reporter | None = None,
+    comm: Comm = LOCAL,
 ) -> TrainResult:
     """Train (or continue) the run in `run_dir` on the shard set in `data_dir`."""
     config.check()
+    distributed.check_batch(config.batch_size, comm)
     manifest = load_manifest(data_dir)
     run = RunDir(run_dir)
+    if comm.rank != 0:  # a follower: trains its share, writes nothing
+        return _train_follower(manifest, run, config, comm)
     run.create()
     try:
         with run.training():
-            return _train_locked(manifest, run, config, resume, reporter or Silent())
+            return _train_locked(manifest, run, config, resume, reporter or Silent(), comm)
     except OSError as exc:  # a full disk, a read-only volume: whatever the OS refused
         raise OutputError(f"{run_dir}: cannot write the run ({exc})") from None
 
 
 def _train_locked(
-    manifest: Manifest, run: RunDir, config: TrainConfig, resume: bool, reporter: Reporter
+    manifest: Manifest,
+    run: RunDir,
+    config: TrainConfig,
+    resume: bool,
+    reporter: Reporter,
+    comm: Comm,
 ) -> TrainResult:
     saved = run.read_run_file()
     newest = run.newest_checkpoint()
@@ -117,13 +129,34 @@ def _train_locked(
         )
     if newest is not None and saved is not None:
         _check_compatible(run.path / RUN_FILE, saved.data_identity, saved.config, config, manifest)
-    trainer = Trainer(manifest, run, config, reporter)  # before run.json: bad input leaves none
+    # before run.json: bad input leaves none
+    trainer = Trainer(manifest, run, config, reporter, comm)
     resumed_from = trainer.restore()  # the checkpoint's own config and data are checked too
     if newest is None or saved is None:  # a new run, one that failed before its first
         # checkpoint (started again with this config), or one whose run.json was lost
         created = datetime.now(UTC).isoformat(timespec="seconds")
         data = str(manifest.directory.resolve())
         run.write_run_file(RunFile(config, manifest.identity, data, manifest.name, created))
+    comm.broadcast(trainer.position(resumed_from))  # the followers start from here
+    last = trainer.run()
+    return TrainResult(trainer.state.network, trainer.state.history, last, resumed_from)
+
+
+def _train_follower(
+    manifest: Manifest, run: RunDir, config: TrainConfig, comm: Comm
+) -> TrainResult:
+    """Rank > 0: start where rank 0 starts (its checkpoint, read from the shared run
+    directory), prove it by comparing positions and weight digests, then train in step."""
+    trainer = Trainer(manifest, run, config, Silent(), comm)
+    expected = comm.broadcast(None)
+    name = expected["checkpoint"]
+    resumed_from = trainer.restore(run.checkpoints / name if name else None)
+    mine = trainer.position(resumed_from)
+    if mine != expected:
+        raise CheckpointError(
+            f"{run.path}: rank {comm.rank} would start from {mine} but rank 0 from {expected}; "
+            "every rank must see the same run directory (a shared file system)"
+        )
     last = trainer.run()
     return TrainResult(trainer.state.network, trainer.state.history, last, resumed_from)
 
@@ -132,9 +165,16 @@ class Trainer:
     """One run: the network and its position, the loaders, and the checkpoints they go to."""
 
     def __init__(
-        self, manifest: Manifest, run: RunDir, config: TrainConfig, reporter: Reporter
+        self,
+        manifest: Manifest,
+        run: RunDir,
+        config: TrainConfig,
+        reporter: Reporter,
+        comm: Comm = LOCAL,
     ) -> None:
         self.manifest, self.rundir, self.config, self.reporter = manifest, run, config, reporter
+        self.comm, self.writer = comm, comm.rank == 0
+        self.reducer: distributed.GradientSum | None = None  # the Allreduce buffer, under MPI
         samples = manifest.split("train").samples
         if samples == 0:
             raise ShardSetError(
@@ -171,14 +211,21 @@ class Trainer:
             shuffle=config.shuffle,
             seed=config.seed,
         )
-        # scored each epoch: val when the set has one (test then waits for evaluate)
+        # scored each epoch: val when the set has one (test then waits for evaluate); under
+        # MPI each rank scores its part and the confusions are summed
         self.scored_split = "val" if "val" in manifest.splits else "test"
-        self.test_loader = Loader(manifest, self.scored_split, batch_size=EVAL_BATCH)
+        self.test_loader = Loader(
+            manifest,
+            self.scored_split,
+            batch_size=EVAL_BATCH,
+            rank=comm.rank,
+            world_size=comm.size,
+        )
         self.last: Path | None = None  # the newest checkpoint on disk
 
-    def restore(self) -> Path | None:
-        """Continue from the newest checkpoint, if there is one; returns it."""
-        path = self.rundir.newest_checkpoint()
+    def restore(self, path: Path | None = None) -> Path | None:
+        """Continue from `path` [default: the newest checkpoint, if there is one]; returns it."""
+        path = path or self.rundir.newest_checkpoint()
         if path is None:
             return None
         ckpt = checkpoint.load(path)
@@ -205,9 +252,20 @@ class Trainer:
         self.state = RunState(
             network, meta.epoch, meta.step, meta.loss_sum, meta.samples, list(meta.history)
         )
-        self.rundir.write_metrics(self.state.history)
+        if self.writer:
+            self.rundir.write_metrics(self.state.history)
         self.last = path
         return path
+
+    def position(self, resumed_from: Path | None) -> dict[str, Any]:
+        """Where training starts: what every rank must agree on before the first step."""
+        network = self.state.network
+        return {
+            "checkpoint": resumed_from.name if resumed_from else None,
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "weights_sha256": distributed.digest([*network.weights, *network.biases]),
+        }
 
     def run(self) -> Path:
         """Train up to `config.epochs`; returns the final checkpoint."""
@@ -235,9 +293,7 @@ class Trainer:
                 rows = slice(done * size, (done + todo) * size)
                 # the epoch's loss sum goes through every step in order: the same bits
                 # whichever block boundaries (or resume points) split the epoch
-                loss_sum = state.network.steps(
-                    x[rows], y[rows], config.lr, size, loss_sum=state.loss_sum
-                )
+                loss_sum = self._steps(x[rows], y[rows], state.loss_sum)
                 if not math.isfinite(loss_sum):
                     self._diverged(loss_sum, todo)
                 done += todo
@@ -248,10 +304,24 @@ class Trainer:
                     self.save()
             self.reporter.advance(state.step, state.samples, state.loss_sum)
 
+    def _steps(self, x: np.ndarray, y: np.ndarray, loss_sum: float) -> float:
+        """SGD steps over the global batches in x, y (locally, or each rank its share);
+        returns loss_sum plus their summed loss."""
+        network, config = self.state.network, self.config
+        if self.comm.size == 1:
+            return network.steps(x, y, config.lr, config.batch_size, loss_sum=loss_sum)
+        if self.reducer is None:
+            shapes = [p.shape for p in (*network.weights, *network.biases)]
+            self.reducer = distributed.GradientSum(shapes, network.dtype)
+        return distributed.network_steps(
+            self.comm, network, self.reducer, x, y, config.lr, config.batch_size, loss_sum
+        )
+
     def end_epoch(self, seconds: float) -> None:
         """Score the val split (else test), log the epoch, checkpoint."""
         state = self.state
-        confusion = confusion_on(state.network, self.test_loader)
+        confusion = confusion_on(state.network, self.test_loader)  # this rank's part
+        self.comm.allreduce_sum(confusion)
         total = state.history[-1]["seconds_total"] if state.history else 0.0
         record = {
             "epoch": state.epoch + 1,
@@ -263,12 +333,16 @@ class Trainer:
         state.history.append(record)
         state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
         self.save()
-        self.rundir.write_metrics(state.history)
+        if self.writer:
+            self.rundir.write_metrics(state.history)
         self.reporter.end_epoch(record)
 
     def save(self) -> None:
         state = self.state
         path = self.rundir.checkpoint_path(state.epoch, state.step)
+        if not self.writer:  # rank 0 writes it; the name is the same on every rank
+            self.last = path
+            return
         checkpoint.save(path, state.network, self._meta())
         self.rundir.prune(newest=path)
         self.last = path

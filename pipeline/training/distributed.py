@@ -1,0 +1,227 @@
+"""Data-parallel training over MPI: the communicator, the split of a batch, one gradient sum.
+
+N ranks (started by `mpiexec`, `srun` or an MPI Operator) each read the same epoch in the same
+order and take their contiguous share of every GLOBAL batch of `batch_size` rows, so the
+samples of a step do not depend on N. Each rank's gradients are scaled by its share of the
+batch, packed into one flat buffer in the run's dtype, summed in place with a single
+`Allreduce`, and every rank then applies the identical update: the result is the
+single-process mean gradient up to the order of floating-point sums. mpi4py is imported only
+when MPI is asked for or the process was started by an MPI launcher (`pip install .[mpi]`).
+
+The summed buffer also carries the batch's summed loss and a stop flag, so the loss logged by
+every rank is the global one and a SIGTERM (or SIGINT) that reaches any rank stops every rank
+after the SAME step, at no extra message: a signal cannot interrupt a rank waiting inside
+`Allreduce`, so the handler only raises the flag (`request_stop`) and the step raises `Stopped`
+on all ranks together. Rank 0 is the only writer of the run; a rank that fails on its own
+stops cleanly and then aborts the job (`abort`), so no rank waits forever for one that is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+
+MODES = ("auto", "mpi", "off")
+MIN_ROWS_PER_RANK = 16  # below this a step is all message and no arithmetic
+EXTRA_HINT = "pip install 'mnist-pipeline[mpi]' (mpi4py and an MPI)"
+# set by MPI launchers in every rank's environment: MPICH/hydra, Intel MPI and Slurm's PMI
+# (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE); PMIx (srun --mpi=pmix) only names the rank
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+_RANK_ONLY_VARS = ("PMIX_RANK",)
+
+
+class Comm(Protocol):
+    """What training needs of a communicator; `Local` is the one-process case."""
+
+    rank: int
+    size: int
+
+    def allreduce_sum(self, buf: np.ndarray) -> None: ...  # in place, every rank gets the sum
+    def barrier(self) -> None: ...
+    def broadcast(self, obj: Any) -> Any: ...  # rank 0's object, on every rank
+    def abort(self, code: int) -> None: ...  # ends every rank of the job
+
+
+class Local:
+    """One process: every collective is the identity."""
+
+    rank, size = 0, 1
+
+    def allreduce_sum(self, buf: np.ndarray) -> None:
+        pass
+
+    def barrier(self) -> None:
+        pass
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+    def abort(self, code: int) -> None:
+        raise SystemExit(code)
+
+
+LOCAL = Local()
+
+
+class MPIComm:
+    """mpi4py's COMM_WORLD; buffers go by their memory (no pickling), objects by pickle only
+    for small plain values (positions and digests) between the ranks of one job."""
+
+    def __init__(self) -> None:
+        from mpi4py import MPI
+
+        self._mpi = MPI
+        self._comm = MPI.COMM_WORLD
+        self.rank: int = self._comm.Get_rank()
+        self.size: int = self._comm.Get_size()
+
+    def allreduce_sum(self, buf: np.ndarray) -> None:
+        assert buf.flags.c_contiguous
+        self._comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
+
+    def barrier(self) -> None:
+        self._comm.Barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        return self._comm.bcast(obj, root=0)
+
+    def abort(self, code: int) -> None:
+        self._comm.Abort(code)
+
+
+class Stopped(KeyboardInterrupt):
+    """Every rank saw a stop request in the same step's sum: the job ends without an abort."""
+
+
+_stop = {"requested": False, "agreed": False}
+
+
+def request_stop(signum: int, frame: object) -> None:
+    """Signal handler under MPI: stop at the next step's sum (see the module docstring)."""
+    _stop["requested"] = True
+
+
+def stop_agreed() -> bool:
+    return _stop["agreed"]
+
+
+def launched_by_mpi(environ: dict[str, str] | None = None) -> bool:
+    """Whether an MPI launcher started this process as one of several ranks."""
+    env = os.environ if environ is None else environ
+    for var in _SIZE_VARS:
+        if var in env:
+            try:
+                return int(env[var]) > 1
+            except ValueError:
+                return False
+    return any(var in env for var in _RANK_ONLY_VARS)
+
+
+def connect(mode: str) -> Comm:
+    """The communicator for `--distributed MODE`: off (one process), mpi (always MPI), auto
+    (MPI when a launcher started several ranks, else one process without importing mpi4py)."""
+    if mode not in MODES:
+        raise ConfigError("auto, mpi or off", param="distributed", value=mode)
+    if mode == "off" or (mode == "auto" and not launched_by_mpi()):
+        return LOCAL
+    try:
+        return MPIComm()
+    except (ImportError, RuntimeError) as exc:  # no mpi4py, or it finds no MPI library
+        raise ConfigError(
+            f"MPI is not available ({str(exc).splitlines()[0]}): {EXTRA_HINT}",
+            param="distributed",
+            value=mode,
+        ) from None
+
+
+def check_batch(batch_size: int, comm: Comm) -> None:
+    """Refuse a batch too small to split: the original recipe (batch 3) stays one process."""
+    if comm.size > 1 and batch_size < MIN_ROWS_PER_RANK * comm.size:
+        raise ConfigError(
+            f"too small to split among {comm.size} ranks (data-parallel training needs at "
+            f"least {MIN_ROWS_PER_RANK} rows per rank, {MIN_ROWS_PER_RANK * comm.size} here); "
+            "run the original recipe (batch 3) in one process",
+            param="batch_size",
+            value=batch_size,
+        )
+
+
+def share(rows: int, rank: int, size: int) -> slice:
+    """This rank's contiguous rows of a global batch: sizes differ by at most one."""
+    base, extra = divmod(rows, size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+class GradientSum:
+    """One flat buffer (all gradients, the loss, the stop flag) reused every step: one
+    Allreduce."""
+
+    def __init__(self, shapes: list[tuple[int, ...]], dtype: np.dtype[Any]) -> None:
+        self.shapes = shapes
+        self.sizes = [int(np.prod(s)) for s in shapes]
+        self.buf = np.empty(sum(self.sizes) + 2, dtype=dtype)  # (params + 2,)
+
+    def __call__(
+        self, comm: Comm, grads: list[np.ndarray], loss: float, weight: float
+    ) -> tuple[list[np.ndarray], float]:
+        """Sum `weight * grads` and `loss` over the ranks; returns views of the sums. With
+        weight = (this rank's rows) / (global rows) and grads averaged over this rank's rows,
+        the sum is the global batch's mean gradient. Raises `Stopped` on every rank, before
+        the update, when any rank was asked to stop."""
+        out, offset = [], 0
+        for grad, size, shape in zip(grads, self.sizes, self.shapes, strict=True):
+            view = self.buf[offset : offset + size]
+            np.multiply(grad.reshape(-1), weight, out=view, casting="same_kind")
+            out.append(view.reshape(shape))
+            offset += size
+        self.buf[-2:] = loss, _stop["requested"]
+        comm.allreduce_sum(self.buf)
+        if self.buf[-1]:
+            _stop["agreed"] = True
+            raise Stopped
+        return out, float(self.buf[-2])
+
+
+def network_steps(
+    comm: Comm,
+    network: Any,
+    reducer: GradientSum,
+    x: np.ndarray,
+    y: np.ndarray,
+    lr: float,
+    batch_size: int,
+    loss_sum: float = 0.0,
+) -> float:
+    """SGD steps over consecutive global batches of x (N, n_0), y (N, n_L), every rank holding
+    the same rows; this rank computes its share of each. Returns loss_sum plus each batch's
+    summed (global) loss, added one batch at a time."""
+    total = float(loss_sum)
+    for start in range(0, len(x), batch_size):
+        rows = min(batch_size, len(x) - start)
+        part = share(rows, comm.rank, comm.size)
+        mine = slice(start + part.start, start + part.stop)
+        if part.stop > part.start:
+            loss, grads_w, grads_b = network.backprop(x[mine], y[mine])
+        else:  # a last batch smaller than the world: this rank adds nothing
+            loss = 0.0
+            grads_w = [np.zeros_like(w) for w in network.weights]
+            grads_b = [np.zeros_like(b) for b in network.biases]
+        summed, loss = reducer(comm, [*grads_w, *grads_b], loss, (part.stop - part.start) / rows)
+        layers = len(grads_w)
+        network.update(summed[:layers], summed[layers:], lr)
+        total += loss
+    return total
+
+
+def digest(arrays: list[np.ndarray]) -> str:
+    """sha256 of the arrays' bytes: ranks compare their weights without sending them."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
