@@ -24,7 +24,7 @@ import benchlib
 from benchlib import peak_rss_mib
 
 from pipeline.data.prepare import DEFAULT_SHARD_SIZE
-from pipeline.data.shards import COMPRESSIONS
+from pipeline.data.shards import Compression
 
 DEFAULT_COMPRESSION = "none"  # what `pipeline prepare` uses without --compression
 LIMIT_SECONDS = 10.0  # the bound for a default prepare of the full MNIST
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument(
         "--compression",
         action="append",
-        choices=COMPRESSIONS,
+        choices=list(Compression),
         help="a setting to run (repeatable) [default: all]",
     )
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
@@ -138,7 +138,7 @@ def main() -> None:
         print(json.dumps(report))
         return
 
-    settings = args.compression or list(COMPRESSIONS)
+    settings = args.compression or list(Compression)
     print(
         f"prepare of the full embedded MNIST (60,000 train + 10,000 test), shard size "
         f"{args.shard_size:,}; one fresh process per setting; python {sys.version.split()[0]}",

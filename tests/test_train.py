@@ -321,21 +321,21 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     ("args", "needle", "code"),
     [
-        (["--lr", "0"], "--lr", 1),
-        (["--lr", "-1"], "--lr", 1),
-        (["--lr", "nan"], "--lr", 1),
-        (["--lr", "inf"], "--lr", 1),
-        (["--seed", "-1"], "--seed", 1),
+        (["--lr", "0"], "--lr", 2),
+        (["--lr", "-1"], "--lr", 2),
+        (["--lr", "nan"], "--lr", 2),
+        (["--lr", "inf"], "--lr", 2),
+        (["--seed", "-1"], "--seed", 2),
         (["--batch-size", "0"], "--batch-size", 2),
         (["--epochs", "0"], "--epochs", 2),
-        (["--hidden", "0"], "--hidden", 1),
+        (["--hidden", "0"], "--hidden", 2),
         (["--checkpoint-every", "-1"], "--checkpoint-every", 2),
     ],
 )
 def test_cli_bad_options_one_line(
     slice_shards: Manifest, tmp_path: Path, args: list[str], needle: str, code: int
 ) -> None:
-    """Out-of-range numbers are usage errors (2); values typer cannot judge are ours (1)."""
+    """Out-of-range option values are usage errors (2), whether typer or TrainConfig judges."""
     result = runner.invoke(
         app,
         ["train", "--data", str(slice_shards.directory), "--run-dir", str(tmp_path / "run"), *args],

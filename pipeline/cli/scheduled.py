@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import runs as runs_lib
-from pipeline import schedule
-from pipeline.cli.app import (
-    EXIT_GATE,
-    Compression,
-    Logs,
-    TrainView,
-    _display,
-    _do_prepare,
-    _show_report,
-    app,
-    friendly_errors,
-    log,
-    out,
-)
+from pipeline.cli import views
+from pipeline.cli.app import app
+from pipeline.cli.errors import EXIT_GATE, friendly_errors
 from pipeline.cli.logs import LogFormat
-from pipeline.data import prepare as prepare_stage
-from pipeline.data import shards
+from pipeline.cli.options import Logs
+from pipeline.cli.views import log, out
 from pipeline.training.config import TrainConfig
+
+if TYPE_CHECKING:  # the stages load when a command runs, not for --help
+    from pipeline import runs as runs_lib
 
 PLAIN = {  # event -> its plain line
     "up-to-date": "up to date: {path} is finished (same data and recipe); nothing to do",
@@ -59,41 +50,36 @@ def trigger(
     keep: int,
     train_only: bool = False,
 ) -> None:
-    """One trigger: the set in `data` (prepared from `source` if there is none), then its run."""
-    with friendly_errors():
-        if source is not None and not (data / shards.MANIFEST).exists():
-            with _display() as progress:
-                _do_prepare(
-                    data,
-                    source,
-                    name=None,
-                    classes=None,
-                    image_shape=None,
-                    val_fraction=None,
-                    shard_size=prepare_stage.DEFAULT_SHARD_SIZE,
-                    compression=Compression.none,
-                    force=False,
-                    progress=progress,
-                )
-        manifest = shards.load_manifest(data)
+    """One trigger: the set in `data` (an empty one prepared from `source` unless
+    `train_only`), then its run."""
+    from pipeline import job, schedule
+    from pipeline import runs as runs_lib
+    from pipeline.data.shards import MANIFEST, load_manifest
+
+    with friendly_errors(), views.display() as progress:
+        if train_only or (data / MANIFEST).exists():  # a set there is used whatever its source
+            manifest = load_manifest(data)
+        else:
+            spec = job.Job(run_dir=runs_dir, config=config, data_dir=data, source=source)
+            hooks = job.Hooks(prepare_progress=lambda t: views.PrepareView(progress, t))
+            manifest, _ = job.shard_set(spec, hooks)
         log.event(
             "data",
             {"path": str(data), "dataset": manifest.name, "identity": manifest.identity},
             plain=f"data: {manifest.name} in {data} (identity {manifest.identity[:12]})",
         )
-        with _display() as progress:
-            outcome = schedule.trigger(
-                runs_dir,
-                manifest,
-                config,
-                min_accuracy=min_accuracy,
-                keep=keep,
-                train_only=train_only,
-                reporter=TrainView(progress, config.batch_size),
-                on_event=_on_event,
-            )
+        outcome = schedule.trigger(
+            runs_dir,
+            manifest,
+            config,
+            min_accuracy=min_accuracy,
+            keep=keep,
+            train_only=train_only,
+            reporter=views.TrainView(progress, config.batch_size),
+            on_event=_on_event,
+        )
     if outcome.evaluation is not None:
-        _show_report(outcome.evaluation)
+        views.report_table(outcome.evaluation)
     if outcome.passed is False and not outcome.up_to_date:
         log.error(
             f"quality gate failed: accuracy {outcome.accuracy:.4f} < --min-accuracy "
@@ -134,6 +120,8 @@ def runs_command(
     log_format: Logs = LogFormat.plain,
 ) -> None:
     """List the runs of the scheduled mode: data, recipe, accuracy, gate, status, latest."""
+    from pipeline import runs as runs_lib
+
     log.use(log_format)
     with friendly_errors():
         rows = runs_lib.listing(runs_dir)

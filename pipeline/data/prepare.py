@@ -22,11 +22,11 @@ import numpy as np
 
 from pipeline.data.shards import (
     CHUNK_ROWS,
-    COMPRESSIONS,
     DATASETS,
     MANIFEST,
     SCHEMA_VERSION,
     SHARD_NAME,
+    Compression,
     Manifest,
     ShardWriter,
     load_manifest,
@@ -105,8 +105,9 @@ def prepare(
     """Write `raw` as a shard set in `out`; `on_progress(split, samples)` after each block."""
     if shard_size < 1:
         raise ConfigError("must be at least 1", param="shard_size", value=shard_size)
-    if compression not in COMPRESSIONS:
-        raise ConfigError(f"choose one of {COMPRESSIONS}", param="compression", value=compression)
+    if compression not in set(Compression):
+        choices = ", ".join(Compression)
+        raise ConfigError(f"choose one of {choices}", param="compression", value=compression)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -16,7 +16,8 @@ fastmath stays off and every sum runs in a fixed order: results are deterministi
 bit, and one call over many batches equals one call per batch. The kernels release the GIL,
 so the loader's reader thread runs beside them. One thread: at ~40 us a step, syncing two
 threads costs more than it saves (measured: 3.5 s against 0.8 s an epoch).
-Compiled on first use and cached on disk; `python -m pipeline.nn.kernels` warms the cache.
+Compiled on first use and cached on disk outside the package (`compile_cache`);
+`python -m pipeline.nn.kernels` warms the cache.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ import numpy as np
 from numba import njit
 
 from pipeline.errors import ArrayError
+from pipeline.nn import compile_cache
 
 __all__ = ["sgd_steps"]
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+CACHED = compile_cache.configure()  # before the decorators: they pick the cache
+
+
+@njit(cache=CACHED, fastmath=False, nogil=True)
 def _scratch(bmax: int, n_in: int, n_hid: int, n_out: int, dt: np.dtype) -> tuple:  # type: ignore[type-arg]
     """Work arrays for _step, for batches of up to bmax samples.
 
@@ -65,7 +70,7 @@ def _scratch(bmax: int, n_in: int, n_hid: int, n_out: int, dt: np.dtype) -> tupl
     )
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@njit(cache=CACHED, fastmath=False, nogil=True)
 def _transpose(src: np.ndarray, dst: np.ndarray) -> None:
     """dst[o, j] = src[j, o] (exact copy)."""
     n, m = src.shape
@@ -74,7 +79,7 @@ def _transpose(src: np.ndarray, dst: np.ndarray) -> None:
             dst[o, j] = src[j, o]
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@njit(cache=CACHED, fastmath=False, nogil=True)
 def _step(
     w1: np.ndarray,
     b1: np.ndarray,
@@ -272,7 +277,7 @@ def _step(
     return 0.5 * loss
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@njit(cache=CACHED, fastmath=False, nogil=True)
 def _sgd_steps(
     w1: np.ndarray,
     b1: np.ndarray,

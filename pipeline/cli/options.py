@@ -1,0 +1,131 @@
+"""The options several commands share, each written once.
+
+The training options are made from the `TrainConfig` dataclass: its fields are the options, its
+defaults their defaults, and `HELP` their help. `train` and `run` get them all through
+`@train_options`, which hands the command one `config: TrainConfig` instead of seven values.
+Their ranges are checked by `TrainConfig.check`, and a bad value exits 2 (bad usage) like
+typer's own checks.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
+
+import typer
+
+from pipeline.cli.logs import LogFormat
+from pipeline.training.config import TrainConfig
+
+RunDir = Annotated[
+    Path,
+    typer.Option(
+        "--run-dir", file_okay=False, envvar="PIPELINE_RUN_DIR", help="The run's directory."
+    ),
+]
+OptionalRunDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--run-dir",
+        file_okay=False,
+        envvar="PIPELINE_RUN_DIR",
+        help="The run's directory (or --runs).",
+    ),
+]
+MinAccuracy = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        envvar="PIPELINE_MIN_ACCURACY",
+        help="Exit with code 3 if accuracy is below this (0-1).",
+    ),
+]
+Runs = Annotated[
+    Path | None,
+    typer.Option(
+        "--runs",
+        file_okay=False,
+        envvar="PIPELINE_RUNS",
+        help="Scheduled mode: a directory of runs, one per (data, recipe); "
+        "a finished one is 'up to date'.",
+    ),
+]
+Keep = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        envvar="PIPELINE_KEEP",
+        help="With --runs: keep the newest N finished runs (and latest), delete older (0: all).",
+    ),
+]
+Logs = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="PIPELINE_LOG_FORMAT",
+        help="plain: lines (a live display on a terminal); json: one JSON object per line.",
+    ),
+]
+
+# the TrainConfig fields offered as options, with their help; the others keep their defaults
+HELP = {
+    "hidden": "Hidden layer size; repeat for more layers.",
+    "epochs": "Epochs to train.",
+    "batch_size": "Mini-batch size.",
+    "lr": "SGD learning rate (positive).",
+    "seed": "Seed of the initial weights (and of shuffling).",
+    "shuffle": "Shuffle each epoch; off trains in file order, as the original recipe.",
+    "checkpoint_every": "Also checkpoint every N steps (0: at epoch ends only).",
+}
+NOT_OPTIONS = {"init_std", "dtype"}  # the recipe's fixed parts
+
+
+def _parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per field in HELP, typed and defaulted as the dataclass says."""
+    hints, defaults = get_type_hints(TrainConfig), TrainConfig()
+    parameters = []
+    for f in fields(TrainConfig):
+        if f.name not in HELP:
+            continue
+        kind, default = hints[f.name], getattr(defaults, f.name)
+        if get_origin(kind) is tuple:  # tuple[int, ...] is a repeatable option
+            kind, default = list[get_args(kind)[0]], list(default)  # type: ignore[misc]
+        parameters.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[
+                    kind, typer.Option(help=HELP[f.name], envvar=f"PIPELINE_{f.name.upper()}")
+                ],
+            )
+        )
+    return parameters
+
+
+def train_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the training options to `command`, which takes them as one `config: TrainConfig`."""
+    own = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(command, eval_str=True).parameters.values()
+        if p.name != "config"
+    ]
+    added = _parameters()
+    names = [p.name for p in added]
+
+    @functools.wraps(command)
+    def with_config(**kwargs: Any) -> None:
+        values: dict[str, Any] = {}
+        for name in names:  # typer gives a repeated option as a list; the config holds tuples
+            value = kwargs.pop(name)
+            values[name] = tuple(value) if isinstance(value, list) else value
+        config = TrainConfig(**values)
+        command(config=config, **kwargs)
+
+    with_config.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
+    return with_config

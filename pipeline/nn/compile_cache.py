@@ -1,0 +1,79 @@
+"""Where the compiled kernels are cached: a directory of the user's, never the package.
+
+numba's default cache, `__pycache__` beside kernels.py, writes into site-packages; a later
+`pip install -e .` then leaves that directory behind as a stale namespace package that shadows
+the project. And a user who can write neither the package nor ~/.cache got a traceback on every
+command. Here: the first writable of $NUMBA_CACHE_DIR (if set), $XDG_CACHE_HOME (else ~/.cache)
+/mnist-pipeline/numba, and a private directory in the temp dir; with none, the kernels compile
+in each process and one line says so.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
+
+def first_writable(candidates: list[Path]) -> Path | None:
+    """The first directory of `candidates` this process can create and write into."""
+    for directory in candidates:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError:
+            continue
+        return directory
+    return None
+
+
+def private_dir(directory: Path) -> Path | None:
+    """`directory` (made 0700) if this user alone can write it, else None: numba's cache holds
+    code it will run, so a shared temp dir must not let anyone else plant files there."""
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.lstat()
+    except OSError:
+        return None
+    mine = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+    return directory if mine and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) else None
+
+
+def cache_dir() -> Path | None:
+    """The first writable of the candidates (see the module's docstring), or None."""
+    candidates = []
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        candidates.append(Path(os.environ["NUMBA_CACHE_DIR"]))
+    try:
+        xdg = os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser()
+        candidates.append(Path(xdg) / "mnist-pipeline" / "numba")
+    except RuntimeError:  # no $HOME and no passwd entry
+        pass
+    private = private_dir(Path(tempfile.gettempdir()) / f"mnist-pipeline-{os.getuid()}")
+    if private is not None:
+        candidates.append(private / "numba")
+    return first_writable(candidates)
+
+
+def configure() -> bool:
+    """Point numba's cache at `cache_dir()`; False (and one line on stderr) if there is none.
+
+    Call before decorating with `njit(cache=...)`: numba picks a function's cache then.
+    """
+    import numba
+
+    directory = cache_dir()
+    if directory is None:
+        print(
+            "note: no writable cache directory for the compiled training kernel (tried "
+            "$NUMBA_CACHE_DIR, $XDG_CACHE_HOME or ~/.cache, the temp dir): compiling it in "
+            "this process, a few seconds",
+            file=sys.stderr,
+        )
+        return False
+    # replaces numba's own choice: $NUMBA_CACHE_DIR even when unwritable, else the package
+    numba.config.CACHE_DIR = str(directory)  # type: ignore[attr-defined]
+    return True

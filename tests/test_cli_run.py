@@ -1,0 +1,162 @@
+"""`pipeline run`: the whole job through the CLI, and `pipeline.job` beneath it.
+
+A run reuses what is there: a shard set of any dataset in --data, a finished run whose report is
+current (then nothing at all is written), an interrupted run (resumed).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from pipeline.cli import app
+from pipeline.data.shards import Manifest
+from tests.conftest import snapshot
+
+runner = CliRunner()
+QUICK = ["--epochs", "1", "--hidden", "16", "--lr", "1"]
+
+
+def run(run_dir: Path, *args: str | Path) -> Result:
+    return runner.invoke(app, ["run", "--run-dir", str(run_dir), *map(str, args)])
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
+
+
+def test_a_finished_run_is_up_to_date_and_nothing_is_written(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    first = run(run_dir, "--data", slice_shards.directory, *QUICK)
+    assert first.exit_code == 0, first.stderr
+    before, contents = snapshot(run_dir), files(run_dir)
+    again = run(run_dir, "--data", slice_shards.directory, *QUICK, "--min-accuracy", "0.5")
+    assert again.exit_code == 0, again.stderr
+    assert "up to date" in again.stdout and "resumed" not in again.stdout
+    accuracy = json.loads((run_dir / "report.json").read_text())["accuracy"]
+    assert f"{accuracy:.2%}" in again.stdout.splitlines()[-1]
+    assert snapshot(run_dir) == before and files(run_dir) == contents  # mtimes and bytes
+    # the gate still judges the standing report
+    gated = run(run_dir, "--data", slice_shards.directory, *QUICK, "--min-accuracy", "0.9999")
+    assert gated.exit_code == 3
+    # more epochs: trained on from the last checkpoint, and a new report
+    longer = run(run_dir, "--data", slice_shards.directory, *QUICK[2:], "--epochs", "2")
+    assert longer.exit_code == 0, longer.stderr
+    assert "resumed from" in longer.stdout
+    assert json.loads((run_dir / "report.json").read_text())["checkpoint"]["epoch"] == 2
+
+
+def test_a_report_that_is_not_of_the_last_checkpoint_is_rewritten(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    assert run(run_dir, "--data", slice_shards.directory, *QUICK).exit_code == 0
+    doc = json.loads((run_dir / "report.json").read_text())
+    doc["checkpoint"]["sha256"] = "0" * 64  # as if the checkpoint were replaced since
+    (run_dir / "report.json").write_text(json.dumps(doc))
+    again = run(run_dir, "--data", slice_shards.directory, *QUICK)
+    assert again.exit_code == 0, again.stderr
+    assert "up to date" not in again.stdout
+    assert json.loads((run_dir / "report.json").read_text())["checkpoint"]["sha256"] != "0" * 64
+
+
+def test_run_uses_a_set_of_another_dataset_in_data_and_says_which(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    """--data holds a set built from idx:DIR; run without --source just uses it."""
+    before = snapshot(slice_shards.directory)
+    result = run(tmp_path / "run", "--data", slice_shards.directory, *QUICK)
+    assert result.exit_code == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert f"{slice_shards.directory} already holds mnist-slice" in first
+    assert snapshot(slice_shards.directory) == before
+
+
+def test_a_conflicting_source_names_both(slice_shards: Manifest, tmp_path: Path) -> None:
+    result = run(tmp_path / "run", "--data", slice_shards.directory, "--source", "embedded")
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --source embedded:"), lines
+    built_from = slice_shards.raw["source"]["spec"]
+    assert built_from in lines[0] and str(slice_shards.directory) in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_without_data_puts_the_shards_in_the_run_dir(
+    tmp_path: Path, mnist_slice_idx: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    result = run(run_dir, "--source", f"idx:{mnist_slice_idx}", *QUICK)
+    assert result.exit_code == 0, result.stderr
+    assert (run_dir / "shards" / "manifest.json").is_file()
+    # the set it made is then found on its own, without --source
+    again = run(run_dir, *QUICK)
+    assert again.exit_code == 0, again.stderr
+    assert "already holds" in again.stdout and "up to date" in again.stdout
+
+
+def test_a_damaged_set_in_data_is_named_and_left_alone(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    data = tmp_path / "shards"
+    shutil.copytree(slice_shards.directory, data)
+    (data / "manifest.json").write_text("{")
+    before = snapshot(data)
+    result = run(tmp_path / "run", "--data", data, *QUICK)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error:") and str(data) in result.stderr
+    assert "--force" not in result.stderr  # run has no --force
+    assert snapshot(data) == before
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_a_read_only_run_dir_is_not_writable_not_missing(
+    slice_shards: Manifest, tmp_path: Path, mount_tmpfs, command: str
+) -> None:
+    run_dir = tmp_path / "run"
+    assert mount_tmpfs(run_dir, "ro,size=1m"), "mounting a tmpfs needs root, as in CI"
+    result = runner.invoke(
+        app,
+        [command, "--data", str(slice_shards.directory), "--run-dir", str(run_dir), *QUICK],
+    )
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0] and str(run_dir) in lines[0], lines
+    assert "cannot create" not in lines[0]
+
+
+def test_evaluate_removes_what_a_killed_evaluate_left_and_nothing_else(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    assert run(run_dir, "--data", slice_shards.directory, *QUICK).exit_code == 0
+    stale = [run_dir / ".curves.png.4242.tmp", run_dir / ".report.json.17.tmp"]
+    foreign = [
+        run_dir / ".notes.txt.4242.tmp",  # not a report file
+        run_dir / "curves.png.4242.tmp",  # not hidden: not one of our temporary names
+    ]
+    for path in stale + foreign:
+        path.write_bytes(b"half")
+    result = runner.invoke(app, ["evaluate", "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.stderr
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.read_bytes() == b"half" for p in foreign)
+
+
+def test_a_batch_larger_than_the_train_split_is_refused_by_name(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    result = run(tmp_path / "run", "--data", slice_shards.directory, "--batch-size", "10000000")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: --batch-size 10000000: more than the 3,000 samples")
+    assert not (tmp_path / "run").exists()
