@@ -183,7 +183,7 @@ def test_json_logs_one_object_per_line(tmp_path: Path, slice_set: Path) -> None:
     assert all(e["run"] == run for e in events[1:])
     assert Path(events[4]["report"]).is_file()
     bad = runner.invoke(app, [*args, "--lr", "-1"], env=env)
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2  # a value out of range is bad usage
     *_, error = [json.loads(line) for line in bad.output.splitlines()]
     assert error["event"] == "error" and "--lr -1.0" in error["error"]
 
