@@ -49,7 +49,7 @@ class Log:
         if self.json:
             self._json(event, {"error": message}, sys.stderr)
         else:
-            print(f"error: {message}" if event == "error" else message, file=sys.stderr)
+            print(f"error: {message}" if event == "error" else message, file=sys.stderr, flush=True)
 
     def _json(self, event: str, fields: dict[str, Any], stream: Any) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
