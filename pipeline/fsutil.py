@@ -12,12 +12,17 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import LockedError, OutputError
+from pipeline.errors import LockedError, OutputError, PipelineError
 
+# our own marker, `.NAME.PID.tmp`: cleanup deletes only names of this shape, never a user's
+# `.notes.tmp`
 TMP_SUFFIX = ".tmp"
+TMP_NAME = re.compile(r"^\..+\.\d+\.tmp$")
 
 
 def fsync(path: Path) -> None:
@@ -58,17 +63,103 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def remove_stale_tmp(directory: Path) -> None:
-    """Delete temporary files left by killed writers (call only while holding the lock)."""
+    """Delete temporary files left by killed writers (call only while holding the lock):
+    only names `tmp_path_for` makes, which carry our marker."""
     for stale in directory.glob(f".*{TMP_SUFFIX}"):
-        stale.unlink(missing_ok=True)
+        if TMP_NAME.match(stale.name) and stale.is_file():
+            stale.unlink(missing_ok=True)
 
 
-def sha256_file(path: Path, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with path.open("rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def kind(mode: int) -> str:
+    """What a non-regular file is, for messages: "a character device", "a directory"."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_file(
+    path: Path,
+    *,
+    error: type[PipelineError],
+    missing: str = "no such file",
+    limit: int | None = None,
+) -> bytes:
+    """A regular file's bytes, or one `error` naming the file: missing, a device or FIFO (never
+    opened for a blocking read), larger than `limit` (checked before reading), unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
+        os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{path}: is {kind(info.st_mode)}, not a regular file")
+        raise error(f"{path}: {info.st_size:,} bytes, more than the {limit:,} it may hold")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+class ReaderLock:
+    """A shared flock on a directory, held while this object lives (or until `close`).
+
+    Readers of a shard set hold one; `prepare` deletes the files of a replaced set only when
+    it can take the lock exclusively, i.e. when no reader is left. A directory on a read-only
+    file system, or one that cannot be opened, is read unlocked: nothing can rebuild it either
+    (and an open directory would keep the volume from being unmounted).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.fd: int | None = None
+        try:
+            if os.statvfs(directory).f_flag & os.ST_RDONLY:
+                return
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a prepare deletes old files
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def no_readers(directory: Path) -> Iterator[bool]:
+    """Hold `directory`'s reader lock exclusively if no reader holds it: yields True; False
+    (at once, without waiting) while any reader is there."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ realistic pixels, random ones otherwise); nothing here mocks a stage.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import struct
 import subprocess
@@ -23,6 +24,18 @@ from pipeline.data import prepare, shards, sources
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(__file__).resolve().parents[1] / "pipeline" / "data" / "mnist"
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_verify_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The shards' verified-sha256 cache of this session only (subprocesses inherit it)."""
+    old = os.environ.get("PIPELINE_CACHE_DIR")
+    os.environ["PIPELINE_CACHE_DIR"] = str(tmp_path_factory.mktemp("verify-cache"))
+    yield
+    if old is None:
+        del os.environ["PIPELINE_CACHE_DIR"]
+    else:
+        os.environ["PIPELINE_CACHE_DIR"] = old
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

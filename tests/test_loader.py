@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.data import prepare, shards, sources
+from pipeline.data import integrity, prepare, shards, sources
 from pipeline.data.loader import Batch, Loader, LoaderState
 from pipeline.errors import ConfigError, ShardCorruptError, ShardSetError
 from tests.conftest import write_idx_dir
@@ -454,10 +454,11 @@ def test_a_corrupted_shard_is_reported_by_name_in_the_consumer(
     small: EncodedSet, tmp_path: Path, dataset: str, shuffle: bool
 ) -> None:
     directory = copy_set(small.manifest, tmp_path / "set")
-    manifest = shards.load_manifest(directory)  # sizes unchanged: the cheap check passes
+    manifest = shards.load_manifest(directory)  # opened (and verified) before the damage
     victim = manifest.path(manifest.splits["train"].shards[5])
     flip_a_byte_in_a_chunk(victim, dataset, 0)
-    assert shards.load_manifest(directory) == manifest
+    with pytest.raises(ShardCorruptError, match=f"{victim.name}: sha256 differs"):
+        shards.load_manifest(directory)  # opened after it: refused at once
 
     baseline = open_hdf5_files()
     loader = Loader(manifest, "train", batch_size=7, shuffle=shuffle, seed=0)
@@ -470,7 +471,7 @@ def test_a_corrupted_shard_is_reported_by_name_in_the_consumer(
     assert readers() == []
     assert open_hdf5_files() == baseline
     # the damage is also what `verify` reports, for this shard only
-    problems = [c.file for c in shards.verify(manifest) if c.problem is not None]
+    problems = [c.file for c in integrity.verify(manifest) if c.problem is not None]
     assert problems == [victim.name]
 
 
@@ -504,14 +505,17 @@ def test_a_missing_or_resized_shard_is_refused_by_name(small: EncodedSet, tmp_pa
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        (lambda d: d.update(schema_version=2), "unknown schema version 2"),
+        (lambda d: d.update(schema_version=3), "unknown schema version 3"),
+        (lambda d: d.update(schema_version=1), "unknown schema version 1"),
         (lambda d: d.pop("schema_version"), "unknown schema version None"),
         (lambda d: d.pop("splits"), "malformed manifest"),
+        (lambda d: d.update(splits={}), "splits: none"),
         (lambda d: d["layout"].pop("compression"), "malformed manifest"),
-        (lambda d: d["datasets"]["images"].update(dtype="float64"), "unsupported datasets"),
-        (lambda d: d.update(features=100), "inconsistent"),
-        (lambda d: d["splits"]["train"].update(samples=1199), "do not add up"),
-        (lambda d: d["splits"]["train"]["shards"][0].update(file="../x.h5"), "bad shard file name"),
+        (lambda d: d["datasets"]["images"].update(dtype="float64"), "this pipeline reads"),
+        (lambda d: d.update(features=100), "features 100: image_shape"),
+        (lambda d: d["splits"]["train"].update(samples=1199), "does not count 1199"),
+        (lambda d: d["splits"]["train"]["shards"][0].update(file="../x.h5"), "file '../x.h5'"),
+        (lambda d: d.update(identity="0" * 64), "identity: does not match"),
     ],
 )
 def test_a_manifest_the_pipeline_does_not_understand_is_refused(
@@ -637,8 +641,11 @@ def test_a_read_only_shard_directory_works(
 
 HOLD_OPEN_FOR_WRITING = textwrap.dedent(
     """
-    import sys, h5py
-    f = h5py.File(sys.argv[1], "r+")  # takes HDF5's exclusive file lock
+    import fcntl, sys
+    # the exclusive flock HDF5's writer takes (h5py.File(path, "r+") would also change the
+    # file's bytes, which the set's sha256 check then refuses before any locking question)
+    f = open(sys.argv[1], "rb")
+    fcntl.flock(f, fcntl.LOCK_EX)
     print("holding", flush=True)
     sys.stdin.read()
     """

@@ -29,7 +29,7 @@ import pytest
 
 import pipeline
 from pipeline import fsutil
-from pipeline.data import prepare, shards, sources
+from pipeline.data import integrity, prepare, shards, sources
 from pipeline.data.shards import MANIFEST, SHARD_NAME
 from pipeline.errors import LockedError, OutputError, ShardCorruptError, ShardSetError
 from tests.conftest import (
@@ -68,12 +68,12 @@ def read_split(manifest: shards.Manifest, split: str) -> dict[str, np.ndarray]:
 def problems(directory: Path) -> list[tuple[str, str]]:
     """(file, problem) for every check of `verify` that failed."""
     manifest = shards.load_manifest(directory, check_files=False)
-    return [(c.file, c.problem) for c in shards.verify(manifest) if c.problem is not None]
+    return [(c.file, c.problem) for c in integrity.verify(manifest) if c.problem is not None]
 
 
 def assert_verifies(directory: Path) -> shards.Manifest:
     manifest = shards.load_manifest(directory)
-    checks = list(shards.verify(manifest))
+    checks = list(integrity.verify(manifest))
     assert [c for c in checks if c.problem is not None] == []
     assert len(checks) == sum(len(s.shards) for s in manifest.splits.values())
     return manifest
@@ -186,9 +186,9 @@ def test_manifest_describes_the_set(mnist_shards: shards.Manifest) -> None:
     directory = mnist_shards.directory
     text = (directory / MANIFEST).read_bytes()
     doc = json.loads(text)
-    assert mnist_shards.sha256 == hashlib.sha256(text).hexdigest()
+    assert mnist_shards.identity == doc["identity"]
 
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert doc["name"] == "mnist"
     assert doc["classes"] == ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
     assert doc["features"] == 784
@@ -299,7 +299,7 @@ def test_rerun_is_a_no_op(tmp_path: Path, small_raw: sources.RawDataset) -> None
     again = prepare.prepare(out, small_raw, shard_size=100)
 
     assert again.skipped
-    assert again.manifest.sha256 == first.manifest.sha256
+    assert again.manifest.identity == first.manifest.identity
     assert snapshot(out) == before
     assert_clean(out)
 
@@ -355,7 +355,7 @@ def test_force_rebuilds_and_removes_the_old_shards(
     new = prepare.prepare(out, small_raw, shard_size=64, force=True)
 
     assert not new.skipped
-    assert new.manifest.sha256 != old.sha256
+    assert new.manifest.identity == old.identity  # same content, another layout
     assert new.manifest.raw["layout"]["shard_size"] == 64
     assert [s.samples for s in new.manifest.split("train").shards] == [64, 64, 64, 58]
     # the train shards are all new; the test shard may be byte-identical, name and all
@@ -398,7 +398,7 @@ def test_interrupted_force_rebuild_keeps_the_old_set(
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare(out, small_raw, shard_size=shard_size, force=True, on_progress=interrupt)
 
-    assert shards.load_manifest(out).sha256 == old.sha256
+    assert shards.load_manifest(out).identity == old.identity
     assert_verifies(out)
     assert_clean(out)
 
@@ -412,9 +412,14 @@ def test_damaged_manifest_needs_force(tmp_path: Path, small_raw: sources.RawData
         prepare.prepare(out, small_raw)
     assert snapshot(out) == before
 
-    assert not prepare.prepare(out, small_raw, force=True).skipped
+    old = shard_names(out)
+    result = prepare.prepare(out, small_raw, force=True)
+    assert not result.skipped
     assert_verifies(out)
-    assert_clean(out)
+    # a manifest that cannot be read cannot prove the old shards are prepare's: they stay
+    assert old <= shard_names(out)
+    left = sorted(old - result.manifest.files)  # (the same second writes identical shards)
+    assert not left or any(all(name in w for name in left[:3]) for w in result.warnings)
 
 
 def test_set_with_a_missing_shard_is_rebuilt_with_force(
@@ -429,21 +434,78 @@ def test_set_with_a_missing_shard_is_rebuilt_with_force(
     assert_verifies(out)
 
 
-def test_rerun_removes_leftovers_of_killed_runs(
+def test_rerun_removes_only_its_own_leftovers(
     tmp_path: Path, small_raw: sources.RawDataset
 ) -> None:
+    """A killed prepare's temporary (our marker) and a shard it recorded in its journal
+    go; a user's `.tmp` file and a shard-looking file nobody recorded stay, named."""
     out = tmp_path / "shards"
     prepare.prepare(out, small_raw, shard_size=100)
     listed = snapshot(out)
     (out / ".train-00000.h5.4242.tmp").write_bytes(b"half a shard")
-    (out / "train-00007-0123abcd.h5").write_bytes(b"a shard no manifest lists")
+    (out / "train-00009-00c0ffee.h5").write_bytes(b"a shard a killed prepare wrote")
+    (out / prepare.JOURNAL).write_text("train-00009-00c0ffee.h5\n")
+    foreign = {".notes.tmp": b"a user's temporary", "train-00007-0123abcd.h5": b"a user's shard"}
+    for name, data in foreign.items():
+        (out / name).write_bytes(data)
     (out / "notes.txt").write_text("not ours: stays")
 
-    assert prepare.prepare(out, small_raw, shard_size=100).skipped
+    result = prepare.prepare(out, small_raw, shard_size=100)
 
+    assert result.skipped
     after = snapshot(out)
     assert after.pop("notes.txt")
+    for name, data in foreign.items():
+        assert after.pop(name) and (out / name).read_bytes() == data
     assert after == listed
+    assert len(result.warnings) == 1
+    assert "train-00007-0123abcd.h5" in result.warnings[0]
+    assert "left alone" in result.warnings[0]
+
+
+def test_shards_copied_into_a_directory_without_manifest_stay(
+    tmp_path: Path, small_raw: sources.RawDataset, slice_shards: shards.Manifest
+) -> None:
+    """The audit's case: a user's shards in DIR, no manifest; `prepare --out DIR` (no
+    --force) writes its set beside them and deletes none of them."""
+    out = tmp_path / "shards"
+    out.mkdir()
+    theirs = {}
+    for shard in slice_shards.split("train").shards:
+        shutil.copy(slice_shards.path(shard), out / shard.file)
+        theirs[shard.file] = (out / shard.file).read_bytes()
+
+    result = prepare.prepare(out, small_raw, shard_size=100)
+
+    assert not result.skipped
+    for name, data in theirs.items():
+        assert (out / name).read_bytes() == data
+    assert any(all(name in w for name in sorted(theirs)[:3]) for w in result.warnings)
+    assert_verifies(out)
+    # and again, a no-op: still nothing of theirs deleted
+    assert prepare.prepare(out, small_raw, shard_size=100).skipped
+    assert all((out / name).read_bytes() == data for name, data in theirs.items())
+
+
+def test_a_foreign_file_in_the_way_is_an_error_not_overwritten(
+    tmp_path: Path, small_raw: sources.RawDataset
+) -> None:
+    """A file prepare did not write, under the very name of a shard it is about to write
+    (prepares within one second write identical bytes, hence identical names)."""
+    wait_for_a_new_second()
+    name = prepare.prepare(tmp_path / "a", small_raw, shard_size=100).manifest.files.pop()
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / name).write_bytes(b"same name, someone else's bytes")
+
+    try:
+        outcome = f"beside: {prepare.prepare(out, small_raw, shard_size=100).manifest.files}"
+    except OutputError as exc:
+        outcome = str(exc)
+
+    if not outcome.startswith("beside"):  # the same second: the name was wanted
+        assert outcome == f"{out / name}: a file prepare did not write is in the way; move it"
+    assert (out / name).read_bytes() == b"same name, someone else's bytes"
 
 
 # --- compression ----------------------------------------------------------------------------
@@ -517,7 +579,7 @@ def test_force_rebuild_killed_midway_keeps_the_old_set(
     )
 
     assert (out / MANIFEST).read_bytes() == manifest_bytes
-    assert shards.load_manifest(out).sha256 == old.sha256
+    assert shards.load_manifest(out).identity == old.identity
     assert_verifies(out)
     # the rerun recognises the old set as complete and clears the killed run's leftovers
     assert prepare.prepare(out, real_mnist, shard_size=2000).skipped
@@ -630,7 +692,7 @@ def test_full_disk(
     assert "No space left on device" in str(info.value)
     assert "\n" not in str(info.value)
     assert snapshot(out) == before  # no partial shard, no tmp file, the old set untouched
-    assert shards.load_manifest(out).sha256 == old.sha256
+    assert shards.load_manifest(out).identity == old.identity
     assert_verifies(out)
 
     fresh = disk / "fresh"
@@ -666,8 +728,9 @@ def test_verify_names_a_shard_with_a_flipped_byte(slice_copy: Path) -> None:
     flip_chunk_byte(manifest.path(victim), "images", chunk=2)
 
     assert problems(slice_copy) == [(victim.file, "sha256 differs from the manifest")]
-    # the cheap check at load time only compares sizes: a flipped byte passes it
-    shards.load_manifest(slice_copy)
+    # opening the set for reading (train, evaluate) checks the sha256 too
+    with pytest.raises(ShardCorruptError, match=re.escape(f"{victim.file}: sha256 differs")):
+        shards.load_manifest(slice_copy)
 
 
 def test_fletcher32_catches_a_flip_the_manifest_cannot(slice_copy: Path) -> None:
@@ -781,7 +844,7 @@ def test_verify_checks_the_label_histogram(slice_copy: Path) -> None:
         (None, "missing; is"),
         ("{ not json", "not valid JSON"),
         ('{"schema_version": 99}', "unknown schema version 99"),
-        ('{"schema_version": 1}', "malformed manifest"),
+        ('{"schema_version": 2}', "malformed manifest"),
     ],
     ids=["missing", "not-json", "schema", "malformed"],
 )

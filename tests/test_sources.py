@@ -324,3 +324,15 @@ def test_fashion_mnist_through_idx_and_torchvision_layout_is_one_set(tmp_path: P
     assert outs["idx"].classes == outs["tv"].classes == tv.FASHION_CLASSES
     assert outs["idx"].split("train").label_histogram == [6000] * 10
     assert stored(tmp_path / "idx") == stored(tmp_path / "tv")
+
+
+def test_csv_with_quotes_crlf_and_blank_lines_reads_the_same(tmp_path: Path, few) -> None:
+    plain = write_csv(tmp_path / "plain", few, header=True)
+    paths = []
+    for path in plain.removeprefix("csv:").split(","):
+        lines = Path(path).read_text().splitlines()
+        quoted = [",".join(f'"{cell}"' for cell in line.split(",")) for line in lines]
+        target = tmp_path / Path(path).name
+        target.write_bytes(("\r\n".join([*quoted[:5], "", *quoted[5:]]) + "\r\n").encode())
+        paths.append(str(target))
+    assert_same(sources.load("csv:" + ",".join(paths)), few)

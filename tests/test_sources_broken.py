@@ -223,7 +223,11 @@ BROKEN: dict[str, Callable[[Path], Broken]] = {
     ),
     "csv-ragged": lambda d: (*csv_pair(d, good_rows() + "1,0,0,0\n")[:2], "line 7", "train.csv"),
     "csv-not-a-number": lambda d: (
-        (*csv_pair(d, good_rows() + "1,0,x,0,0\n")[:2], "could not convert", "train.csv")
+        (
+            *csv_pair(d, good_rows() + "1,0,x,0,0\n")[:2],
+            "could not convert string 'x' to float64 at line 7",
+            "train.csv",
+        )
     ),
     "csv-pixel-300": lambda d: (
         (*csv_pair(d, good_rows() + "1,0,300,0,0\n")[:2], "outside 0..255", "train.csv")

@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from pipeline.cli import app
+from pipeline.data.manifest import identity_of
 from pipeline.data.shards import MANIFEST, Manifest
 from pipeline.errors import (
     CheckpointError,
@@ -60,7 +61,7 @@ def test_run_writes_checkpoints_metrics_and_learns(slice_shards: Manifest, tmp_p
     assert records[1]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert result.history == records
     meta = checkpoint.load(result.checkpoint).meta
-    assert meta.data_identity == slice_shards.sha256
+    assert meta.data_identity == slice_shards.identity
     assert meta.config == SMALL
     assert meta.loader == {
         "epoch": 2,
@@ -68,7 +69,8 @@ def test_run_writes_checkpoints_metrics_and_learns(slice_shards: Manifest, tmp_p
         "seed": 0,
         "batch_size": 3,
         "shuffle": False,
-        "manifest_sha256": slice_shards.sha256,
+        "manifest_sha256": slice_shards.identity,
+        "order": "file order",
     }
     assert meta.sizes == (784, 32, 10)
 
@@ -538,7 +540,8 @@ def test_an_empty_train_split_is_named(slice_shards: Manifest, tmp_path: Path) -
     doc = json.loads((data / MANIFEST).read_text())
     for shard in doc["splits"]["train"]["shards"]:
         (data / shard["file"]).unlink()
-    doc["splits"]["train"] = {"samples": 0, "label_histogram": [0] * 10, "shards": []}
+    doc["splits"]["train"].update(samples=0, label_histogram=[0] * 10, shards=[])
+    doc["identity"] = identity_of(doc)  # a manifest consistent in itself
     (data / MANIFEST).write_text(json.dumps(doc))
     with pytest.raises(ShardSetError, match="the train split is empty"):
         train.train(data, tmp_path / "run", SMALL)

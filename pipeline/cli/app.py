@@ -1,7 +1,8 @@
 """The commands: each translates its options into one library call and shows the result.
 
-The stages are imported inside the commands, so `pipeline --help` loads neither numpy nor h5py,
-numba or matplotlib. Exit codes and error lines: `pipeline.cli.errors`; views: `views`.
+The stages are imported inside the commands, so `pipeline --help` loads neither numba nor
+matplotlib (numpy and h5py do come, with the shard format's `Compression` that `prepare` offers).
+Exit codes and error lines: `pipeline.cli.errors`; views: `views`; MPI: `world`.
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ def prepare(
             on_progress=view,
         )
         view.finish()
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     views.prepare_summary(result)
 
 
@@ -194,11 +197,11 @@ def verify(
     data: Annotated[Path, typer.Argument(help="A shard directory written by prepare.")],
 ) -> None:
     """Check every shard against the manifest: presence, size, sha256, shapes, values, labels."""
-    from pipeline.data import shards
+    from pipeline.data import integrity, shards
 
     with friendly_errors():
         manifest = shards.load_manifest(data, check_files=False)
-        problems = views.verify_table(data, shards.verify(manifest))
+        problems = views.verify_table(data, integrity.verify(manifest))
     if problems:
         raise fail(f"{len(problems)} problem(s); first: {problems[0]}")
 

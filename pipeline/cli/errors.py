@@ -62,6 +62,7 @@ FLAGS = {
     "allow_other_data": "--allow-other-data",
     "distributed": "--distributed",
 }
+FLAGS |= {name: "--" + name.replace("_", "-") for name in HELP}  # the recipe's too
 # the parameters whose values the library checks for range: a bad one is bad usage (2)
 VALUE_PARAMS = frozenset(HELP) | {"shard_size", "compression"}
 

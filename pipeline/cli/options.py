@@ -4,7 +4,8 @@ The training options are made from the `TrainConfig` dataclass: its fields are t
 defaults their defaults, and `HELP` their help. `train` and `run` get them all through
 `@train_options`, which hands the command one `config: TrainConfig` instead of seven values.
 Their ranges are checked by `TrainConfig.check`, and a bad value exits 2 (bad usage) like
-typer's own checks.
+typer's own checks. `--preset NAME` starts from a named recipe (pipeline/training/presets.py);
+only the options given on the command line override it (typer's parameter source tells).
 """
 
 from __future__ import annotations
@@ -72,17 +73,38 @@ Logs = Annotated[
     ),
 ]
 
-# the TrainConfig fields offered as options, with their help; the others keep their defaults
+# the TrainConfig fields offered as options, with their help; the others keep their defaults.
+# The defaults shown are the original recipe's; `--preset NAME` (pipeline/training/presets.py)
+# replaces them, and an option given on the command line overrides the preset.
 HELP = {
+    "preset": "Named recipe (original, fast, best); any option given overrides its values.",
     "hidden": "Hidden layer size; repeat for more layers.",
     "epochs": "Epochs to train.",
     "batch_size": "Mini-batch size.",
-    "lr": "SGD learning rate (positive).",
+    "lr": "Peak learning rate (positive).",
     "seed": "Seed of the initial weights (and of shuffling).",
     "shuffle": "Shuffle each epoch; off trains in file order, as the original recipe.",
     "checkpoint_every": "Also checkpoint every N steps (0: at epoch ends only).",
+    "activation": "Hidden units: sigmoid, tanh, relu.",
+    "loss": "Loss: mse or cross_entropy (softmax).",
+    "init": "Weight init: normal (N(0, --init-std)), he, xavier.",
+    "init_std": "Std of the normal init.",
+    "optimizer": "Optimizer: sgd, momentum, nesterov, adam, adamw.",
+    "momentum": "Momentum (momentum, nesterov), in [0, 1).",
+    "beta1": "Adam's beta1.",
+    "beta2": "Adam's beta2.",
+    "eps": "Adam's epsilon.",
+    "weight_decay": "Weight decay of the weights (decoupled under adamw).",
+    "schedule": "LR schedule: constant, step, cosine.",
+    "warmup_epochs": "Linear LR warmup, in epochs.",
+    "step_epochs": "Step schedule: epochs between decays.",
+    "step_gamma": "Step schedule: the decay factor.",
+    "dropout": "Dropout of hidden units, in [0, 1).",
+    "input_dropout": "Dropout of input pixels, in [0, 1).",
+    "max_norm": "Max norm of each unit's incoming weights (0: off).",
+    "patience": "With a val split: stop after N epochs without a better val accuracy.",
 }
-NOT_OPTIONS = {"init_std", "dtype"}  # the recipe's fixed parts
+NOT_OPTIONS = {"dtype"}  # fixed
 
 
 def _parameters() -> list[inspect.Parameter]:
@@ -120,12 +142,21 @@ def train_options(command: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def with_config(**kwargs: Any) -> None:
+        from pipeline.cli.errors import friendly_errors
+        from pipeline.training import presets
+
+        ctx: typer.Context = kwargs.pop("ctx")
         values: dict[str, Any] = {}
         for name in names:  # typer gives a repeated option as a list; the config holds tuples
             value = kwargs.pop(name)
+            source = ctx.get_parameter_source(name)
+            if source is not None and source.name in ("DEFAULT", "DEFAULT_MAP"):
+                continue  # not given: the preset's value applies (the help shows the original's)
             values[name] = tuple(value) if isinstance(value, list) else value
-        config = TrainConfig(**values)
+        with friendly_errors():  # the preset's values, then every option given on top
+            config = presets.resolve(values.pop("preset", "original"), **values)
         command(config=config, **kwargs)
 
-    with_config.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
+    context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+    with_config.__signature__ = inspect.Signature([*own, *added, context])  # type: ignore[attr-defined]
     return with_config

@@ -27,8 +27,8 @@ from rich.text import Text
 from pipeline.cli.logs import Log
 
 if TYPE_CHECKING:  # the stages (numpy, h5py, matplotlib) load only when a command runs
+    from pipeline.data.integrity import ShardCheck
     from pipeline.data.prepare import PrepareResult
-    from pipeline.data.shards import ShardCheck
     from pipeline.report.dataset import DataSummary
     from pipeline.report.evaluate import Evaluation
     from pipeline.training.distributed import Comm
@@ -154,7 +154,7 @@ def prepare_summary(result: PrepareResult) -> None:
             "-" if seconds is None else f"{seconds:.2f}",
         )
     state = "already up to date, nothing written" if result.skipped else "written"
-    table.caption = f"{state} in {result.seconds:.2f} s; manifest sha256 {manifest.identity[:16]}"
+    table.caption = f"{state} in {result.seconds:.2f} s; content identity {manifest.identity[:16]}"
     out.print(table)
 
 

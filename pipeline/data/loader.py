@@ -13,6 +13,7 @@ not grow with the dataset.
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from collections.abc import Generator, Iterator
@@ -21,8 +22,10 @@ from typing import cast
 
 import numpy as np
 
-from pipeline.data.shards import Manifest, ShardInfo, open_shard, read_rows
-from pipeline.errors import ConfigError
+from pipeline.data.integrity import check_opened
+from pipeline.data.manifest import Manifest, ShardInfo
+from pipeline.data.shards import open_shard, read_rows
+from pipeline.errors import ConfigError, ShardSetError
 
 Batch = tuple[np.ndarray, np.ndarray]  # x (batch, features) float32, y (batch, classes) float32
 # what the reader hands over: x, y and the rows to take from them, in order (None: all)
@@ -39,7 +42,10 @@ class LoaderState:
     seed: int
     batch_size: int
     shuffle: bool
-    manifest_sha256: str
+    manifest_sha256: str  # the data's identity (its content; see manifest)
+    # what, beside the content, decides the sample order: shuffled epochs permute whole
+    # shards, so their sizes matter; file order is the same in any layout
+    order: str = "file order"
 
 
 @dataclass(frozen=True)
@@ -76,18 +82,23 @@ class Loader:
         prefetch: int = 2,
     ) -> None:
         info = manifest.split(split)
+        if info.samples == 0:
+            raise ShardSetError(f"{manifest.directory}: split {split!r} is empty (0 samples)")
+        unverified = [s.file for s in info.shards if s.file not in manifest.verified]
+        assert not unverified, f"shards never verified (open the set with open_set): {unverified}"
         if batch_size < 1:
-            raise ConfigError(f"batch size {batch_size}: must be at least 1")
+            raise ConfigError("must be at least 1", param="batch_size", value=batch_size)
         if prefetch < 1:  # a Queue of maxsize 0 would be unbounded
-            raise ConfigError(f"prefetch {prefetch}: must be at least 1")
+            raise ConfigError("must be at least 1", param="prefetch", value=prefetch)
         if seed < 0:
-            raise ConfigError(f"seed {seed}: must be non-negative")
+            raise ConfigError("must be non-negative", param="seed", value=seed)
         if not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank}: must lie in [0, world_size={world_size})")
+            raise ConfigError(f"must lie in [0, world_size={world_size})", param="rank", value=rank)
         if world_size > info.samples:
             raise ConfigError(
-                f"world_size {world_size}: more consumers than the"
-                f" {info.samples} samples of {split!r}"
+                f"more consumers than the {info.samples} samples of {split!r}",
+                param="world_size",
+                value=world_size,
             )
         self.manifest, self.split, self.shards = manifest, split, info.shards
         self.batch_size, self.shuffle, self.seed, self.drop_last = (
@@ -114,8 +125,12 @@ class Loader:
         return n - n % self.batch_size if self.drop_last else n
 
     def state(self, epoch: int, batches: int) -> LoaderState:
+        order = "file order"
+        if self.shuffle:
+            sizes = ",".join(str(s.samples) for s in self.shards).encode()
+            order = f"shuffled shards of sizes {hashlib.sha256(sizes).hexdigest()[:16]}"
         return LoaderState(
-            epoch, batches, self.seed, self.batch_size, self.shuffle, self.manifest.identity
+            epoch, batches, self.seed, self.batch_size, self.shuffle, self.manifest.identity, order
         )
 
     def check_state(self, state: LoaderState, epoch: int, batches: int) -> None:
@@ -159,6 +174,7 @@ class Loader:
     def _blocks(self, epoch: int, segment: _Segment) -> Iterator[_Block]:
         path = self.manifest.path(segment.shard)
         with open_shard(path, locking=self.locking) as f:
+            check_opened(self.manifest, segment.shard, f)  # the very file open_set verified
             if not self.shuffle:
                 start = segment.start
                 while start < segment.stop:
@@ -209,11 +225,15 @@ class Loader:
         call; the reader thread starts at the first item.
         """
         if epoch < 0:
-            raise ConfigError(f"epoch {epoch}: must be non-negative")
+            raise ConfigError("must be non-negative", param="epoch", value=epoch)
         if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ConfigError(f"start batch {start_batch}: epoch has {self.batches_per_epoch}")
+            raise ConfigError(
+                f"the epoch has {self.batches_per_epoch} batches",
+                param="start_batch",
+                value=start_batch,
+            )
         if group < 1:
-            raise ConfigError(f"group {group}: must be at least 1")
+            raise ConfigError("must be at least 1", param="group", value=group)
         return self._epoch(epoch, start_batch, group)
 
     def _epoch(self, epoch: int, start_batch: int, group: int) -> Generator[Batch]:

@@ -1,4 +1,5 @@
-"""The network: a multilayer perceptron of sigmoid units, trained by back-propagation on MSE.
+"""The network: a multilayer perceptron trained by back-propagation; the original recipe's
+units are sigmoids and its loss MSE (`activation` and `loss` choose others: `layers`, `losses`).
 
 Weights are stored input-major, as the original recipe has them: layer l maps a (batch, n_in)
 activation to (batch, n_out) through w (n_in, n_out) and b (n_out,). In that orientation the
@@ -13,7 +14,7 @@ textbook equations read, for a batch of B rows (delta and a are row-per-sample):
 
 `backprop` and `update` are those equations, plainly; `step` runs the same update through the
 fused kernel in `pipeline.nn.kernels` when the network has one hidden layer (the default recipe),
-and the tests hold the two to each other.
+and the tests hold the two to each other. Other recipes train through `pipeline.nn.recipe`.
 """
 
 from __future__ import annotations
@@ -22,34 +23,54 @@ import itertools
 
 import numpy as np
 
+from pipeline.nn.layers import ACTIVATIONS, init_std, sigmoid, sigmoid_prime
+from pipeline.nn.losses import cross_entropy, mse
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # exp(-z) overflows to inf for z < -88: sigmoid is 0
-        result: np.ndarray = 1.0 / (1.0 + np.exp(-z))
-    return result
-
-
-def sigmoid_prime(a: np.ndarray) -> np.ndarray:
-    """sigmoid'(z) written in terms of a = sigmoid(z), which backprop already holds."""
-    return a * (1.0 - a)
+__all__ = ["Network", "sigmoid", "sigmoid_prime"]
 
 
 class Network:
-    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray]) -> None:
+    def __init__(
+        self,
+        weights: list[np.ndarray],
+        biases: list[np.ndarray],
+        *,
+        activation: str = "sigmoid",
+        loss: str = "mse",
+    ) -> None:
         assert len(weights) == len(biases) >= 1
+        assert activation in ACTIVATIONS and loss in ("mse", "cross_entropy")
         self.weights = weights  # [(n_in, n_out)] per layer
         self.biases = biases  # [(n_out,)] per layer
+        self.activation = activation  # of the hidden layers, and of the output under MSE
+        self.loss = loss  # cross_entropy: the output layer is linear (logits for a softmax)
+
+    def __repr__(self) -> str:
+        return f"Network({self.sizes}, {self.activation}, {self.loss}, {self.dtype})"
 
     @classmethod
     def initialize(
-        cls, sizes: list[int], *, rng: np.random.Generator, std: float, dtype: str
+        cls,
+        sizes: list[int],
+        *,
+        rng: np.random.Generator,
+        std: float,
+        dtype: str,
+        init: str = "normal",
+        activation: str = "sigmoid",
+        loss: str = "mse",
     ) -> Network:
-        """N(0, std) weights and biases, drawn layer by layer (w then b) like the original."""
+        """init "normal": N(0, std) weights and biases, drawn layer by layer (w then b) like
+        the original; "he"/"xavier": N(0, their std) weights and zero biases."""
         weights, biases = [], []
         for n_in, n_out in itertools.pairwise(sizes):
-            weights.append((rng.standard_normal((n_in, n_out)) * std).astype(dtype))
-            biases.append((rng.standard_normal(n_out) * std).astype(dtype))
-        return cls(weights, biases)
+            scale = init_std(init, n_in, n_out, std)
+            weights.append((rng.standard_normal((n_in, n_out)) * scale).astype(dtype))
+            if init == "normal":
+                biases.append((rng.standard_normal(n_out) * std).astype(dtype))
+            else:
+                biases.append(np.zeros(n_out, dtype))
+        return cls(weights, biases, activation=activation, loss=loss)
 
     @property
     def sizes(self) -> list[int]:
@@ -61,9 +82,12 @@ class Network:
 
     def feedforward(self, x: np.ndarray) -> list[np.ndarray]:
         """Activations of every layer, input first: [(B, n_0), (B, n_1), ..., (B, n_L)]."""
+        f = ACTIVATIONS[self.activation][0]
         activations = [x]
-        for w, b in zip(self.weights, self.biases, strict=True):
-            activations.append(sigmoid(activations[-1] @ w + b))
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            z = activations[-1] @ w + b
+            last = layer == len(self.weights) - 1
+            activations.append(z if last and self.loss == "cross_entropy" else f(z))
         return activations
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -76,17 +100,20 @@ class Network:
         self, x: np.ndarray, y: np.ndarray
     ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
         """The batch's summed loss and the gradients (averaged over its rows) of every layer."""
+        f_prime = ACTIVATIONS[self.activation][1]
         activations = self.feedforward(x)
-        out = activations[-1]  # (B, n_L)
-        loss = float(np.sum((out - y) ** 2) / 2)
-        delta = (out - y) * sigmoid_prime(out)  # (B, n_L)
+        out = activations[-1]  # (B, n_L): act(z_L) under MSE, the logits z_L otherwise
+        if self.loss == "mse":
+            loss, delta = mse(out, y, f_prime)  # delta (B, n_L) = dloss/dz_L
+        else:
+            loss, delta = cross_entropy(out, y)
         grads_w: list[np.ndarray] = []
         grads_b: list[np.ndarray] = []
         for layer in reversed(range(len(self.weights))):
             grads_w.insert(0, activations[layer].T @ delta / len(x))  # (n_in, n_out)
             grads_b.insert(0, delta.sum(axis=0) / len(x))  # (n_out,)
             if layer:
-                delta = (delta @ self.weights[layer].T) * sigmoid_prime(activations[layer])
+                delta = (delta @ self.weights[layer].T) * f_prime(activations[layer])
         return loss, grads_w, grads_b
 
     def update(self, grads_w: list[np.ndarray], grads_b: list[np.ndarray], lr: float) -> None:
@@ -104,7 +131,7 @@ class Network:
         recipe) runs the fused kernel."""
         x = np.ascontiguousarray(x, dtype=self.dtype)
         y = np.ascontiguousarray(y, dtype=self.dtype)
-        if len(self.weights) == 2:
+        if len(self.weights) == 2 and (self.activation, self.loss) == ("sigmoid", "mse"):
             from pipeline.nn import kernels  # numba: compiled (or loaded) only when training
 
             (w1, w2), (b1, b2) = self.weights, self.biases

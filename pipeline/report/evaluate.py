@@ -31,6 +31,7 @@ from pipeline.training.rundir import (
     REPORT_MD,
     RUN_FILE,
     RunDir,
+    best_epoch,
     epoch_accuracy,
 )
 
@@ -111,6 +112,12 @@ def evaluate(
     if path is None:
         raise CheckpointError(f"{run_dir}: holds no checkpoint; train first")
     ckpt = checkpoint.load(path)
+    run_history = list(ckpt.meta.history)  # every epoch the run has finished
+    best = best_epoch(run_history)
+    if checkpoint_path is None and best is not None and path != run.checkpoint_path(best, 0):
+        # a run with a val split reports the epoch it chose by val accuracy, not its last
+        # (the report's curves still show the whole run)
+        ckpt = checkpoint.load(run.checkpoint_path(best, 0))
     manifest = load_manifest(_data_dir(run, data_dir))
     sizes = ckpt.network.sizes
     if (sizes[0], sizes[-1]) != (manifest.features, manifest.n_classes):
@@ -132,7 +139,7 @@ def evaluate(
     report = classification_report(confusion)
     if comm.rank != 0:
         return Evaluation(report, {}, run_dir)
-    history = list(ckpt.meta.history)  # the epochs that made this checkpoint
+    history = run_history if checkpoint_path is None else list(ckpt.meta.history)
     from pipeline.report import plots  # matplotlib: only when a report is drawn
 
     try:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, ConfigError
 from pipeline.fsutil import atomic_path
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 
@@ -62,6 +62,7 @@ class CheckpointMeta:
     classes: tuple[str, ...]  # its class names
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "sgd"})
     recipe: str = RECIPE
+    dropout_counter: int = 0  # the dropout generator's position (pipeline.nn.recipe)
     created: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +78,7 @@ class CheckpointMeta:
             "history": list(self.history),
             "loader": self.loader,
             "optimizer": self.optimizer,
+            "dropout_counter": self.dropout_counter,
             "rng": self.rng,
             "manifest_sha256": self.data_identity,
             "dataset": self.dataset,
@@ -94,7 +96,8 @@ class CheckpointMeta:
         get = functools.partial(_field, doc)
         try:
             config = TrainConfig.from_json(get("config", dict))
-        except (KeyError, TypeError, ValueError) as exc:
+            config.check()  # a recipe this code knows (activation, loss, optimizer, ...)
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ValueError(f"field 'config': not a training config ({exc})") from None
         sizes = tuple(get("sizes", list))
         history = tuple(get("history", list))
@@ -121,6 +124,7 @@ class CheckpointMeta:
             classes=classes,
             optimizer=get("optimizer", dict),
             recipe=get("recipe", str),
+            dropout_counter=get("dropout_counter", int) if "dropout_counter" in doc else 0,
             created=doc.get("created", "") if isinstance(doc.get("created"), str) else "",
         )
 
@@ -154,7 +158,10 @@ class Checkpoint:
     def network(self) -> Network:
         from pipeline.nn.network import Network  # storage does not import compute up front
 
-        return Network(list(self.weights), list(self.biases))
+        config = self.meta.config
+        return Network(
+            list(self.weights), list(self.biases), activation=config.activation, loss=config.loss
+        )
 
 
 def save(

@@ -51,6 +51,13 @@ def is_kept(path: Path) -> bool:
     return match is not None and int(match["step"]) == 0
 
 
+def best_epoch(history: Sequence[dict[str, Any]]) -> int | None:
+    """The epoch (1-based) with the best val accuracy, the earliest on a tie; None when the
+    run has no val split. Test accuracy never chooses."""
+    scored = [(r["val_accuracy"], -r["epoch"]) for r in history if "val_accuracy" in r]
+    return -max(scored)[1] if scored else None
+
+
 def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
     """The split an epoch record was scored on ("val" when the set has one) and its accuracy."""
     split = "val" if "val_accuracy" in record else "test"

@@ -3,9 +3,15 @@
 The run directory's layout (run.json, metrics.jsonl, checkpoints/) is `rundir`'s. Every
 file is replaced atomically, so a run killed at any instant resumes from its newest
 checkpoint and ends bit-identical to a run that was never interrupted, every recorded
-number included. A directory with no checkpoint yet holds no run: it starts afresh.
+number included (a checkpoint holds the optimizer's state and the dropout generator's
+position too). A directory with no checkpoint yet holds no run: it starts afresh.
 Under MPI (`comm`, see distributed.py) every rank trains its share of each global batch and
-rank 0 alone writes the run.
+rank 0 alone writes the run (the original recipe only, for now).
+
+The original recipe trains through `Network.steps` (its compiled kernel); every other recipe
+through `pipeline.nn.recipe.RecipeStep`. When the shard set has a "val" split, each epoch is
+scored on it, the run's chosen checkpoint is the epoch with the best val accuracy (never the
+test accuracy), and `patience` epochs without a better one stop the run early.
 """
 
 from __future__ import annotations
@@ -30,12 +36,15 @@ from pipeline.errors import (
     ShardSetError,
 )
 from pipeline.nn.network import Network
+from pipeline.nn.optimizers import Hyper
+from pipeline.nn.recipe import RecipeStep, Spec
+from pipeline.nn.schedules import Schedule
 from pipeline.report.evaluate import EVAL_BATCH, confusion_on
 from pipeline.training import checkpoint, distributed
 from pipeline.training.checkpoint import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 from pipeline.training.distributed import LOCAL, Comm
-from pipeline.training.rundir import RUN_FILE, RunDir, RunFile
+from pipeline.training.rundir import RUN_FILE, RunDir, RunFile, best_epoch
 from pipeline.training.rundir import epoch_accuracy as epoch_accuracy  # the CLI reads it here
 
 
@@ -60,7 +69,7 @@ class RunState:
     network: Network
     epoch: int = 0  # epochs finished
     step: int = 0  # batches done in the current epoch
-    loss_sum: float = 0.0  # summed loss (|a - y|^2 / 2 per sample) over those batches
+    loss_sum: float = 0.0  # summed loss over those batches
     samples: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -197,7 +206,13 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         try:
             network = Network.initialize(
-                sizes, rng=self.rng, std=config.init_std, dtype=config.dtype
+                sizes,
+                rng=self.rng,
+                std=config.init_std,
+                dtype=config.dtype,
+                init=config.init,
+                activation=config.activation,
+                loss=config.loss,
             )
         except MemoryError:
             raise ConfigError(
@@ -222,6 +237,31 @@ class Trainer:
             world_size=comm.size,
         )
         self.last: Path | None = None  # the newest checkpoint on disk
+        self.recipe = None if config.is_original else self._recipe(network)
+        if self.recipe is not None and comm.size > 1:
+            raise ConfigError(
+                "only the original recipe trains under MPI for now",
+                param="preset",
+                value=config.preset,
+            )
+        per_epoch = len(self.train_loader)
+        self.schedule = Schedule(
+            config.schedule,
+            config.lr,
+            total=config.epochs * per_epoch,
+            per_epoch=per_epoch,
+            warmup=round(config.warmup_epochs * per_epoch),
+            step_epochs=config.step_epochs,
+            gamma=config.step_gamma,
+        )
+
+    def _recipe(self, network: Network) -> RecipeStep:
+        c = self.config
+        hyper = Hyper(c.optimizer, c.momentum, c.beta1, c.beta2, c.eps, c.weight_decay)
+        spec = Spec(c.activation, c.loss, c.dropout, c.input_dropout, c.max_norm, hyper)
+        # the dropout generator's key: from the seed, apart from the init's and the loader's
+        key = int(np.random.default_rng([c.seed, 1]).integers(2**63))
+        return RecipeStep(network, spec, batch_size=c.batch_size, dropout_key=key)
 
     def restore(self, path: Path | None = None) -> Path | None:
         """Continue from `path` [default: the newest checkpoint, if there is one]; returns it."""
@@ -245,6 +285,10 @@ class Trainer:
         try:
             self.train_loader.check_state(LoaderState(**meta.loader), meta.epoch, meta.step)
             self.rng.bit_generator.state = meta.rng
+            if self.recipe is not None:
+                self.recipe = self._recipe(network)
+                self.recipe.optimizer.load_state(ckpt.state, int(meta.optimizer["step_count"]))
+                self.recipe.dropout_counter = meta.dropout_counter
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: unusable loader or generator state ({exc})") from None
         except ConfigError as exc:
@@ -269,13 +313,14 @@ class Trainer:
 
     def run(self) -> Path:
         """Train up to `config.epochs`; returns the final checkpoint."""
-        while self.state.epoch < self.config.epochs:
+        while self.state.epoch < self.config.epochs and not self.stop_early():
             started = time.perf_counter()
             self.train_epoch()
             self.end_epoch(time.perf_counter() - started)
         if self.last is None:
             raise CheckpointError(f"{self.rundir.checkpoints}: no checkpoint written")
-        return self.last
+        best = best_epoch(self.state.history)  # by val accuracy, when there is a val split
+        return self.last if best is None else self.rundir.checkpoint_path(best, 0)
 
     def train_epoch(self) -> None:
         """The rest of the current epoch, from the shards, in calls of many batches each."""
@@ -293,7 +338,7 @@ class Trainer:
                 rows = slice(done * size, (done + todo) * size)
                 # the epoch's loss sum goes through every step in order: the same bits
                 # whichever block boundaries (or resume points) split the epoch
-                loss_sum = self._steps(x[rows], y[rows], state.loss_sum)
+                loss_sum = self._steps(x[rows], y[rows], todo, state.loss_sum)
                 if not math.isfinite(loss_sum):
                     self._diverged(loss_sum, todo)
                 done += todo
@@ -304,10 +349,16 @@ class Trainer:
                     self.save()
             self.reporter.advance(state.step, state.samples, state.loss_sum)
 
-    def _steps(self, x: np.ndarray, y: np.ndarray, loss_sum: float) -> float:
-        """SGD steps over the global batches in x, y (locally, or each rank its share);
-        returns loss_sum plus their summed loss."""
+    def _steps(self, x: np.ndarray, y: np.ndarray, batches: int, loss_sum: float) -> float:
+        """`batches` consecutive steps over the global batches in x, y (locally, or each rank
+        its share); returns loss_sum plus their losses, added one batch at a time."""
         network, config = self.state.network, self.config
+        if self.recipe is not None:
+            x = np.ascontiguousarray(x, dtype=network.dtype)
+            y = np.ascontiguousarray(y, dtype=network.dtype)
+            first = self.state.epoch * len(self.train_loader) + self.state.step
+            lrs = [self.schedule.lr_at(first + k) for k in range(batches)]
+            return self.recipe.steps(x, y, lrs, config.batch_size, loss_sum=loss_sum)
         if self.comm.size == 1:
             return network.steps(x, y, config.lr, config.batch_size, loss_sum=loss_sum)
         if self.reducer is None:
@@ -317,6 +368,14 @@ class Trainer:
             self.comm, network, self.reducer, x, y, config.lr, config.batch_size, loss_sum
         )
 
+    def stop_early(self) -> bool:
+        """`patience` epochs in a row without a better val accuracy than the best before."""
+        patience, history = self.config.patience, self.state.history
+        if not patience or self.scored_split != "val" or len(history) <= patience:
+            return False
+        best = max(range(len(history)), key=lambda e: (history[e]["val_accuracy"], -e))
+        return len(history) - 1 - best >= patience
+
     def end_epoch(self, seconds: float) -> None:
         """Score the val split (else test), log the epoch, checkpoint."""
         state = self.state
@@ -325,7 +384,7 @@ class Trainer:
         total = state.history[-1]["seconds_total"] if state.history else 0.0
         record = {
             "epoch": state.epoch + 1,
-            "train_loss": state.loss_sum / state.samples,  # mean of |a - y|^2 / 2
+            "train_loss": state.loss_sum / state.samples,  # mean loss per sample
             f"{self.scored_split}_accuracy": float(np.trace(confusion) / confusion.sum()),
             "seconds": round(seconds, 3),
             "seconds_total": round(total + seconds, 3),
@@ -343,7 +402,8 @@ class Trainer:
         if not self.writer:  # rank 0 writes it; the name is the same on every rank
             self.last = path
             return
-        checkpoint.save(path, state.network, self._meta())
+        arrays = self.recipe.optimizer.state_arrays() if self.recipe else {}
+        checkpoint.save(path, state.network, self._meta(), state=arrays)
         self.rundir.prune(newest=path)
         self.last = path
 
@@ -371,6 +431,12 @@ class Trainer:
             data_identity=manifest.identity,
             dataset=manifest.name,
             classes=tuple(manifest.classes),
-            optimizer={"name": "sgd", "lr": config.lr},  # plain SGD carries no state
+            optimizer={  # its buffers are the checkpoint's state arrays
+                "name": config.optimizer,
+                "lr": config.lr,
+                "step_count": self.recipe.optimizer.step_count if self.recipe else 0,
+            },
+            recipe=f"mlp-{config.activation}-{config.loss}-{config.optimizer}",
+            dropout_counter=self.recipe.dropout_counter if self.recipe else 0,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )

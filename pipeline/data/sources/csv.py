@@ -94,11 +94,13 @@ def _is_number(cell: str) -> bool:
 
 def _parse(lines: list[str], path: Path, start: int) -> np.ndarray:
     try:
-        return np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)  # (rows, columns)
+        return np.loadtxt(lines, delimiter=",", quotechar='"', dtype=np.float64, ndmin=2)
     except ValueError as exc:
         message = " ".join(str(exc).split(";")[0].split())
-        # loadtxt counts rows within the block: name the file's line instead
-        message = re.sub(r"row (\d+)", lambda m: f"line {start + int(m.group(1)) - 1}", message)
+        # loadtxt counts rows within the block (from 0 in conversion errors, else from 1):
+        # name the file's line instead
+        first = 0 if "could not convert" in message else 1
+        message = re.sub(r"row (\d+)", lambda m: f"line {start + int(m.group(1)) - first}", message)
         raise SourceError(f"{path}: {message}") from None
 
 

@@ -1,0 +1,76 @@
+"""Optimizers: how a step's gradients become new weights; their state is plain arrays.
+
+    sgd        w -= lr g                                  (no state)
+    momentum   v = mu v + g;  w -= lr v                   (PyTorch's form; v per parameter)
+    nesterov   v = mu v + g;  w -= lr (g + mu v)
+    adam       m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+               w -= lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+    adamw      adam, with weight decay decoupled: w -= lr wd w before the step
+Weight decay (L2: g += wd w, for sgd/momentum/nesterov/adam) applies to weights, not biases.
+The update runs in one fused pass per parameter (`pipeline.nn.fused`). The state (buffers and
+step count) goes into every checkpoint, so a resumed run continues bit-identically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.nn import fused
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """The optimizer's settings (from TrainConfig)."""
+
+    name: str = "sgd"
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+class Optimizer:
+    def __init__(self, params: list[np.ndarray], hyper: Hyper) -> None:
+        assert hyper.name in OPTIMIZERS, hyper.name
+        self.hyper = hyper
+        self.step_count = 0
+        # per parameter: momentum buffer (sgd family) or first and second moments (adam)
+        slots = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}[hyper.name]
+        self.slots = [[np.zeros_like(p) for p in params] for _ in range(slots)]
+
+    def step(self, params: list[np.ndarray], grads: list[np.ndarray], lr: float) -> None:
+        """Update params in place from grads (which the sgd family may overwrite)."""
+        h = self.hyper
+        self.step_count += 1
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            wd = h.weight_decay if p.ndim == 2 else 0.0  # weights decay, biases do not
+            if h.name in ("adam", "adamw"):
+                m, v = self.slots[0][i], self.slots[1][i]
+                fused.adam_update(
+                    p, g, m, v, lr, h.beta1, h.beta2, h.eps, wd, h.name == "adamw", self.step_count
+                )
+            else:
+                mu = h.momentum if h.name != "sgd" else 0.0
+                buffer = self.slots[0][i] if self.slots else g
+                fused.sgd_update(p, g, buffer, lr, mu, wd, h.name == "nesterov")
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The buffers, named slot{k}_{i}; the step count travels beside them (`step_count`)."""
+        return {f"slot{k}_{i}": a for k, slot in enumerate(self.slots) for i, a in enumerate(slot)}
+
+    def load_state(self, arrays: dict[str, np.ndarray], step_count: int) -> None:
+        """Restore what `state_arrays` gave; shapes and dtypes must match exactly."""
+        expected = self.state_arrays()
+        if set(arrays) != set(expected):
+            raise ValueError(f"optimizer state holds {sorted(arrays)}, expected {sorted(expected)}")
+        for name, target in expected.items():
+            got = arrays[name]
+            if got.shape != target.shape or got.dtype != target.dtype:
+                raise ValueError(f"optimizer state {name}: {got.shape} {got.dtype}")
+            target[...] = got
+        self.step_count = step_count
