@@ -1,27 +1,33 @@
-# The pipeline as a batch job: `docker compose run --rm job` (see docker-compose.yml).
-FROM python:3.11-slim
+# The pipeline as a scheduled batch job (README "Scheduled runs"). Runs as uid 1000 on a read-only
+# root file system: everything it writes goes to /shards, /runs (volumes) or /tmp (a tmpfs).
+# The base is pinned to a patch release; pin its digest too where you build (FROM ...@sha256:...).
+FROM python:3.11.14-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    NUMBA_CACHE_DIR=/var/cache/numba \
-    MPLCONFIGDIR=/tmp/matplotlib
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /app
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
-RUN pip install . \
-    && mkdir -p /var/cache/numba \
-    # compile the training kernel once, at build time, into the image's numba cache; from /,
-    # so the installed package is compiled (numba keys its cache by the source's path)
-    && cd / && python -m pipeline.nn.kernels && rm -rf /app/pipeline \
-    && chmod -R a+rwX /var/cache/numba
+RUN pip install . && rm -rf /src/*
 
-# an unprivileged user; shards and runs live on mounted volumes
-RUN useradd --create-home --uid 1000 pipeline \
-    && mkdir -p /shards /runs && chown pipeline:pipeline /shards /runs
-USER pipeline
-WORKDIR /work
+# Compile the training kernel once, into a cache outside the package. From /, so that the installed
+# package is what gets compiled (numba keys its cache by the source file's path). numba reads a
+# cache only from a writable directory, so the entrypoint copies this one to $NUMBA_CACHE_DIR.
+WORKDIR /
+RUN NUMBA_CACHE_DIR=/opt/numba-cache python -m pipeline.nn.kernels \
+    && chmod -R a+rX /opt/numba-cache \
+    && mkdir -p /shards /runs && chown 1000:1000 /shards /runs
+COPY --chmod=755 deploy/entrypoint.sh /usr/local/bin/pipeline-entrypoint
 
-ENTRYPOINT ["pipeline"]
+ENV HOME=/tmp \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    PIPELINE_NUMBA_CACHE_SEED=/opt/numba-cache
+USER 1000:1000
+WORKDIR /tmp
+
+ENTRYPOINT ["pipeline-entrypoint"]
 CMD ["--help"]

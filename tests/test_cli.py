@@ -62,8 +62,9 @@ def test_every_option_shows_its_whole_help_and_its_default(name: str) -> None:
             continue
         assert param.help and one_line(param.help) in text, (name, param.name, text)
         default = shown_default(param)
+        env = f"env var: {param.envvar}; " if param.envvar else ""  # PIPELINE_* (issue 14)
         if default is not None:
-            shown = f"{one_line(param.help)} [default: {default}"
+            shown = f"{one_line(param.help)} [{env}default: {default}"
             assert f"{shown}]" in text or f"{shown};" in text, (name, param.name)
 
 
@@ -73,7 +74,7 @@ def test_help_keeps_brackets_as_written() -> None:
     assert "Dataset name [default: the source's]." in prepare
     assert "[default: the source's, else 0..N-1]" in prepare
     train = one_line(runner.invoke(app, ["train", "--help"], terminal_width=200).stdout)
-    assert "repeat for more layers. [default: 500]" in train
+    assert "repeat for more layers. [env var: PIPELINE_HIDDEN; default: 500]" in train
 
 
 def test_train_and_run_options_are_the_config_fields_with_its_defaults() -> None:

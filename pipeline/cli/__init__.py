@@ -7,6 +7,7 @@
 The orchestration `run` calls lives in the library: `pipeline.job`.
 """
 
+from pipeline.cli import scheduled  # noqa: F401  (registers `runs`)
 from pipeline.cli.app import app
 
 __all__ = ["app"]

@@ -25,7 +25,16 @@ from pipeline.cli.errors import (
     fail,
     friendly_errors,
 )
-from pipeline.cli.options import MinAccuracy, RunDir, train_options
+from pipeline.cli.logs import LogFormat
+from pipeline.cli.options import (
+    Keep,
+    Logs,
+    MinAccuracy,
+    OptionalRunDir,
+    RunDir,
+    Runs,
+    train_options,
+)
 from pipeline.cli.world import Distributed, world
 from pipeline.data.prepare import DEFAULT_SHARD_SIZE
 from pipeline.data.shards import Compression
@@ -68,8 +77,9 @@ def _command() -> str:
 Source = Annotated[
     str,
     typer.Option(
+        envvar="PIPELINE_SOURCE",
         help="embedded | idx:DIR | torchvision:NAME[/SPLIT]:ROOT | npz:FILE | csv:TRAIN,TEST | "
-        "images:DIR (README: Data sources)."
+        "images:DIR (README: Data sources).",
     ),
 ]
 ImageShape = Annotated[
@@ -85,7 +95,10 @@ ValFraction = Annotated[
 @app.command()
 def prepare(
     out_dir: Annotated[
-        Path, typer.Option("--out", file_okay=False, help="Directory for the shard set.")
+        Path,
+        typer.Option(
+            "--out", file_okay=False, envvar="PIPELINE_DATA", help="Directory for the shard set."
+        ),
     ],
     source: Source = "embedded",
     name: Annotated[str | None, typer.Option(help="Dataset name [default: the source's].")] = None,
@@ -108,10 +121,29 @@ def prepare(
             "new one is complete."
         ),
     ] = False,
+    if_missing: Annotated[
+        bool,
+        typer.Option(
+            help="Do nothing if --out already holds a complete shard set, whatever its source "
+            "(the scheduled mode's first stage: a data set swapped in stays)."
+        ),
+    ] = False,
+    log_format: Logs = LogFormat.plain,
 ) -> None:
     """Read a data source and write normalized, one-hot HDF5 shards plus manifest.json."""
     from pipeline.data import prepare as prepare_stage
-    from pipeline.data import sources
+    from pipeline.data import shards, sources
+
+    views.log.use(log_format)
+    if if_missing and (out_dir / shards.MANIFEST).exists() and not force:
+        with friendly_errors():
+            manifest = shards.load_manifest(out_dir)
+        views.log.event(
+            "prepared",
+            {"path": str(out_dir), "dataset": manifest.name, "identity": manifest.identity},
+            plain=f"shards: {out_dir} already holds {manifest.name}",
+        )
+        return
 
     with friendly_errors(), views.display() as progress:
         class_names = [c.strip() for c in classes.split(",")] if classes else None
@@ -176,9 +208,9 @@ def verify(
 
 def _gate(accuracy: float, min_accuracy: float | None) -> None:
     if min_accuracy is not None and accuracy < min_accuracy:
-        typer.echo(
+        views.log.error(
             f"quality gate failed: accuracy {accuracy:.4f} < --min-accuracy {min_accuracy}",
-            err=True,
+            event="gate-failed",
         )
         raise typer.Exit(EXIT_GATE)
 
@@ -187,19 +219,38 @@ def _gate(accuracy: float, min_accuracy: float | None) -> None:
 @train_options
 def train(
     data: Annotated[
-        Path, typer.Option("--data", file_okay=False, help="Shard directory written by prepare.")
+        Path,
+        typer.Option(
+            "--data",
+            file_okay=False,
+            envvar="PIPELINE_DATA",
+            help="Shard directory written by prepare.",
+        ),
     ],
-    run_dir: RunDir,
+    run_dir: OptionalRunDir = None,
+    runs: Runs = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir from its newest checkpoint.")
     ] = False,
     distributed_mode: Distributed = "auto",
+    log_format: Logs = LogFormat.plain,
     *,
     config: TrainConfig,
 ) -> None:
-    """Train the MLP on the shards (default: the original 784-500-10 recipe)."""
+    """Train the MLP on the shards (default: the original 784-500-10 recipe).
+
+    With --runs, train the run of this data and recipe (resuming it); `run --runs` finishes it."""
     from pipeline.training import trainer
     from pipeline.training.rundir import epoch_accuracy
+
+    views.log.use(log_format)
+    if _one_of(run_dir, runs) is None:  # the scheduled mode trains in one process
+        from pipeline.cli.scheduled import trigger
+
+        assert runs is not None
+        trigger(runs, data, None, config, min_accuracy=None, keep=0, train_only=True)
+        return
+    assert run_dir is not None
 
     with (
         world(distributed_mode) as comm,
@@ -234,6 +285,7 @@ def evaluate(
     ] = None,
     min_accuracy: MinAccuracy = None,
     distributed_mode: Distributed = "auto",
+    log_format: Logs = LogFormat.plain,
     allow_other_data: Annotated[
         bool,
         typer.Option(
@@ -245,6 +297,8 @@ def evaluate(
 ) -> None:
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
     from pipeline.report import evaluate as evaluate_stage
+
+    views.log.use(log_format)
 
     with world(distributed_mode) as comm, friendly_errors():
         evaluation = evaluate_stage.evaluate(
@@ -264,33 +318,51 @@ def evaluate(
 @app.command()
 @train_options
 def run(
-    run_dir: RunDir,
+    run_dir: OptionalRunDir = None,
+    runs: Runs = None,
     data: Annotated[
         Path | None,
         typer.Option(
             "--data",
             file_okay=False,
+            envvar="PIPELINE_DATA",
             help="Shard directory: used if it holds a set, else written [default: RUN_DIR/shards].",
         ),
     ] = None,
     source: Annotated[
         str | None,
         typer.Option(
+            envvar="PIPELINE_SOURCE",
             help="The source of a set to write: as prepare's --source "
-            "[default: what --data holds, else embedded]."
+            "[default: what --data holds, else embedded]. With --runs: only to fill an empty "
+            "--data.",
         ),
     ] = None,
     image_shape: ImageShape = None,
     val_fraction: ValFraction = None,
     min_accuracy: MinAccuracy = None,
+    keep: Keep = 0,
     distributed_mode: Distributed = "auto",
+    log_format: Logs = LogFormat.plain,
     *,
     config: TrainConfig,
 ) -> None:
-    """Prepare (if needed), train (resuming if the run exists) and evaluate, in one go."""
+    """Prepare (if needed), train (resuming if the run exists) and evaluate, in one go.
+
+    With --runs (the scheduled mode): the run of the data and recipe, up to date or brought up
+    to date; a run passing the gate becomes RUNS/latest."""
     from pipeline import job
     from pipeline.data import sources
     from pipeline.report.evaluate import REPORT_MD
+
+    views.log.use(log_format)
+    if _one_of(run_dir, runs) is None:
+        from pipeline.cli.scheduled import trigger
+
+        assert runs is not None
+        trigger(runs, data or runs / "shards", source, config, min_accuracy=min_accuracy, keep=keep)
+        return
+    assert run_dir is not None
 
     with friendly_errors():
         shape = sources.parse_shape(image_shape) if image_shape else None
@@ -317,3 +389,10 @@ def run(
     else:
         views.say(f'accuracy ("precision") {result.accuracy:.2%}; report: {run_dir / REPORT_MD}')
     _gate(result.accuracy, min_accuracy)
+
+
+def _one_of(run_dir: Path | None, runs: Path | None) -> Path | None:
+    """--run-dir (one run) or --runs (scheduled mode): exactly one of them; the run dir."""
+    if (run_dir is None) == (runs is None):
+        raise fail("pass either --run-dir (one run) or --runs (a directory of runs)", 2)
+    return run_dir

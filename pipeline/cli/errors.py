@@ -5,6 +5,7 @@ Exit codes (the README lists them too):
     1    bad input or environment: a file, a directory, the disk, memory
     2    bad usage: an unknown option, or an option's value out of range (`--lr 0`)
     3    the `--min-accuracy` quality gate failed (the report is still written)
+    75   another trigger holds the run (`--runs`; EX_TEMPFAIL: try again later)
     130  interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM): every file written is
          complete; the line printed says how to continue
 
@@ -30,7 +31,7 @@ from typer.core import TyperGroup
 from pipeline.cli.options import HELP
 from pipeline.errors import ConfigError, PipelineError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_BUSY = 0, 1, 2, 3, 75
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143
 
 # library parameter -> the option that sets it
@@ -82,16 +83,25 @@ def exit_code(exc: PipelineError) -> int:
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    """Print the one error line; the caller raises what this returns."""
-    typer.echo(f"error: {message}", err=True)
+    """Print the one error line (a JSON object with --log-format json); the caller raises what
+    this returns."""
+    from pipeline.cli.views import log
+
+    log.error(message)
     return typer.Exit(code)
 
 
 @contextlib.contextmanager
 def friendly_errors(how_to_continue: str = "rerun the same command") -> Iterator[None]:
     """Turn the pipeline's exceptions into one line on stderr and an exit code."""
+    from pipeline.cli.views import log
+    from pipeline.runs import RunBusyError
+
     try:
         yield
+    except RunBusyError as exc:  # a scheduler's "not now": its own exit code
+        log.error(f"busy: {exc}", event="busy")
+        raise typer.Exit(EXIT_BUSY) from None
     except PipelineError as exc:
         raise fail(exc.render(FLAGS), exit_code(exc)) from None
     except KeyboardInterrupt as exc:
@@ -100,7 +110,8 @@ def friendly_errors(how_to_continue: str = "rerun the same command") -> Iterator
             if isinstance(exc, Terminated)
             else ("interrupted", EXIT_INTERRUPTED)
         )
-        typer.echo(f"{what}: every file written is complete; {how_to_continue} to go on", err=True)
+        message = f"{what}: every file written is complete; {how_to_continue} to go on"
+        log.error(message, event=what)
         raise typer.Exit(code) from None
     except MemoryError:
         raise fail("out of memory (a smaller --hidden or --batch-size?)") from None

@@ -19,12 +19,58 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 import typer
 
+from pipeline.cli.logs import LogFormat
 from pipeline.training.config import TrainConfig
 
-RunDir = Annotated[Path, typer.Option("--run-dir", file_okay=False, help="The run's directory.")]
+RunDir = Annotated[
+    Path,
+    typer.Option(
+        "--run-dir", file_okay=False, envvar="PIPELINE_RUN_DIR", help="The run's directory."
+    ),
+]
+OptionalRunDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--run-dir",
+        file_okay=False,
+        envvar="PIPELINE_RUN_DIR",
+        help="The run's directory (or --runs).",
+    ),
+]
 MinAccuracy = Annotated[
     float | None,
-    typer.Option(min=0.0, max=1.0, help="Exit with code 3 if accuracy is below this (0-1)."),
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        envvar="PIPELINE_MIN_ACCURACY",
+        help="Exit with code 3 if accuracy is below this (0-1).",
+    ),
+]
+Runs = Annotated[
+    Path | None,
+    typer.Option(
+        "--runs",
+        file_okay=False,
+        envvar="PIPELINE_RUNS",
+        help="Scheduled mode: a directory of runs, one per (data, recipe); "
+        "a finished one is 'up to date'.",
+    ),
+]
+Keep = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        envvar="PIPELINE_KEEP",
+        help="With --runs: keep the newest N finished runs (and latest), delete older (0: all).",
+    ),
+]
+Logs = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="PIPELINE_LOG_FORMAT",
+        help="plain: lines (a live display on a terminal); json: one JSON object per line.",
+    ),
 ]
 
 # the TrainConfig fields offered as options, with their help; the others keep their defaults.
@@ -76,7 +122,9 @@ def _parameters() -> list[inspect.Parameter]:
                 f.name,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=default,
-                annotation=Annotated[kind, typer.Option(help=HELP[f.name])],
+                annotation=Annotated[
+                    kind, typer.Option(help=HELP[f.name], envvar=f"PIPELINE_{f.name.upper()}")
+                ],
             )
         )
     return parameters

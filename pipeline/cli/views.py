@@ -24,6 +24,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.cli.logs import Log
+
 if TYPE_CHECKING:  # the stages (numpy, h5py, matplotlib) load only when a command runs
     from pipeline.data.integrity import ShardCheck
     from pipeline.data.prepare import PrepareResult
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # the stages (numpy, h5py, matplotlib) load only when a comma
     from pipeline.training.distributed import Comm
 
 out = Console(soft_wrap=True)  # long paths stay on one line in logs
+log = Log(out)  # plain lines, or JSON ones with --log-format json
 
 
 def say(message: str) -> None:
@@ -43,7 +46,7 @@ def say(message: str) -> None:
 def display(comm: Comm | None = None) -> Iterator[Progress | None]:
     """A live progress display on a terminal; None (plain lines) in logs and pipes, and on
     every MPI rank but the first."""
-    if not out.is_terminal or (comm is not None and comm.rank != 0):
+    if not out.is_terminal or log.json or (comm is not None and comm.rank != 0):
         yield None
         return
     with _progress() as progress:
@@ -102,7 +105,8 @@ class TrainView:
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, info=f"{split} accuracy {accuracy:.2%}")
         else:
-            say(line)
+            metrics = {k: v for k, v in record.items() if k != "epoch"}
+            log.event("epoch", {"epoch": record["epoch"], "metrics": metrics}, plain=line)
 
 
 class PrepareView:
@@ -178,9 +182,12 @@ def report_table(evaluation: Evaluation) -> None:
         style="bold",
     )
     out.print(table)
-    say(
-        f'accuracy ("precision") {report.accuracy:.2%} on {doc["samples"]:,} '
-        f"{doc['split']} images; report: {evaluation.run_dir / REPORT_MD}"
+    report_md = evaluation.run_dir / REPORT_MD
+    log.event(
+        "report",
+        {"accuracy": report.accuracy, "samples": doc["samples"], "report": str(report_md)},
+        plain=f'accuracy ("precision") {report.accuracy:.2%} on {doc["samples"]:,} '
+        f"{doc['split']} images; report: {report_md}",
     )
 
 
