@@ -156,16 +156,18 @@ def test_every_form_gives_the_same_arrays_and_the_same_shards(tmp_path: Path, fe
         "torchvision": "torchvision:MNIST:"
         + str(write_torchvision(tmp_path / "tv", "MNIST", mnist_files(few, gz=True))),
     }
-    contents = {}
+    contents, identities = {}, {}
     for form, spec in specs.items():
         raw = sources.load(spec)
         assert raw.classes == digits, form
         assert raw.image_shape == (28, 28), form
         assert_same(raw, few)
         out = tmp_path / f"shards-{form}"
-        prepare.prepare(out, raw, shard_size=128)
+        identities[form] = prepare.prepare(out, raw, shard_size=128).manifest.identity
         contents[form] = stored(out)
     assert all(c == contents["idx"] for c in contents.values())
+    # the content identity runs and reports record: one set, whatever form it came in
+    assert set(identities.values()) == {identities["idx"]}, identities
 
 
 def test_names_come_from_the_source(tmp_path: Path, few) -> None:
@@ -324,6 +326,7 @@ def test_fashion_mnist_through_idx_and_torchvision_layout_is_one_set(tmp_path: P
     assert outs["idx"].classes == outs["tv"].classes == tv.FASHION_CLASSES
     assert outs["idx"].split("train").label_histogram == [6000] * 10
     assert stored(tmp_path / "idx") == stored(tmp_path / "tv")
+    assert outs["idx"].identity == outs["tv"].identity
 
 
 def test_csv_with_quotes_crlf_and_blank_lines_reads_the_same(tmp_path: Path, few) -> None:
