@@ -162,26 +162,32 @@ def no_readers(directory: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def dir_lock(directory: Path, *, what: str, name: str = ".lock") -> Iterator[None]:
-    """Hold an exclusive lock on `directory` (the file `name` in it) or fail at once.
-
-    flock locks die with their process, so a killed writer never leaves a stale lock.
-    """
-    lock_file = directory / name
+def try_lock(lock_file: Path) -> int | None:
+    """An exclusive flock on `lock_file` (created if need be): its open fd, or None at once if
+    another process holds it. flock locks die with their process: a killed holder leaves no
+    stale lock."""
     try:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise OutputError(f"{directory}: cannot write here ({exc.strerror})") from None
+        raise OutputError(f"{lock_file.parent}: cannot write here ({exc.strerror})") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise LockedError(
-                    f"{directory}: another {what} is writing here (lock {lock_file} is held)"
-                ) from None
-            raise
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def dir_lock(directory: Path, *, what: str, name: str = ".lock") -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (the file `name` in it) or fail at once."""
+    lock_file = directory / name
+    fd = try_lock(lock_file)
+    if fd is None:
+        raise LockedError(f"{directory}: another {what} is writing here (lock {lock_file} is held)")
+    try:
         yield
     finally:
         os.close(fd)

@@ -16,7 +16,6 @@ it cannot prove is a finished run of ours (our name, our run.json, our outcome.j
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -32,7 +31,7 @@ from typing import Any
 
 from pipeline.data.shards import Manifest
 from pipeline.errors import ConfigError, LockedError, OutputError
-from pipeline.fsutil import atomic_write_bytes, fsync
+from pipeline.fsutil import atomic_write_bytes, fsync, try_lock
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import RUN_FILE, RunDir
 
@@ -135,22 +134,15 @@ def hold(run: Path) -> Iterator[None]:
     An flock dies with its process: a killed trigger leaves no stale lock, only stale text.
     """
     lock_file = run / TRIGGER_LOCK
+    fd = try_lock(lock_file)
+    if fd is None:
+        holder = _holder_of(lock_file)
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+        since = f" since {holder['since']}" if "since" in holder else ""
+        raise RunBusyError(
+            f"{run}: another trigger is working on this run ({who}{since})", holder=holder
+        )
     try:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise OutputError(f"{run}: cannot write here ({exc.strerror})") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            holder = _holder_of(lock_file)
-            who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
-            since = f" since {holder['since']}" if "since" in holder else ""
-            raise RunBusyError(
-                f"{run}: another trigger is working on this run ({who}{since})", holder=holder
-            ) from None
         me = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
