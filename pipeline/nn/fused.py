@@ -22,19 +22,32 @@ ACT_CODE = {"relu": 0, "tanh": 1, "sigmoid": 2}  # the kernels' names for layers
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _splitmix(start: np.uint64, word: int) -> np.uint64:
+    z = start + np.uint64(word) * _GOLDEN + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 @njit(cache=True, nogil=True)
 def draw_keep(keep: np.ndarray, start: np.uint64, threshold: int) -> None:
     """keep (B, n) uint8 <- 1 where draw k >= threshold; draw k is 16 bits of
     splitmix64(start + (k // 4) * GOLDEN) (as `layers.keep_mask`)."""
     flat = keep.reshape(-1)
     n = flat.size
-    for q in range(0, n, 4):
-        z = start + np.uint64(q // 4) * _GOLDEN + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-        for s in range(min(4, n - q)):
-            flat[q + s] = 1 if ((z >> np.uint64(16 * s)) & np.uint64(0xFFFF)) >= threshold else 0
+    full = n // 4
+    for word in range(full):  # four draws a word, unrolled: this loop vectorizes
+        z = _splitmix(start, word)
+        q = 4 * word
+        flat[q] = (z & np.uint64(0xFFFF)) >= threshold
+        flat[q + 1] = ((z >> np.uint64(16)) & np.uint64(0xFFFF)) >= threshold
+        flat[q + 2] = ((z >> np.uint64(32)) & np.uint64(0xFFFF)) >= threshold
+        flat[q + 3] = (z >> np.uint64(48)) >= threshold
+    if 4 * full < n:  # the last word's first n % 4 draws
+        z = _splitmix(start, full)
+        for s in range(n - 4 * full):
+            flat[4 * full + s] = ((z >> np.uint64(16 * s)) & np.uint64(0xFFFF)) >= threshold
 
 
 @njit(cache=True, nogil=True, inline="always")
