@@ -9,10 +9,15 @@
                    --seeds, and prints each test accuracy and training seconds.
   --profile        where a step's time goes: BLAS matmuls, fused elementwise kernels, the
                    optimizer, the dropout draws and the loader, at --batch sizes.
+  --contended      the step's two halves on two threads (one BLAS thread each, as trained)
+                   against the same step on BLAS's own two threads, alone and then beside a
+                   busy neighbour (another process multiplying float32 matrices on two BLAS
+                   threads, as a second training job would); epochs alternate.
 
     python scripts/bench_recipes.py [--epochs 3] [--recipe fast|reference]
     python scripts/bench_recipes.py --accuracy fast --seeds 0 1 2 [--source idx:DIR]
     python scripts/bench_recipes.py --profile [--batch 128 1024]
+    python scripts/bench_recipes.py --contended [--epochs 2]
 Wrap timings in `flock /work/bench.lock` on a shared machine and note `uptime` beside them.
 """
 
@@ -22,6 +27,8 @@ import argparse
 import dataclasses
 import itertools
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,9 +89,8 @@ def our_epoch(
     xs, ys = x[order], y[order]  # one gather per epoch, outside the timed loop for both
     start = time.perf_counter()
     base = epoch * schedule.per_epoch
-    for k in range(schedule.per_epoch):
-        rows = slice(k * batch, (k + 1) * batch)
-        step.step(xs[rows], ys[rows], schedule.lr_at(base + k))
+    lrs = [schedule.lr_at(base + k) for k in range(schedule.per_epoch)]
+    step.steps(xs, ys, lrs, batch)  # as the trainer calls it: many batches a call
     return time.perf_counter() - start
 
 
@@ -146,6 +152,44 @@ def speed(config: TrainConfig, epochs: int, source: str | None) -> None:
 def describe(c: TrainConfig) -> str:
     sizes = "-".join(map(str, [784, *c.hidden, 10]))
     return f"{sizes} {c.activation} do{c.dropout}/{c.input_dropout} {c.optimizer} b{c.batch_size}"
+
+
+NEIGHBOUR = """
+import time, numpy as np
+a, b = np.ones((256, 784), np.float32), np.ones((784, 512), np.float32)
+while True:
+    a @ b
+"""
+
+
+def contended(config: TrainConfig, epochs: int, source: str | None) -> None:
+    x, y = in_memory(source)
+    split, _ = ours(config, x, y)
+    blas, schedule = ours(config, x, y)
+    if split.worker is None:
+        print("one core: the step's halves run in turn; nothing to compare")
+        return
+    blas.worker = None  # halves in turn on this thread, each product on BLAS's own threads
+    split.step(x[:8], y[:8], 0.0)  # compile (or load) the kernels before timing
+    print(f"{blas_info()}; cores {os.cpu_count()}; {describe(config)}", flush=True)
+    rows = []
+    for neighbour in (False, True):
+        busy = subprocess.Popen([sys.executable, "-c", NEIGHBOUR]) if neighbour else None
+        try:
+            threads, own = [], []
+            for epoch in range(epochs):
+                threads.append(our_epoch(split, schedule, x, y, epoch, config.batch_size))
+                own.append(our_epoch(blas, schedule, x, y, epoch, config.batch_size))
+            load = os.getloadavg()[0]
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        rows.append(("beside a busy neighbour" if neighbour else "alone", threads, own, load))
+    print(f"{'':<24} {'2 threads s/epoch':>18} {'BLAS threads s/epoch':>21} {'ratio':>7}")
+    for name, threads, own, load in rows:
+        a, b = float(np.median(threads)), float(np.median(own))
+        print(f"{name:<24} {a:18.3f} {b:21.3f} {a / b:7.2f}   (load {load:.2f})")
 
 
 def accuracy(
@@ -229,6 +273,7 @@ def main() -> None:
     parser.add_argument("--source", default=None, help="'embedded' MNIST or 'idx:DIR'")
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="override")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--contended", action="store_true")
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
@@ -236,6 +281,8 @@ def main() -> None:
         accuracy(args.accuracy, args.seeds, args.source, args.epochs, args.hidden)
     elif args.profile:
         profile(args.batch, args.steps)
+    elif args.contended:
+        contended(presets.resolve("fast"), args.epochs or 2, args.source)
     else:
         chosen = {"fast": [presets.resolve("fast")], "reference": [REFERENCE]}
         chosen["both"] = chosen["fast"] + chosen["reference"]

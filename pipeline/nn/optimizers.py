@@ -22,6 +22,13 @@ from pipeline.nn import fused
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 
 
+def _part(a: np.ndarray, half: int | None) -> np.ndarray:
+    """a's elements as a flat view: all (None), or the first (0) or second (1) half."""
+    flat = a.reshape(-1)
+    mid = flat.size // 2
+    return flat if half is None else flat[:mid] if half == 0 else flat[mid:]
+
+
 @dataclass(frozen=True)
 class Hyper:
     """The optimizer's settings (from TrainConfig)."""
@@ -45,18 +52,30 @@ class Optimizer:
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray], lr: float) -> None:
         """Update params in place from grads (which the sgd family may overwrite)."""
-        h = self.hyper
+        self.begin()
+        self.update(params, grads, lr)
+
+    def begin(self) -> None:
+        """Count the step (Adam's bias correction uses the count); then `update` its parts."""
         self.step_count += 1
+
+    def update(
+        self, params: list[np.ndarray], grads: list[np.ndarray], lr: float, half: int | None = None
+    ) -> None:
+        """Update every parameter's elements, or `half` of them (two threads update one half
+        each: `pipeline.nn.recipe`); element by element, so the split never changes a bit."""
+        h = self.hyper
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             wd = h.weight_decay if p.ndim == 2 else 0.0  # weights decay, biases do not
+            p, g = _part(p, half), _part(g, half)
             if h.name in ("adam", "adamw"):
-                m, v = self.slots[0][i], self.slots[1][i]
+                m, v = _part(self.slots[0][i], half), _part(self.slots[1][i], half)
                 fused.adam_update(
                     p, g, m, v, lr, h.beta1, h.beta2, h.eps, wd, h.name == "adamw", self.step_count
                 )
             else:
                 mu = h.momentum if h.name != "sgd" else 0.0
-                buffer = self.slots[0][i] if self.slots else g
+                buffer = _part(self.slots[0][i], half) if self.slots else g
                 fused.sgd_update(p, g, buffer, lr, mu, wd, h.name == "nesterov")
 
     def state_arrays(self) -> dict[str, np.ndarray]:

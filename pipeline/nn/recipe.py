@@ -9,6 +9,15 @@ The products run in BLAS (numpy.matmul into preallocated outputs); everything el
 fused pass (`pipeline.nn.fused`). No batch-sized array is allocated after construction: a
 batch smaller than the buffers (an epoch's last) uses their first rows.
 
+Two cores, two halves. Every step is computed in two halves, always the same ones: the
+forward and backward passes by rows of the batch (a row's activations and deltas need no other
+row), the gradients by rows of each w (and columns of each b), the update by halves of each
+parameter's elements. On two cores a worker thread takes one half while this thread takes the
+other, each with a one-thread BLAS; on one core this thread takes both. The split, not the
+thread count, fixes the arithmetic, so the bits are the same on any machine. Why not BLAS's own
+two threads: beside another busy process they spin and wait on each other, and a step took
+4-9x longer (`scripts/bench_recipes.py --contended` measures both ways side by side).
+
 Under MPI (`comm`, `pipeline.training.distributed`) the batch is the GLOBAL batch: every rank
 draws the dropout masks of all its rows (so the generator and the masks are those of one
 process), computes its share of the rows with delta_L scaled by 1 / (global rows), and one
@@ -17,7 +26,12 @@ Allreduce sums the gradients (and the loss) before the identical optimizer step 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
@@ -64,6 +78,7 @@ class RecipeStep:
         self.reducer = GradientSum(shapes, dt) if comm.size > 1 else None
         self.dropout_key = dropout_key
         self.dropout_counter = 0  # splitmix64 words drawn so far: the dropout generator's state
+        self.worker = _worker()
 
     def _draw(self, keep: np.ndarray, p: float) -> None:
         start = np.uint64((self.dropout_key + self.dropout_counter * GOLDEN) & MASK64)
@@ -76,43 +91,91 @@ class RecipeStep:
         total = len(x)
         mine = share(total, self.comm.rank, self.comm.size)  # all rows in one process
         x, y = x[mine], y[mine]
-        rows, layers = len(x), len(net.weights)
-        a = [buf[:rows] for buf in self.a]  # (rows, n_l) views: contiguous, no copies
-        d = [buf[:rows] for buf in self.d]
-        keep = [buf[mine] for buf in self.keep]  # this rank's rows of the global masks
-        a[0] = x
-        if spec.input_dropout > 0:
+        rows = len(x)
+        if spec.input_dropout > 0:  # every layer's mask for the global batch, in layer order
             self._draw(self.keep[0][:total], spec.input_dropout)
-            fused.dropout_into(x, self.a[0][:rows], keep[0], 1.0 / (1.0 - spec.input_dropout))
-            a[0] = self.a[0][:rows]
+        if spec.dropout > 0:
+            for mask in self.keep[1:]:
+                self._draw(mask[:total], spec.dropout)
+        keep = [buf[mine] for buf in self.keep]  # this rank's rows of the global masks
+        inputs = self.a[0][:rows] if spec.input_dropout > 0 else x  # (rows, n_0)
+        losses = [0.0, 0.0]
+
+        def backprop(k: int) -> None:
+            losses[k] = self.backprop(x, y, inputs, keep, _half(rows, k), 1.0 / total)
+
+        self._both(backprop)
+        self._both(lambda k: self.gradients(inputs, rows, k))
+        grads, loss = self.grad_w + self.grad_b, losses[0] + losses[1]
+        if self.reducer is not None:  # sum over the ranks: the global batch's mean gradient
+            grads, loss = self.reducer(self.comm, grads, loss, 1.0)
+        params = net.weights + net.biases
+        self.optimizer.begin()
+        self._both(lambda k: self.optimizer.update(params, grads, lr, half=k))
+        if spec.max_norm > 0:  # over whole columns of w: after every row is updated
+            self._both(lambda k: self.limit_norms(k))
+        return float(loss)
+
+    def backprop(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        inputs: np.ndarray,
+        keep: list[np.ndarray],
+        r: slice,
+        inv_total: float,
+    ) -> float:
+        """Forward and backward over rows r of this rank's batch: the activations a[l][r] and
+        deltas d[l][r] of every layer (no other row is read); returns their summed loss."""
+        spec, net, layers = self.spec, self.network, len(self.network.weights)
+        a = [buf[r] for buf in self.a]  # (r, n_l) views: contiguous, no copies
+        d = [buf[r] for buf in self.d]
+        kept = [buf[r] for buf in keep]
+        if spec.input_dropout > 0:
+            fused.dropout_into(x[r], a[0], kept[0], 1.0 / (1.0 - spec.input_dropout))
+        a[0] = inputs[r]
         p = spec.dropout
         scale = 1.0 / (1.0 - p)
         for layer in range(layers - 1):  # hidden layers
-            np.matmul(a[layer], net.weights[layer], out=a[layer + 1])  # (rows, n_{l+1})
-            if p > 0:
-                self._draw(self.keep[layer + 1][:total], p)
-            fused.forward_hidden(a[layer + 1], net.biases[layer], self.act, keep[layer + 1],
+            np.matmul(a[layer], net.weights[layer], out=a[layer + 1])  # (r, n_{l+1})
+            fused.forward_hidden(a[layer + 1], net.biases[layer], self.act, kept[layer + 1],
                                  scale, p > 0)  # fmt: skip
         out = layers
-        np.matmul(a[out - 1], net.weights[out - 1], out=a[out])  # (rows, n_L) logits
+        np.matmul(a[out - 1], net.weights[out - 1], out=a[out])  # (r, n_L) logits
         if spec.loss == "cross_entropy":
-            loss = fused.cross_entropy_out(a[out], net.biases[out - 1], y, d[out], 1.0 / total)
+            loss = fused.cross_entropy_out(a[out], net.biases[out - 1], y[r], d[out], inv_total)
         else:
-            loss = fused.mse_out(a[out], net.biases[out - 1], self.act, y, d[out], 1.0 / total)
-        for layer in reversed(range(layers)):  # weights[layer] maps a[layer] -> a[layer + 1]
-            np.matmul(a[layer].T, d[layer + 1], out=self.grad_w[layer])  # (n_l, n_{l+1})
-            fused.column_sums(d[layer + 1], self.grad_b[layer])
-            if layer:
-                np.matmul(d[layer + 1], net.weights[layer].T, out=d[layer])  # (rows, n_l)
-                fused.backward_hidden(d[layer], a[layer], self.act, keep[layer], scale, p > 0)
-        grads = self.grad_w + self.grad_b
-        if self.reducer is not None:  # sum over the ranks: the global batch's mean gradient
-            grads, loss = self.reducer(self.comm, grads, loss, 1.0)
-        self.optimizer.step(net.weights + net.biases, grads, lr)
-        if spec.max_norm > 0:
-            for w in net.weights:
-                fused.max_norm(w, spec.max_norm)
+            loss = fused.mse_out(a[out], net.biases[out - 1], self.act, y[r], d[out], inv_total)
+        for layer in reversed(range(1, layers)):  # weights[layer] maps a[layer] -> a[layer + 1]
+            np.matmul(d[layer + 1], net.weights[layer].T, out=d[layer])  # (r, n_l)
+            fused.backward_hidden(d[layer], a[layer], self.act, kept[layer], scale, p > 0)
         return float(loss)
+
+    def gradients(self, inputs: np.ndarray, rows: int, k: int) -> None:
+        """Half k of every gradient: rows of dw_l = a_{l-1}^T delta_l, columns of db_l."""
+        for layer, (gw, gb) in enumerate(zip(self.grad_w, self.grad_b, strict=True)):
+            a = inputs if layer == 0 else self.a[layer][:rows]  # (rows, n_l)
+            d = self.d[layer + 1][:rows]  # (rows, n_{l+1})
+            part = _half(len(gw), k)
+            np.matmul(a[:, part].T, d, out=gw[part])  # (part, n_{l+1})
+            cols = _half(len(gb), k)
+            fused.column_sums(d[:, cols], gb[cols])
+
+    def limit_norms(self, k: int) -> None:
+        for w in self.network.weights:
+            fused.max_norm(w[:, _half(w.shape[1], k)], self.spec.max_norm)
+
+    def _both(self, work: Callable[[int], None]) -> None:
+        """work(0) and work(1): at once on two cores (the worker takes half 1), else in turn."""
+        if self.worker is None:
+            work(0)
+            work(1)
+            return
+        other = self.worker.submit(work, 1)
+        try:
+            work(0)
+        finally:
+            other.result()  # re-raises the worker's exception, if any
 
     def steps(
         self,
@@ -126,7 +189,37 @@ class RecipeStep:
         """Consecutive batches of x (N, n_0), one per rate in lrs; returns loss_sum plus each
         batch's summed loss, added in order (a running sum independent of how calls split)."""
         total = float(loss_sum)
-        for k, lr in enumerate(lrs):
-            rows = slice(k * batch_size, (k + 1) * batch_size)
-            total += self.step(x[rows], y[rows], lr)
+        with self.blas_threads():
+            for k, lr in enumerate(lrs):
+                rows = slice(k * batch_size, (k + 1) * batch_size)
+                total += self.step(x[rows], y[rows], lr)
         return total
+
+    @contextmanager
+    def blas_threads(self) -> Iterator[None]:
+        """One BLAS thread per half while the two halves run on two threads."""
+        if self.worker is None:
+            yield
+            return
+        with _blas().limit(limits=1, user_api="blas"):
+            yield
+
+
+def _half(n: int, k: int) -> slice:
+    """Half k (0 or 1) of range(n): the fixed split of every step's work."""
+    return slice(0, n // 2) if k == 0 else slice(n // 2, n)
+
+
+@cache
+def _worker() -> ThreadPoolExecutor | None:
+    """The one thread that takes every step's second half; None with one core."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return None
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="recipe-half")
+
+
+@cache
+def _blas():  # type: ignore[no-untyped-def]
+    from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
+
+    return ThreadpoolController()

@@ -36,10 +36,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "original": {},
     "fast": {
         **_MODERN,
-        "hidden": (800, 800),
+        "hidden": (512, 512),
         "input_dropout": 0.1,
         "dropout": 0.2,
-        "lr": 0.1,
+        "batch_size": 256,
+        "lr": 0.2,
         "epochs": 12,
     },
     "best": {
