@@ -209,7 +209,9 @@ def accuracy(
 
 
 def profile(batches: list[int], steps: int) -> None:
-    """Time every call of the step's parts by wrapping them (the wrappers cost ~1 us each)."""
+    """Time every call of the step's parts by wrapping them (the wrappers cost ~1 us each).
+    The step's two threads both add to a part's time: the parts sum to up to twice the wall
+    time, and what is left of the wall time ("python + other") may come out negative."""
     spent: dict[str, float] = {}
 
     def timed(name: str, fn):  # type: ignore[no-untyped-def]
@@ -242,13 +244,14 @@ def profile(batches: list[int], steps: int) -> None:
             start = time.perf_counter()
             done = 0
             load_start = time.perf_counter()
-            for x, y in loader.epoch(0):
-                spent["loader"] = spent.get("loader", 0.0) + time.perf_counter() - load_start
-                step.step(x, y, 0.01)
-                done += 1
-                if done == steps:
-                    break
-                load_start = time.perf_counter()
+            with step.blas_threads():  # as in training: one BLAS thread per half
+                for x, y in loader.epoch(0):
+                    spent["loader"] = spent.get("loader", 0.0) + time.perf_counter() - load_start
+                    step.step(x, y, 0.01)
+                    done += 1
+                    if done == steps:
+                        break
+                    load_start = time.perf_counter()
             total = time.perf_counter() - start
             for name, fn in real.items():
                 setattr(fused, name, fn)

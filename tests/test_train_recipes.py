@@ -49,7 +49,8 @@ def test_presets_resolve_and_options_override() -> None:
         "momentum",
         "cosine",
     )
-    assert fast.hidden == (800, 800) and fast.preset == "fast" and not fast.is_original
+    assert fast.hidden == (512, 512) and fast.batch_size == 256 and fast.preset == "fast"
+    assert not fast.is_original
     mine = presets.resolve("fast", dropout=0.1, hidden=[64], lr=None)
     assert (mine.dropout, mine.hidden, mine.lr) == (0.1, (64,), fast.lr)
     original = presets.resolve("original")
