@@ -11,18 +11,17 @@
 A trigger whose run is finished touches nothing ("up to date"). A run without an outcome is
 unfinished (killed, or failed): the next trigger resumes it. Nothing here deletes a directory
 it cannot prove is a finished run of ours (our name, our run.json, our outcome.json).
+The locks (who works on a run) are `run_lock`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,25 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.shards import Manifest
-from pipeline.errors import ConfigError, LockedError, OutputError
-from pipeline.fsutil import atomic_write_bytes, fsync, try_lock
+from pipeline.errors import ConfigError, OutputError
+from pipeline.fsutil import atomic_write_bytes, fsync
+from pipeline.run_lock import RunBusyError, hold, is_held, runs_dir_lock
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import RUN_FILE, RunDir
 
 LATEST = "latest"
 OUTCOME = "outcome.json"
-TRIGGER_LOCK = ".trigger.lock"
 RUN_NAME = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})-(?P<id>[0-9a-f]{12})$")
 # config fields that do not change the weights: a trigger differing only in them is the same run
 NOT_RECIPE = ("checkpoint_every",)
-
-
-class RunBusyError(LockedError):
-    """Another trigger holds the run; `holder` is what its lock file says about it."""
-
-    def __init__(self, message: str, *, holder: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.holder = holder
 
 
 def recipe(config: TrainConfig) -> dict[str, Any]:
@@ -102,74 +93,6 @@ def finished(runs_dir: Path, manifest: Manifest, config: TrainConfig) -> Path | 
     return run if run is not None and read_outcome(run) is not None else None
 
 
-# --- locks -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _dir_lock(runs_dir: Path) -> Iterator[None]:
-    """DIR/.lock, held for an instant (create a run, promote, prune): waited for, not refused."""
-    try:
-        fd = os.open(runs_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise OutputError(f"{runs_dir}: cannot write here ({exc.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _holder_of(lock_file: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(lock_file.read_text() or "{}")
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-@contextlib.contextmanager
-def hold(run: Path) -> Iterator[None]:
-    """Hold the run's trigger lock (or raise RunBusyError at once), writing who holds it.
-
-    An flock dies with its process: a killed trigger leaves no stale lock, only stale text.
-    """
-    lock_file = run / TRIGGER_LOCK
-    fd = try_lock(lock_file)
-    if fd is None:
-        holder = _holder_of(lock_file)
-        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
-        since = f" since {holder['since']}" if "since" in holder else ""
-        raise RunBusyError(
-            f"{run}: another trigger is working on this run ({who}{since})", holder=holder
-        )
-    try:
-        me = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-def is_held(run: Path) -> bool:
-    """Whether a trigger holds the run now (a shared probe: works on a read-only volume)."""
-    try:
-        fd = os.open(run / TRIGGER_LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 @contextlib.contextmanager
 def claim(runs_dir: Path, manifest: Manifest, config: TrainConfig) -> Iterator[Path]:
     """The run of this data and recipe, found or created, held by this process meanwhile."""
@@ -179,7 +102,7 @@ def claim(runs_dir: Path, manifest: Manifest, config: TrainConfig) -> Iterator[P
     except OSError as exc:
         reason = exc.strerror
         raise OutputError(f"{runs_dir}: cannot create the runs directory ({reason})") from None
-    with _dir_lock(runs_dir):  # two triggers at once make one directory, not two
+    with runs_dir_lock(runs_dir):  # two triggers at once make one directory, not two
         run = find(runs_dir, rid)
         if run is None:
             run = runs_dir / f"{datetime.now(UTC):%Y-%m-%d}-{rid}"
@@ -222,7 +145,7 @@ def promote(runs_dir: Path, run: Path) -> None:
     if os.path.lexists(link) and not link.is_symlink():
         raise OutputError(f"{link}: exists and is not a symlink; move it away to promote runs")
     tmp = runs_dir / f".{LATEST}.{os.getpid()}.tmp"
-    with _dir_lock(runs_dir):
+    with runs_dir_lock(runs_dir):
         tmp.unlink(missing_ok=True)
         try:
             os.symlink(run.name, tmp)  # relative: the volume may be mounted anywhere
@@ -235,7 +158,7 @@ def promote(runs_dir: Path, run: Path) -> None:
 def prune(runs_dir: Path, keep: int) -> list[Path]:
     """Delete the oldest finished runs beyond the newest `keep`; never latest, never a held run."""
     removed: list[Path] = []
-    with _dir_lock(runs_dir):
+    with runs_dir_lock(runs_dir):
         promoted = latest(runs_dir)
         done = [r for r in _ours(runs_dir) if (r / OUTCOME).is_file() and (r / RUN_FILE).is_file()]
         for run in done[: max(len(done) - keep, 0)]:

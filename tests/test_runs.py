@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import runs
+from pipeline import run_lock, runs
 from pipeline.cli import app
 from pipeline.data import prepare, shards, sources
 from pipeline.training.config import TrainConfig
@@ -141,7 +141,7 @@ def test_keep_prunes_oldest_finished_never_latest_nor_held(tmp_path: Path, slice
     assert os.readlink(runs_dir / runs.LATEST) == oldest.name
     foreign = runs_dir / "2020-01-01-not-a-run"
     foreign.mkdir()
-    with runs.hold(second):  # a trigger working on it (same flock as another process's)
+    with run_lock.hold(second):  # a trigger working on it (same flock as another process's)
         assert runs.prune(runs_dir, keep=1) == [third]
     assert runs.prune(runs_dir, keep=1) == [second]
     assert [p.name for p in runs._ours(runs_dir)] == [oldest.name, newest.name]
@@ -230,7 +230,7 @@ def test_overlapping_trigger_exits_75_naming_the_holder(tmp_path: Path, slice_se
         while not (runs_dir.is_dir() and (run := runs.find(runs_dir, rid))):
             assert first.poll() is None, first.communicate()
             os.sched_yield()
-        lock = run / runs.TRIGGER_LOCK
+        lock = run / run_lock.TRIGGER_LOCK
         _wait_for(lock, first, contains=f'"pid": {first.pid}')
         first.send_signal(signal.SIGSTOP)  # it holds the run while the second trigger comes
         second = subprocess.run(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import shlex
+import sys
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -72,6 +74,28 @@ Logs = Annotated[
         help="plain: lines (a live display on a terminal); json: one JSON object per line.",
     ),
 ]
+Source = Annotated[
+    str,
+    typer.Option(
+        envvar="PIPELINE_SOURCE",
+        help="embedded | idx:DIR | torchvision:NAME[/SPLIT]:ROOT | npz:FILE | csv:TRAIN,TEST | "
+        "images:DIR (README: Data sources).",
+    ),
+]
+ImageShape = Annotated[
+    str | None,
+    typer.Option(help="ROWSxCOLS[xCHANNELS] of a csv source's rows [default: square, grey]."),
+]
+ValFraction = Annotated[
+    float | None,
+    typer.Option(help="Carve this share of each class of train into a 'val' split (0-1)."),
+]
+
+
+def command_line() -> str:
+    """The command as typed: recorded in a shard set's provenance."""
+    return shlex.join(["pipeline", *sys.argv[1:]])
+
 
 # the TrainConfig fields offered as options, with their help; the others keep their defaults.
 # The defaults shown are the original recipe's; `--preset NAME` (pipeline/training/presets.py)

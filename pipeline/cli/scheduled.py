@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli import views
-from pipeline.cli.app import app
 from pipeline.cli.errors import EXIT_GATE, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import Logs
@@ -108,7 +107,6 @@ def _gate(info: runs_lib.RunInfo) -> str:
     return f"{'pass' if info.passed else 'FAIL'} {info.min_accuracy:g}"
 
 
-@app.command("runs")
 def runs_command(
     runs_dir: Annotated[
         Path,

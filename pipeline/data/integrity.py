@@ -32,7 +32,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.data.manifest import DATASETS, Manifest, ShardInfo, read
+from pipeline.data.manifest import DATASETS, Manifest, ShardInfo
+from pipeline.data.manifest_file import read
 from pipeline.data.shards import open_shard, read_rows
 from pipeline.errors import ShardCorruptError, ShardSetError
 from pipeline.fsutil import ReaderLock, kind

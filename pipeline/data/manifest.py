@@ -1,4 +1,4 @@
-"""`manifest.json`, the one description of a shard set: its types, its schema, writing, parsing.
+"""The description of a shard set: its types, its content identity, its file and dataset names.
 
 The manifest names every shard with its size and sha256, and says what the set holds. Its
 `identity` is a hash of the CONTENT alone (class names, image shape, and per split the sample
@@ -6,18 +6,18 @@ count and the sha256 of the images' and targets' bytes in order): the same sourc
 twice, in any directory, at any time, with any shard size or compression, has one identity.
 Provenance (who, when, from which files) and layout sit beside it, not inside it.
 
-Every field is checked on parsing (types, ranges, sums, names); the shards' real datasets are
-checked against these claims by `integrity` before anything is read from them.
+`manifest.json` itself, its one schema, writing and parsing (every field checked), is
+`manifest_file`'s; the shards' real datasets are checked against its claims by `integrity`
+before anything is read from them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,10 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.errors import ShardSetError
-from pipeline.fsutil import ReaderLock, atomic_write_bytes, read_file
+from pipeline.fsutil import ReaderLock
 
-SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-(?P<tag>[0-9a-f]{8})\.h5$")
-SPLIT_NAME = re.compile(r"^[a-z]+$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Compression(StrEnum):
@@ -46,11 +43,6 @@ class Compression(StrEnum):
 
 DATASETS = {"images": "float32", "labels": "float32", "targets": "uint8"}
 NORMALIZATION = {"images": "float32(pixel) / float32(255)", "labels": "one-hot"}
-# bounds no real set comes near; a claim beyond them is a damaged or hostile manifest
-MAX_CLASSES = 256  # targets are uint8
-MAX_SIDE, MAX_FEATURES = 1 << 14, 1 << 24
-MAX_SAMPLES, MAX_CHUNK_ROWS = 1 << 40, 1 << 20
-MAX_MANIFEST_BYTES = 64 << 20
 
 
 def provenance(command: str) -> dict[str, str]:
@@ -138,208 +130,3 @@ class Manifest:
 
     def path(self, shard: ShardInfo) -> Path:
         return self.directory / shard.file
-
-
-# --- writing ----------------------------------------------------------------------------
-
-
-def write(
-    directory: Path,
-    *,
-    name: str,
-    classes: list[str],
-    image_shape: list[int],
-    compression: str,
-    chunk_rows: int,
-    shard_size: int,
-    splits: dict[str, SplitInfo],
-    source: dict[str, Any],
-    fingerprint: dict[str, Any],
-    made_by: dict[str, str],
-) -> Manifest:
-    """Write `manifest.json` atomically (from this instant the set exists) and return it."""
-    doc = {
-        "schema_version": SCHEMA_VERSION,
-        "identity": content_identity(classes, image_shape, splits),
-        "name": name,
-        "classes": classes,
-        "features": math.prod(image_shape),
-        "image_shape": image_shape,
-        "datasets": {n: {"dtype": dtype} for n, dtype in DATASETS.items()},
-        "normalization": NORMALIZATION,
-        "layout": {
-            "chunk_rows": chunk_rows,
-            "compression": compression,
-            "fletcher32": True,
-            "shard_size": shard_size,
-        },
-        "splits": {s: asdict(info) for s, info in splits.items()},
-        "source": source,
-        "fingerprint": fingerprint,
-        "provenance": made_by,
-    }
-    text = (json.dumps(doc, indent=2) + "\n").encode()
-    atomic_write_bytes(directory / MANIFEST, text)
-    return parse(directory, text)
-
-
-# --- parsing ------------------------------------------------------------------------------
-
-
-class _Bad(Exception):
-    """A field fails its check; `parse` turns it into one ShardSetError naming the field."""
-
-
-def _int(doc: Any, key: str, lo: int, hi: int) -> int:
-    value = doc[key]
-    if type(value) is not int or not lo <= value <= hi:  # bool is an int: refused too
-        raise _Bad(f"{key} {value!r}: must be an integer in [{lo}, {hi}]")
-    return value
-
-
-def _ints(values: list[Any], key: str, lo: int, hi: int) -> list[int]:
-    return [_int({key: v}, key, lo, hi) for v in values]
-
-
-def _str(doc: Any, key: str, pattern: re.Pattern[str] | None = None) -> str:
-    value = doc[key]
-    if not isinstance(value, str) or not value or (pattern and not pattern.match(value)):
-        raise _Bad(f"{key} {value!r}: not a valid value")
-    return value
-
-
-def _dict(doc: Any, key: str) -> dict[str, Any]:
-    value = doc[key]
-    if not isinstance(value, dict):
-        raise _Bad(f"{key}: must be an object, found {type(value).__name__}")
-    return value
-
-
-def _list(doc: Any, key: str) -> list[Any]:
-    value = doc[key]
-    if not isinstance(value, list):
-        raise _Bad(f"{key}: must be a list, found {type(value).__name__}")
-    return value
-
-
-def _split(name: str, entry: Any, n_classes: int, seen: set[str]) -> SplitInfo:
-    if not isinstance(entry, dict):
-        raise _Bad(f"split {name!r}: must be an object")
-    samples = _int(entry, "samples", 0, MAX_SAMPLES)
-    histogram = _ints(_list(entry, "label_histogram"), "label_histogram", 0, samples)
-    if len(histogram) != n_classes or sum(histogram) != samples:
-        raise _Bad(f"split {name!r}: label_histogram does not count {samples} samples")
-    content = _dict(entry, "content")
-    if set(content) != {"images", "targets"}:
-        raise _Bad(f"split {name!r}: content must hash images and targets")
-    for key in content:
-        _str(content, key, SHA256)
-    shards = []
-    for index, s in enumerate(_list(entry, "shards")):
-        if not isinstance(s, dict) or set(s) != {"file", "samples", "bytes", "sha256"}:
-            raise _Bad(f"split {name!r}: shard entry {index} malformed")
-        file = _str(s, "file", SHARD_NAME)
-        match = SHARD_NAME.match(file)
-        assert match is not None
-        if match["split"] != name or int(match["index"]) != index or file in seen:
-            raise _Bad(f"shard file {file!r}: wrong split, position or repeated")
-        seen.add(file)
-        shards.append(
-            ShardInfo(
-                file,
-                _int(s, "samples", 1, MAX_SAMPLES),
-                _int(s, "bytes", 1, 1 << 62),
-                _str(s, "sha256", SHA256),
-            )
-        )
-    if sum(s.samples for s in shards) != samples:
-        raise _Bad(f"split {name!r}: the shards' samples do not add up to {samples}")
-    return SplitInfo(samples, histogram, dict(content), shards)
-
-
-def parse(directory: Path, text: bytes) -> Manifest:
-    """Validate every field of a manifest's bytes; one ShardSetError names the first bad one."""
-    where = directory / MANIFEST
-    try:
-        doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ShardSetError(f"{where}: not valid JSON ({exc})") from None
-    version = doc.get("schema_version") if isinstance(doc, dict) else None
-    if version != SCHEMA_VERSION or type(version) is not int:
-        raise ShardSetError(
-            f"{where}: unknown schema version {version!r} (this pipeline reads {SCHEMA_VERSION});"
-            " prepare the set again"
-        )
-    try:
-        classes = _list(doc, "classes")
-        if not 2 <= len(classes) <= MAX_CLASSES or len(set(map(str, classes))) != len(classes):
-            raise _Bad(f"classes: need 2 to {MAX_CLASSES} distinct names, found {len(classes)}")
-        if not all(isinstance(c, str) for c in classes):
-            raise _Bad("classes: names must be strings")
-        shape = _list(doc, "image_shape")
-        if len(shape) not in (2, 3):
-            raise _Bad(f"image_shape {shape!r}: must be [rows, cols] or [rows, cols, channels]")
-        image_shape = _ints(shape, "image_shape", 1, MAX_SIDE)
-        features = _int(doc, "features", 1, MAX_FEATURES)
-        if features != math.prod(image_shape):
-            raise _Bad(f"features {features}: image_shape {image_shape} has {math.prod(shape)}")
-        datasets = _dict(doc, "datasets")
-        dtypes = {k: v.get("dtype") if isinstance(v, dict) else v for k, v in datasets.items()}
-        if dtypes != DATASETS:
-            raise _Bad(f"datasets {dtypes}: this pipeline reads {DATASETS}")
-        if doc["normalization"] != NORMALIZATION:
-            raise _Bad(f"normalization {doc['normalization']!r}: not {NORMALIZATION}")
-        layout = _dict(doc, "layout")
-        compression = layout["compression"]
-        if compression not in set(Compression):
-            raise _Bad(f"compression {compression!r}: not one of {', '.join(Compression)}")
-        chunk_rows = _int(layout, "chunk_rows", 1, MAX_CHUNK_ROWS)
-        _int(layout, "shard_size", 1, MAX_SAMPLES)
-        if layout["fletcher32"] is not True:
-            raise _Bad(f"fletcher32 {layout['fletcher32']!r}: shards carry HDF5's checksum")
-        entries = _dict(doc, "splits")
-        if not entries:
-            raise _Bad("splits: none; the set holds no data")
-        seen: set[str] = set()
-        splits = {}
-        for name, entry in entries.items():
-            if not SPLIT_NAME.match(name):
-                raise _Bad(f"split name {name!r}: not lower-case letters")
-            splits[name] = _split(name, entry, len(classes), seen)
-        identity = _str(doc, "identity", SHA256)
-        if identity != content_identity(classes, image_shape, splits):
-            raise _Bad("identity: does not match the content the manifest describes")
-        _str(_dict(doc, "source"), "spec")
-        _dict(doc, "fingerprint")
-        _dict(doc, "provenance")
-        return Manifest(
-            directory=directory,
-            identity=identity,
-            name=_str(doc, "name"),
-            classes=classes,
-            features=features,
-            image_shape=image_shape,
-            compression=compression,
-            chunk_rows=chunk_rows,
-            splits=splits,
-            raw=doc,
-        )
-    except _Bad as exc:
-        raise ShardSetError(f"{where}: {exc}") from None
-    except (KeyError, TypeError, AttributeError) as exc:
-        what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ShardSetError(f"{where}: malformed manifest ({what})") from None
-
-
-def read(directory: Path) -> Manifest:
-    """Read and parse a directory's manifest (the shards themselves are not touched)."""
-    if not directory.is_dir():
-        raise ShardSetError(f"{directory}: no such shard directory")
-    where = directory / MANIFEST
-    text = read_file(
-        where,
-        error=ShardSetError,
-        missing=f"missing; is {directory} a prepared shard set?",
-        limit=MAX_MANIFEST_BYTES,
-    )
-    return parse(directory, text)

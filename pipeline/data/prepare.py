@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.data import integrity, manifest
+from pipeline.data import integrity, manifest, manifest_file
 from pipeline.data.manifest import MANIFEST, SHARD_NAME, Compression, Manifest, SplitInfo
 from pipeline.data.shards import CHUNK_ROWS, ShardWriter
 from pipeline.data.sources import RawDataset, resolve
@@ -254,7 +254,7 @@ def _write_set(
         splits[split] = writer.finish()
         written |= writer.written
         seconds[split] = time.perf_counter() - split_started
-    new = manifest.write(
+    new = manifest_file.write(
         out,
         name=raw.name,
         classes=raw.classes,

@@ -7,7 +7,8 @@ One shard holds a contiguous run of samples of one split:
 chunked in blocks of whole rows (the loader reads contiguous blocks), with HDF5's fletcher32
 filter so a flipped byte is caught on read. Shard file names end in the first 8 hex digits of
 the file's sha256: a rebuild never overwrites a shard an existing manifest still points to.
-The set's description is `manifest.json` (module `manifest`); its checks are in `integrity`.
+The set's description is `manifest.json` (modules `manifest`, `manifest_file`); its checks
+are in `integrity`.
 """
 
 from __future__ import annotations
@@ -174,9 +175,9 @@ class ShardWriter:
 def load_manifest(directory: Path, *, check_files: bool = True) -> Manifest:
     """The shard set in `directory`: with `check_files`, opened and verified for reading
     (`integrity.open_set`), else the parsed manifest alone (nothing else read)."""
-    from pipeline.data import integrity, manifest  # integrity builds on this module
+    from pipeline.data import integrity, manifest_file  # integrity builds on this module
 
-    return integrity.open_set(directory) if check_files else manifest.read(directory)
+    return integrity.open_set(directory) if check_files else manifest_file.read(directory)
 
 
 def open_shard(path: Path, *, locking: bool = True) -> h5py.File:

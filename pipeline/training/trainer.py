@@ -1,5 +1,10 @@
 """The train stage: stream batches from the shards through the network, checkpointing as it goes.
 
+    train()          open the run directory (its lock), refuse what cannot be resumed,
+                     write run.json, agree on the start under MPI, run the loop
+    resume.py        what must match to continue a checkpoint; restoring it; the start position
+    loop.py          `Trainer`: the network, the loaders, the epoch loop, the checkpoints
+
 The run directory's layout (run.json, metrics.jsonl, checkpoints/) is `rundir`'s. Every
 file is replaced atomically, so a run killed at any instant resumes from its newest
 checkpoint and ends bit-identical to a run that was never interrupted, every recorded
@@ -16,62 +21,22 @@ test accuracy), and `patience` epochs without a better one stop the run early.
 
 from __future__ import annotations
 
-import itertools
-import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
-from pipeline.data.loader import Loader, LoaderState
 from pipeline.data.shards import Manifest, load_manifest
-from pipeline.errors import (
-    CheckpointError,
-    ConfigError,
-    DivergedError,
-    OutputError,
-    ShardSetError,
-)
+from pipeline.errors import CheckpointError, ConfigError, OutputError
 from pipeline.nn.network import Network
-from pipeline.nn.optimizers import Hyper
-from pipeline.nn.recipe import RecipeStep, Spec
-from pipeline.nn.schedules import Schedule
-from pipeline.report.evaluate import EVAL_BATCH, confusion_on
-from pipeline.training import checkpoint, distributed
-from pipeline.training.checkpoint import CheckpointMeta
-from pipeline.training.config import MAX_PARAMETERS, TrainConfig
+from pipeline.training import distributed
+from pipeline.training.config import TrainConfig
 from pipeline.training.distributed import LOCAL, Comm
-from pipeline.training.rundir import RUN_FILE, RunDir, RunFile, best_epoch
-from pipeline.training.rundir import epoch_accuracy as epoch_accuracy  # the CLI reads it here
+from pipeline.training.loop import Reporter, Silent, Trainer
+from pipeline.training.resume import check_compatible, position, restore
+from pipeline.training.rundir import RUN_FILE, RunDir, RunFile
 
-
-class Reporter(Protocol):
-    """What the trainer tells a progress display; the CLI implements it with rich."""
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
-    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
-
-
-class Silent:
-    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
-    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class RunState:
-    """The mutable part of a run, saved in every checkpoint."""
-
-    network: Network
-    epoch: int = 0  # epochs finished
-    step: int = 0  # batches done in the current epoch
-    loss_sum: float = 0.0  # summed loss over those batches
-    samples: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+__all__ = ["Reporter", "Silent", "TrainResult", "train"]
 
 
 @dataclass(frozen=True)
@@ -80,21 +45,6 @@ class TrainResult:
     history: list[dict[str, Any]]
     checkpoint: Path
     resumed_from: Path | None
-
-
-def _check_compatible(
-    where: Path, identity: str, saved: TrainConfig, config: TrainConfig, manifest: Manifest
-) -> None:
-    if identity != manifest.identity:
-        raise ConfigError(
-            f"{where}: was trained on another shard set ({identity[:12]}), not "
-            f"{manifest.directory} ({manifest.identity[:12]})"
-        )
-    old, new = saved.to_json(), config.to_json()
-    changed = [k for k in old if k not in TrainConfig.RESUMABLE and old[k] != new.get(k)]
-    if changed:
-        diffs = ", ".join(f"{k} {old[k]} -> {new.get(k)}" for k in changed)
-        raise ConfigError(f"{where}: cannot resume with a different config ({diffs})")
 
 
 def train(
@@ -137,16 +87,16 @@ def _train_locked(
             f"{run.path}: {why} (newest {newest.name}); resume it, or use another run directory"
         )
     if newest is not None and saved is not None:
-        _check_compatible(run.path / RUN_FILE, saved.data_identity, saved.config, config, manifest)
+        check_compatible(run.path / RUN_FILE, saved.data_identity, saved.config, config, manifest)
     # before run.json: bad input leaves none
     trainer = Trainer(manifest, run, config, reporter, comm)
-    resumed_from = trainer.restore()  # the checkpoint's own config and data are checked too
+    resumed_from = restore(trainer)  # the checkpoint's own config and data are checked too
     if newest is None or saved is None:  # a new run, one that failed before its first
         # checkpoint (started again with this config), or one whose run.json was lost
         created = datetime.now(UTC).isoformat(timespec="seconds")
         data = str(manifest.directory.resolve())
         run.write_run_file(RunFile(config, manifest.identity, data, manifest.name, created))
-    comm.broadcast(trainer.position(resumed_from))  # the followers start from here
+    comm.broadcast(position(trainer, resumed_from))  # the followers start from here
     last = trainer.run()
     return TrainResult(trainer.state.network, trainer.state.history, last, resumed_from)
 
@@ -159,8 +109,8 @@ def _train_follower(
     trainer = Trainer(manifest, run, config, Silent(), comm)
     expected = comm.broadcast(None)
     name = expected["checkpoint"]
-    resumed_from = trainer.restore(run.checkpoints / name if name else None)
-    mine = trainer.position(resumed_from)
+    resumed_from = restore(trainer, run.checkpoints / name if name else None)
+    mine = position(trainer, resumed_from)
     if mine != expected:
         raise CheckpointError(
             f"{run.path}: rank {comm.rank} would start from {mine} but rank 0 from {expected}; "
@@ -168,273 +118,3 @@ def _train_follower(
         )
     last = trainer.run()
     return TrainResult(trainer.state.network, trainer.state.history, last, resumed_from)
-
-
-class Trainer:
-    """One run: the network and its position, the loaders, and the checkpoints they go to."""
-
-    def __init__(
-        self,
-        manifest: Manifest,
-        run: RunDir,
-        config: TrainConfig,
-        reporter: Reporter,
-        comm: Comm = LOCAL,
-    ) -> None:
-        self.manifest, self.rundir, self.config, self.reporter = manifest, run, config, reporter
-        self.comm, self.writer = comm, comm.rank == 0
-        self.reducer: distributed.GradientSum | None = None  # the Allreduce buffer, under MPI
-        samples = manifest.split("train").samples
-        if samples == 0:
-            raise ShardSetError(
-                f"{manifest.directory}: the train split is empty: nothing to train on"
-            )
-        if config.batch_size > samples:  # refused, not clamped: the config is what runs
-            raise ConfigError(
-                f"larger than the {samples} samples of {manifest.name}'s train split",
-                param="batch_size",
-                value=config.batch_size,
-            )
-        sizes = [manifest.features, *config.hidden, manifest.n_classes]
-        if sum(a * b + b for a, b in itertools.pairwise(sizes)) > MAX_PARAMETERS:
-            raise ConfigError(
-                f"a {'-'.join(map(str, sizes))} network has more than the "
-                f"{MAX_PARAMETERS:,} parameters this project builds",
-                param="hidden",
-                value=list(config.hidden),
-            )
-        self.rng = np.random.default_rng(config.seed)
-        try:
-            network = Network.initialize(
-                sizes,
-                rng=self.rng,
-                std=config.init_std,
-                dtype=config.dtype,
-                init=config.init,
-                activation=config.activation,
-                loss=config.loss,
-            )
-        except MemoryError:
-            raise ConfigError(
-                "the network does not fit in memory", param="hidden", value=list(config.hidden)
-            ) from None
-        self.state = RunState(network)
-        self.train_loader = Loader(
-            manifest,
-            "train",
-            batch_size=config.batch_size,
-            shuffle=config.shuffle,
-            seed=config.seed,
-        )
-        # scored each epoch: val when the set has one (test then waits for evaluate); under
-        # MPI each rank scores its part and the confusions are summed
-        self.scored_split = "val" if "val" in manifest.splits else "test"
-        self.test_loader = Loader(
-            manifest,
-            self.scored_split,
-            batch_size=EVAL_BATCH,
-            rank=comm.rank,
-            world_size=comm.size,
-        )
-        self.last: Path | None = None  # the newest checkpoint on disk
-        self.recipe = None if config.is_original else self._recipe(network)
-        per_epoch = len(self.train_loader)
-        self.schedule = Schedule(
-            config.schedule,
-            config.lr,
-            total=config.epochs * per_epoch,
-            per_epoch=per_epoch,
-            warmup=round(config.warmup_epochs * per_epoch),
-            step_epochs=config.step_epochs,
-            gamma=config.step_gamma,
-        )
-
-    def _recipe(self, network: Network) -> RecipeStep:
-        c = self.config
-        hyper = Hyper(c.optimizer, c.momentum, c.beta1, c.beta2, c.eps, c.weight_decay)
-        spec = Spec(c.activation, c.loss, c.dropout, c.input_dropout, c.max_norm, hyper)
-        # the dropout generator's key: from the seed, apart from the init's and the loader's
-        key = int(np.random.default_rng([c.seed, 1]).integers(2**63))
-        return RecipeStep(network, spec, batch_size=c.batch_size, dropout_key=key, comm=self.comm)
-
-    def restore(self, path: Path | None = None) -> Path | None:
-        """Continue from `path` [default: the newest checkpoint, if there is one]; returns it."""
-        path = path or self.rundir.newest_checkpoint()
-        if path is None:
-            return None
-        ckpt = checkpoint.load(path)
-        meta = ckpt.meta
-        # the checkpoint's own config and data, not only run.json's, must match
-        _check_compatible(path, meta.data_identity, meta.config, self.config, self.manifest)
-        network, fresh = ckpt.network, self.state.network
-        if network.sizes != fresh.sizes or network.dtype != fresh.dtype:
-            raise CheckpointError(
-                f"{path}: layers {network.sizes} {network.dtype} do not fit "
-                f"{fresh.sizes} {fresh.dtype}"
-            )
-        if meta.step > len(self.train_loader):
-            raise CheckpointError(
-                f"{path}: step {meta.step} of a {len(self.train_loader)}-step epoch"
-            )
-        try:
-            self.train_loader.check_state(LoaderState(**meta.loader), meta.epoch, meta.step)
-            self.rng.bit_generator.state = meta.rng
-            if self.recipe is not None:
-                self.recipe = self._recipe(network)
-                self.recipe.optimizer.load_state(ckpt.state, int(meta.optimizer["step_count"]))
-                self.recipe.dropout_counter = meta.dropout_counter
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: unusable loader or generator state ({exc})") from None
-        except ConfigError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-        self.state = RunState(
-            network, meta.epoch, meta.step, meta.loss_sum, meta.samples, list(meta.history)
-        )
-        if self.writer:
-            self.rundir.write_metrics(self.state.history)
-        self.last = path
-        return path
-
-    def position(self, resumed_from: Path | None) -> dict[str, Any]:
-        """Where training starts: what every rank must agree on before the first step."""
-        network, recipe = self.state.network, self.recipe
-        state = [*network.weights, *network.biases]
-        if recipe is not None:  # the optimizer's buffers and the dropout generator too
-            state += [v for _, v in sorted(recipe.optimizer.state_arrays().items())]
-        return {
-            "checkpoint": resumed_from.name if resumed_from else None,
-            "epoch": self.state.epoch,
-            "step": self.state.step,
-            "dropout_counter": recipe.dropout_counter if recipe is not None else 0,
-            "state_sha256": distributed.digest(state),
-        }
-
-    def run(self) -> Path:
-        """Train up to `config.epochs`; returns the final checkpoint."""
-        while self.state.epoch < self.config.epochs and not self.stop_early():
-            started = time.perf_counter()
-            self.train_epoch()
-            self.end_epoch(time.perf_counter() - started)
-        if self.last is None:
-            raise CheckpointError(f"{self.rundir.checkpoints}: no checkpoint written")
-        best = best_epoch(self.state.history)  # by val accuracy, when there is a val split
-        return self.last if best is None else self.rundir.checkpoint_path(best, 0)
-
-    def train_epoch(self) -> None:
-        """The rest of the current epoch, from the shards, in calls of many batches each."""
-        state, config = self.state, self.config
-        size, every = config.batch_size, config.checkpoint_every
-        self.reporter.start_epoch(state.epoch, config.epochs, len(self.train_loader), state.step)
-        # a block of rows per call: the step's call overhead is paid once per ~1,000 batches
-        group = max(1, self.train_loader.block_rows // size)
-        for x, y in self.train_loader.epoch(state.epoch, start_batch=state.step, group=group):
-            done, batches = 0, -(-len(x) // size)
-            while done < batches:
-                todo = batches - done
-                if every:  # stop exactly at the next checkpoint step
-                    todo = min(todo, every - state.step % every)
-                rows = slice(done * size, (done + todo) * size)
-                # the epoch's loss sum goes through every step in order: the same bits
-                # whichever block boundaries (or resume points) split the epoch
-                loss_sum = self._steps(x[rows], y[rows], todo, state.loss_sum)
-                if not math.isfinite(loss_sum):
-                    self._diverged(loss_sum, todo)
-                done += todo
-                state.step += todo
-                state.samples += len(x[rows])
-                state.loss_sum = loss_sum
-                if every and state.step % every == 0 and state.step < len(self.train_loader):
-                    self.save()
-            self.reporter.advance(state.step, state.samples, state.loss_sum)
-
-    def _steps(self, x: np.ndarray, y: np.ndarray, batches: int, loss_sum: float) -> float:
-        """`batches` consecutive steps over the global batches in x, y (locally, or each rank
-        its share); returns loss_sum plus their losses, added one batch at a time."""
-        network, config = self.state.network, self.config
-        if self.recipe is not None:
-            x = np.ascontiguousarray(x, dtype=network.dtype)
-            y = np.ascontiguousarray(y, dtype=network.dtype)
-            first = self.state.epoch * len(self.train_loader) + self.state.step
-            lrs = [self.schedule.lr_at(first + k) for k in range(batches)]
-            return self.recipe.steps(x, y, lrs, config.batch_size, loss_sum=loss_sum)
-        if self.comm.size == 1:
-            return network.steps(x, y, config.lr, config.batch_size, loss_sum=loss_sum)
-        if self.reducer is None:
-            shapes = [p.shape for p in (*network.weights, *network.biases)]
-            self.reducer = distributed.GradientSum(shapes, network.dtype)
-        return distributed.network_steps(
-            self.comm, network, self.reducer, x, y, config.lr, config.batch_size, loss_sum
-        )
-
-    def stop_early(self) -> bool:
-        """`patience` epochs in a row without a better val accuracy than the best before."""
-        patience, history = self.config.patience, self.state.history
-        if not patience or self.scored_split != "val" or len(history) <= patience:
-            return False
-        best = max(range(len(history)), key=lambda e: (history[e]["val_accuracy"], -e))
-        return len(history) - 1 - best >= patience
-
-    def end_epoch(self, seconds: float) -> None:
-        """Score the val split (else test), log the epoch, checkpoint."""
-        state = self.state
-        confusion = confusion_on(state.network, self.test_loader)  # this rank's part
-        self.comm.allreduce_sum(confusion)
-        total = state.history[-1]["seconds_total"] if state.history else 0.0
-        record = {
-            "epoch": state.epoch + 1,
-            "train_loss": state.loss_sum / state.samples,  # mean loss per sample
-            f"{self.scored_split}_accuracy": float(np.trace(confusion) / confusion.sum()),
-            "seconds": round(seconds, 3),
-            "seconds_total": round(total + seconds, 3),
-        }
-        state.history.append(record)
-        state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
-        self.save()
-        if self.writer:
-            self.rundir.write_metrics(state.history)
-        self.reporter.end_epoch(record)
-
-    def save(self) -> None:
-        state = self.state
-        path = self.rundir.checkpoint_path(state.epoch, state.step)
-        if not self.writer:  # rank 0 writes it; the name is the same on every rank
-            self.last = path
-            return
-        arrays = self.recipe.optimizer.state_arrays() if self.recipe else {}
-        checkpoint.save(path, state.network, self._meta(), state=arrays)
-        self.rundir.prune(newest=path)
-        self.last = path
-
-    def _diverged(self, loss: float, steps: int) -> None:
-        first = self.state.step + 1
-        where = f"step {first}" + (f"-{first + steps - 1}" if steps > 1 else "")
-        raise DivergedError(
-            f"loss became {loss} in epoch {self.state.epoch + 1}, {where}: lower the learning "
-            f"rate (lr) or check the data (pipeline verify); last good checkpoint: "
-            f"{self.last.name if self.last else 'none yet'}"
-        )
-
-    def _meta(self) -> CheckpointMeta:
-        state, config, manifest = self.state, self.config, self.manifest
-        return CheckpointMeta(
-            config=config,
-            sizes=tuple(state.network.sizes),
-            epoch=state.epoch,
-            step=state.step,
-            loss_sum=state.loss_sum,
-            samples=state.samples,
-            history=tuple(state.history),
-            loader=asdict(self.train_loader.state(state.epoch, state.step)),
-            rng=dict(self.rng.bit_generator.state),
-            data_identity=manifest.identity,
-            dataset=manifest.name,
-            classes=tuple(manifest.classes),
-            optimizer={  # its buffers are the checkpoint's state arrays
-                "name": config.optimizer,
-                "lr": config.lr,
-                "step_count": self.recipe.optimizer.step_count if self.recipe else 0,
-            },
-            recipe=f"mlp-{config.activation}-{config.loss}-{config.optimizer}",
-            dropout_counter=self.recipe.dropout_counter if self.recipe else 0,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
