@@ -244,14 +244,13 @@ def profile(batches: list[int], steps: int) -> None:
             start = time.perf_counter()
             done = 0
             load_start = time.perf_counter()
-            with step.blas_threads():  # as in training: one BLAS thread per half
-                for x, y in loader.epoch(0):
-                    spent["loader"] = spent.get("loader", 0.0) + time.perf_counter() - load_start
-                    step.step(x, y, 0.01)
-                    done += 1
-                    if done == steps:
-                        break
-                    load_start = time.perf_counter()
+            for x, y in loader.epoch(0):
+                spent["loader"] = spent.get("loader", 0.0) + time.perf_counter() - load_start
+                step.step(x, y, 0.01)
+                done += 1
+                if done == steps:
+                    break
+                load_start = time.perf_counter()
             total = time.perf_counter() - start
             for name, fn in real.items():
                 setattr(fused, name, fn)

@@ -220,7 +220,7 @@ def test_cli_preset_with_overrides_records_the_resolved_config(
     saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
     expected = presets.resolve("fast", hidden=(32,), epochs=1, optimizer="adam", lr=0.001)
     assert saved == expected.to_json()
-    assert saved["preset"] == "fast" and saved["dropout"] == 0.2 and saved["batch_size"] == 128
+    assert saved["preset"] == "fast" and saved["dropout"] == 0.2 and saved["batch_size"] == 256
 
 
 @pytest.mark.parametrize(

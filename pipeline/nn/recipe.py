@@ -13,10 +13,11 @@ Two cores, two halves. Every step is computed in two halves, always the same one
 forward and backward passes by rows of the batch (a row's activations and deltas need no other
 row), the gradients by rows of each w (and columns of each b), the update by halves of each
 parameter's elements. On two cores a worker thread takes one half while this thread takes the
-other, each with a one-thread BLAS; on one core this thread takes both. The split, not the
-thread count, fixes the arithmetic, so the bits are the same on any machine. Why not BLAS's own
-two threads: beside another busy process they spin and wait on each other, and a step took
-4-9x longer (`scripts/bench_recipes.py --contended` measures both ways side by side).
+other, each with a one-thread BLAS; on one core, and in an MPI rank (the ranks use the
+cores), this thread takes both in turn. The split, not the thread count, fixes the arithmetic:
+the bits are the same on any machine. Why not BLAS's own two threads: beside another busy
+process they wait on each other, and an epoch took 5-6x longer; alone they were 14% slower
+(`scripts/bench_recipes.py --contended` measures both ways side by side).
 
 Under MPI (`comm`, `pipeline.training.distributed`) the batch is the GLOBAL batch: every rank
 draws the dropout masks of all its rows (so the generator and the masks are those of one
@@ -78,7 +79,8 @@ class RecipeStep:
         self.reducer = GradientSum(shapes, dt) if comm.size > 1 else None
         self.dropout_key = dropout_key
         self.dropout_counter = 0  # splitmix64 words drawn so far: the dropout generator's state
-        self.worker = _worker()
+        # MPI ranks are the parallelism there: a rank takes its two halves in turn
+        self.worker = _worker() if comm.size == 1 else None
 
     def _draw(self, keep: np.ndarray, p: float) -> None:
         start = np.uint64((self.dropout_key + self.dropout_counter * GOLDEN) & MASK64)
@@ -87,6 +89,10 @@ class RecipeStep:
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
         """One update on the (global) batch x (B, n_0), y (B, n_L); returns its summed loss."""
+        with self.blas_threads():
+            return self._step(x, y, lr)
+
+    def _step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
         spec, net = self.spec, self.network
         total = len(x)
         mine = share(total, self.comm.rank, self.comm.size)  # all rows in one process
@@ -192,12 +198,13 @@ class RecipeStep:
         with self.blas_threads():
             for k, lr in enumerate(lrs):
                 rows = slice(k * batch_size, (k + 1) * batch_size)
-                total += self.step(x[rows], y[rows], lr)
+                total += self._step(x[rows], y[rows], lr)
         return total
 
     @contextmanager
     def blas_threads(self) -> Iterator[None]:
-        """One BLAS thread per half while the two halves run on two threads."""
+        """One BLAS thread per half while the two halves run on two threads (two threads
+        each calling a two-thread BLAS would wait on each other)."""
         if self.worker is None:
             yield
             return
