@@ -48,7 +48,7 @@ from pipeline.training import trainer as train
 from pipeline.training.config import TrainConfig
 
 REFERENCE = presets.resolve(
-    "fast", hidden=(800,), dropout=0.2, input_dropout=0.0, lr=0.05, epochs=20
+    "fast", hidden=(800,), dropout=0.2, input_dropout=0.0, lr=0.05, batch_size=128, epochs=20
 )  # the PyTorch reference recipe
 
 
