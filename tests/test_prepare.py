@@ -147,6 +147,14 @@ def small_raw(small_idx: Path) -> sources.RawDataset:
 
 
 @pytest.fixture
+def small_set(tmp_path: Path, small_raw: sources.RawDataset) -> Path:
+    """`small_raw` prepared, with the default options, into tmp_path/shards."""
+    out = tmp_path / "shards"
+    prepare.prepare(out, small_raw)
+    return out
+
+
+@pytest.fixture
 def slice_copy(tmp_path: Path, slice_shards: shards.Manifest) -> Path:
     """A private copy of the real-MNIST slice shard set (3 train + 1 test shards of 1,000
     samples; 4 chunks per shard), for tests that damage it."""
@@ -327,11 +335,8 @@ def test_different_options_without_force_change_nothing(
     assert_verifies(out)
 
 
-def test_different_source_without_force_changes_nothing(
-    tmp_path: Path, small_raw: sources.RawDataset
-) -> None:
-    out = tmp_path / "shards"
-    prepare.prepare(out, small_raw)
+def test_different_source_without_force_changes_nothing(tmp_path: Path, small_set: Path) -> None:
+    out = small_set
     before = snapshot(out)
     rng = np.random.default_rng(99)
     other = write_idx_dir(
@@ -403,9 +408,8 @@ def test_interrupted_force_rebuild_keeps_the_old_set(
     assert_clean(out)
 
 
-def test_damaged_manifest_needs_force(tmp_path: Path, small_raw: sources.RawDataset) -> None:
-    out = tmp_path / "shards"
-    prepare.prepare(out, small_raw)
+def test_damaged_manifest_needs_force(small_set: Path, small_raw: sources.RawDataset) -> None:
+    out = small_set
     (out / MANIFEST).write_text("{ not json")
     before = snapshot(out)
     with pytest.raises(OutputError, match="--force"):
@@ -587,10 +591,9 @@ def test_force_rebuild_killed_midway_keeps_the_old_set(
 
 
 def test_prepare_while_another_holds_the_lock(
-    tmp_path: Path, small_raw: sources.RawDataset
+    small_set: Path, small_raw: sources.RawDataset
 ) -> None:
-    out = tmp_path / "shards"
-    prepare.prepare(out, small_raw)
+    out = small_set
     before = snapshot(out)
     with fsutil.dir_lock(out, what="prepare"):
         for force in (False, True):
