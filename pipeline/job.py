@@ -77,8 +77,10 @@ class JobResult:
 
 
 def shard_set(job: Job, hooks: Hooks) -> tuple[Manifest, bool]:
-    """The job's shard set, written first if the directory holds none; (manifest, written)."""
-    from pipeline.data import sources
+    """The job's shard set, written first if the directory holds none; (manifest, written).
+    The manifest is opened (parsed, its shards verified) here, once, and holds the set's reader
+    lock while it lives: train and evaluate read through it."""
+    from pipeline.data import integrity, sources
     from pipeline.data.prepare import prepare
     from pipeline.data.shards import MANIFEST, load_manifest
 
@@ -110,7 +112,7 @@ def shard_set(job: Job, hooks: Hooks) -> tuple[Manifest, bool]:
     result = prepare(
         directory, raw, command=job.command, on_progress=hooks.prepare_progress(totals)
     )
-    return result.manifest, True
+    return integrity.hold(result.manifest), True  # read under the reader lock, as a found set
 
 
 def standing_report(job: Job, manifest: Manifest) -> dict[str, Any] | None:
@@ -173,7 +175,7 @@ def run(job: Job, hooks: Hooks | None = None, *, comm: Comm | None = None) -> Jo
         )
         return JobResult(manifest, prepared, None, None, doc)
     trained = train(
-        manifest.directory,
+        manifest,
         job.run_dir,
         job.config,
         resume=True,
@@ -182,5 +184,5 @@ def run(job: Job, hooks: Hooks | None = None, *, comm: Comm | None = None) -> Jo
     )
     if trained.resumed_from is not None:
         hooks.say(f"resumed from {trained.resumed_from}")
-    evaluation = evaluate(job.run_dir, data_dir=manifest.directory, comm=comm)
+    evaluation = evaluate(job.run_dir, manifest=manifest, comm=comm)
     return JobResult(manifest, prepared, trained, evaluation, evaluation.doc)

@@ -63,14 +63,14 @@ def trigger(
             on_event("up-to-date", {"run": run.name, "path": str(run)})
             return Outcome(run, True, outcome.get("accuracy"), outcome.get("passed"))
         on_event("claimed", {"run": run.name, "path": str(run), "id": rid})
-        result = train_stage.train(manifest.directory, run, config, resume=True, reporter=reporter)
+        result = train_stage.train(manifest, run, config, resume=True, reporter=reporter)
         resumed = None if result.resumed_from is None else str(result.resumed_from)
         trained = {"run": run.name, "checkpoint": str(result.checkpoint), "resumed_from": resumed}
         on_event("trained", trained)
         if train_only:
             return Outcome(run, False, None, None)
         started = time.perf_counter()
-        evaluation = evaluate_stage.evaluate(run, data_dir=manifest.directory)
+        evaluation = evaluate_stage.evaluate(run, manifest=manifest)
         accuracy = evaluation.report.accuracy
         seconds = result.history[-1]["seconds_total"] + time.perf_counter() - started
         passed = runs.finish(run, accuracy=accuracy, min_accuracy=min_accuracy, seconds=seconds)

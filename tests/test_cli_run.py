@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
 
+from pipeline import fsutil, job
 from pipeline.cli import app
-from pipeline.data.shards import Manifest
+from pipeline.data import integrity, manifest_file, shards
+from pipeline.data.shards import Manifest, ShardInfo
+from pipeline.training.config import TrainConfig
 from tests.conftest import snapshot
 
 runner = CliRunner()
@@ -160,3 +164,74 @@ def test_a_batch_larger_than_the_train_split_is_refused_by_name(
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: --batch-size 10000000: more than the 3,000 samples")
     assert not (tmp_path / "run").exists()
+
+
+# --- the shard set is opened once: found or written, then handed to train and evaluate ------
+
+
+class Opened:
+    """Counts calls of the real manifest parser and of the real per-shard check (hashing),
+    by wrappers that call them unchanged."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.parsed: list[Path] = []  # the directory of each manifest parsed
+        self.checked: list[str] = []  # each shard file checked against the manifest
+        parse, check = manifest_file.parse, integrity.shard_problem
+
+        def counting_parse(directory: Path, text: bytes) -> Manifest:
+            self.parsed.append(directory)
+            return parse(directory, text)
+
+        def counting_check(manifest: Manifest, shard: ShardInfo) -> Any:
+            self.checked.append(shard.file)
+            return check(manifest, shard)
+
+        monkeypatch.setattr(manifest_file, "parse", counting_parse)
+        monkeypatch.setattr(integrity, "shard_problem", counting_check)
+
+
+def test_run_parses_the_manifest_of_a_set_in_data_once(
+    slice_shards: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = Opened(monkeypatch)
+    done = run(tmp_path / "run", "--data", slice_shards.directory, *QUICK)
+    assert done.exit_code == 0, done.stderr
+    assert (tmp_path / "run" / "report.json").is_file()
+    assert opened.parsed == [slice_shards.directory]  # found, trained on, evaluated: once
+    assert sorted(opened.checked) == sorted(slice_shards.files)  # every shard checked once
+
+
+class LockProbe:
+    """A training progress reporter that looks, as each epoch starts, whether a reader holds
+    the shard set's reader lock (the lock a `prepare --force` waits for to delete files)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.free: list[bool] = []
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        with fsutil.no_readers(self.directory) as free:
+            self.free.append(free)
+
+    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
+    def end_epoch(self, record: dict[str, Any]) -> None: ...
+
+
+def test_a_run_that_writes_its_set_parses_it_once_and_reads_it_under_the_lock(
+    small_idx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "shards"
+    opened = Opened(monkeypatch)
+    probe = LockProbe(data)
+    spec = job.Job(
+        run_dir=tmp_path / "run",
+        config=TrainConfig(epochs=2, hidden=(16,), lr=1.0),
+        data_dir=data,
+        source=f"idx:{small_idx}",
+    )
+    result = job.run(spec, job.Hooks(reporter=probe))
+    assert result.prepared and result.evaluation is not None
+    assert opened.parsed == [data]  # the manifest it wrote, parsed as written, and no more
+    assert opened.checked == []  # its shards were hashed as they were written
+    assert probe.free == [False, False]  # train read them under the reader lock
+    assert result.manifest.identity == shards.load_manifest(data).identity

@@ -79,6 +79,12 @@ def assert_verifies(directory: Path) -> shards.Manifest:
     return manifest
 
 
+def assert_sound(directory: Path) -> None:
+    """The set verifies, and the directory holds it and nothing else (no orphan, no tmp)."""
+    assert_verifies(directory)
+    assert_clean(directory)
+
+
 def shard_names(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir() if SHARD_NAME.match(p.name)}
 
@@ -144,6 +150,14 @@ def entries(directory: Path) -> dict[str, int]:
 def small_raw(small_idx: Path) -> sources.RawDataset:
     """250 train and 60 test random images, read from real IDX files."""
     return sources.load(f"idx:{small_idx}")
+
+
+@pytest.fixture
+def small_set(tmp_path: Path, small_raw: sources.RawDataset) -> Path:
+    """`small_raw` prepared, with the default options, into tmp_path/shards."""
+    out = tmp_path / "shards"
+    prepare.prepare(out, small_raw)
+    return out
 
 
 @pytest.fixture
@@ -327,11 +341,8 @@ def test_different_options_without_force_change_nothing(
     assert_verifies(out)
 
 
-def test_different_source_without_force_changes_nothing(
-    tmp_path: Path, small_raw: sources.RawDataset
-) -> None:
-    out = tmp_path / "shards"
-    prepare.prepare(out, small_raw)
+def test_different_source_without_force_changes_nothing(tmp_path: Path, small_set: Path) -> None:
+    out = small_set
     before = snapshot(out)
     rng = np.random.default_rng(99)
     other = write_idx_dir(
@@ -360,8 +371,7 @@ def test_force_rebuilds_and_removes_the_old_shards(
     assert [s.samples for s in new.manifest.split("train").shards] == [64, 64, 64, 58]
     # the train shards are all new; the test shard may be byte-identical, name and all
     assert shard_names(out).isdisjoint(f for f in old_files if f.startswith("train-"))
-    assert_verifies(out)
-    assert_clean(out)
+    assert_sound(out)
 
 
 def test_force_with_the_same_options_rebuilds(
@@ -371,8 +381,7 @@ def test_force_with_the_same_options_rebuilds(
     prepare.prepare(out, small_raw, shard_size=100)
     result = prepare.prepare(out, small_raw, shard_size=100, force=True)
     assert not result.skipped
-    assert_verifies(out)
-    assert_clean(out)
+    assert_sound(out)
 
 
 def wait_for_a_new_second() -> None:
@@ -399,13 +408,11 @@ def test_interrupted_force_rebuild_keeps_the_old_set(
         prepare.prepare(out, small_raw, shard_size=shard_size, force=True, on_progress=interrupt)
 
     assert shards.load_manifest(out).identity == old.identity
-    assert_verifies(out)
-    assert_clean(out)
+    assert_sound(out)
 
 
-def test_damaged_manifest_needs_force(tmp_path: Path, small_raw: sources.RawDataset) -> None:
-    out = tmp_path / "shards"
-    prepare.prepare(out, small_raw)
+def test_damaged_manifest_needs_force(small_set: Path, small_raw: sources.RawDataset) -> None:
+    out = small_set
     (out / MANIFEST).write_text("{ not json")
     before = snapshot(out)
     with pytest.raises(OutputError, match="--force"):
@@ -557,8 +564,7 @@ def test_prepare_killed_midway_then_rerun(tmp_path: Path, real_mnist: sources.Ra
     assert not result.skipped
     assert result.manifest.split("train").samples == 60_000
     assert len(result.manifest.split("train").shards) == 30
-    assert_verifies(out)
-    assert_clean(out)
+    assert_sound(out)
 
 
 def test_force_rebuild_killed_midway_keeps_the_old_set(
@@ -587,10 +593,9 @@ def test_force_rebuild_killed_midway_keeps_the_old_set(
 
 
 def test_prepare_while_another_holds_the_lock(
-    tmp_path: Path, small_raw: sources.RawDataset
+    small_set: Path, small_raw: sources.RawDataset
 ) -> None:
-    out = tmp_path / "shards"
-    prepare.prepare(out, small_raw)
+    out = small_set
     before = snapshot(out)
     with fsutil.dir_lock(out, what="prepare"):
         for force in (False, True):

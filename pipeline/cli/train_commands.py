@@ -186,17 +186,16 @@ def run(
         return
     assert run_dir is not None
 
-    with friendly_errors():
-        shape = sources.parse_shape(image_shape) if image_shape else None
-    spec = job.Job(
-        run_dir=run_dir,
-        config=config,
-        data_dir=data,
-        source=source,
-        image_shape=shape,
-        val_fraction=val_fraction,
-        command=command_line(),
-    )
+    with friendly_errors():  # a bad --image-shape is one line
+        spec = job.Job(
+            run_dir=run_dir,
+            config=config,
+            data_dir=data,
+            source=source,
+            image_shape=sources.parse_shape(image_shape) if image_shape else None,
+            val_fraction=val_fraction,
+            command=command_line(),
+        )
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
         hooks = job.Hooks(
             say=views.say if comm.rank == 0 else job.Hooks.say,

@@ -8,7 +8,8 @@ each shard checks, before any array is allocated from a claimed size:
   - its datasets exist with the listed shapes, dtypes, chunking and compression, and every
     chunk is really stored (HDF5 reads missing chunks as zeros of any claimed size).
 The loader then checks that each file it opens is the very file verified (same inode, size,
-mtime, ctime). `verify` adds the full content checks (values, one-hot labels, the split's
+mtime, ctime). A set `prepare` just wrote (each shard hashed as it was written) takes the
+same lock with `hold`. `verify` adds the full content checks (values, one-hot labels, the split's
 content hashes behind the identity).
 
 The sha256 cache: one empty file per verified (device, inode, size, mtime_ns, ctime_ns,
@@ -161,6 +162,29 @@ def open_set(directory: Path, *, hold: bool = True) -> Manifest:
             assert key is not None
             manifest.verified[shard.file] = key
     return manifest
+
+
+def hold(manifest: Manifest) -> Manifest:
+    """`manifest`, holding its directory's reader lock while it lives: for a set verified
+    without it (the one `prepare` just wrote, hashing each shard as it wrote it). Under the
+    lock, every shard must still be the very file verified: a `prepare --force` that replaced
+    the set in between is refused here, not read."""
+    if manifest.lock is not None:
+        return manifest
+    directory = manifest.directory
+    held = dataclasses.replace(manifest, lock=ReaderLock(directory) if directory.is_dir() else None)
+    for split in held.splits.values():
+        for shard in split.shards:
+            try:
+                key: StatKey | None = stat_key(held.path(shard).stat())
+            except OSError:
+                key = None
+            if key is None or held.verified.get(shard.file) != key:
+                raise ShardCorruptError(
+                    f"{held.path(shard)}: changed since the set was written and verified; "
+                    "run the command again"
+                )
+    return held
 
 
 def check_opened(manifest: Manifest, shard: ShardInfo, f: h5py.File) -> None:

@@ -98,13 +98,17 @@ def evaluate(
     run_dir: Path,
     *,
     data_dir: Path | None = None,
+    manifest: Manifest | None = None,
     split: str = "test",
     checkpoint_path: Path | None = None,
     allow_other_data: bool = False,
     comm: Comm = LOCAL,
 ) -> Evaluation:
-    """Score a checkpoint on a split and write the report. Under MPI every rank scores its
-    part of the split, and rank 0 alone writes (the others return an empty `doc`)."""
+    """Score a checkpoint on a split and write the report. The data: `manifest`, a set the
+    caller opened (`integrity.open_set`), else the set in `data_dir` [default: the one the run
+    trained on], opened here. Under MPI every rank scores its part of the split, and rank 0
+    alone writes (the others return an empty `doc`)."""
+    assert manifest is None or data_dir is None, "the data once: a manifest or a directory"
     run = RunDir(run_dir)
     if not run_dir.is_dir():
         raise ConfigError("no such run directory", param="run_dir", value=run_dir)
@@ -118,7 +122,8 @@ def evaluate(
         # a run with a val split reports the epoch it chose by val accuracy, not its last
         # (the report's curves still show the whole run)
         ckpt = checkpoint.load(run.checkpoint_path(best, 0))
-    manifest = load_manifest(_data_dir(run, data_dir))
+    if manifest is None:
+        manifest = load_manifest(_data_dir(run, data_dir))
     sizes = ckpt.network.sizes
     if (sizes[0], sizes[-1]) != (manifest.features, manifest.n_classes):
         raise CheckpointError(

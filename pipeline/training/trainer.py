@@ -48,7 +48,7 @@ class TrainResult:
 
 
 def train(
-    data_dir: Path,
+    data: Manifest | Path,
     run_dir: Path,
     config: TrainConfig,
     *,
@@ -56,10 +56,12 @@ def train(
     reporter: Reporter | None = None,
     comm: Comm = LOCAL,
 ) -> TrainResult:
-    """Train (or continue) the run in `run_dir` on the shard set in `data_dir`."""
+    """Train (or continue) the run in `run_dir` on a shard set: `data` is the set as the
+    caller opened it (`integrity.open_set`: verified, under its reader lock), or its
+    directory, opened here."""
     config.check()
     distributed.check_batch(config.batch_size, comm)
-    manifest = load_manifest(data_dir)
+    manifest = data if isinstance(data, Manifest) else load_manifest(data)
     run = RunDir(run_dir)
     if comm.rank != 0:  # a follower: trains its share, writes nothing
         return _train_follower(manifest, run, config, comm)
