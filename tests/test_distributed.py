@@ -270,8 +270,13 @@ def test_a_lost_rank_stops_the_job_and_resume_continues_with_any_rank_count(
             proc.send_signal(signal.SIGTERM)  # mpiexec forwards it to every rank
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode != 0, stderr
+        # mpiexec may return while a rank it killed is still being torn down (seen at load 4):
+        # a rank that outlives the job is one still there long after, not in the same instant
+        deadline = time.monotonic() + 60
+        while not all(gone(p) for p in ranks.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         alive = {r: Path(f"/proc/{p}/stat").read_text() for r, p in ranks.items() if not gone(p)}
-        assert not alive, f"a rank outlived the job: {alive} {stderr}"
+        assert not alive, f"a rank outlived the job by 60 s: {alive} {stderr}"
         if how == "sigterm-job":
             assert "interrupted" in stderr
     newest = RunDir(run_dir).newest_checkpoint()
