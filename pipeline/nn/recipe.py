@@ -137,9 +137,9 @@ class RecipeStep:
         a = [buf[r] for buf in self.a]  # (r, n_l) views: contiguous, no copies
         d = [buf[r] for buf in self.d]
         kept = [buf[r] for buf in keep]
+        a[0] = inputs[r]  # x's rows, or (with input dropout) a[0]'s own rows, written here
         if spec.input_dropout > 0:
             fused.dropout_into(x[r], a[0], kept[0], 1.0 / (1.0 - spec.input_dropout))
-        a[0] = inputs[r]
         p = spec.dropout
         scale = 1.0 / (1.0 - p)
         for layer in range(layers - 1):  # hidden layers
