@@ -47,24 +47,54 @@ FLOAT_TEXT = re.compile(r"[.eE]")  # a cell written as a float, not an integer
 
 
 class _Block:
-    """Consecutive non-blank lines parsed at once: `values` (rows, columns) float64."""
+    """Consecutive non-blank lines parsed at once, kept as `pixels` (rows, features) uint8 read
+    by how the block writes them (module docstring) and `labels` (rows,) int64."""
 
-    def __init__(self, lines: list[str], numbers: list[int], path: Path) -> None:
-        self.numbers, self.path = numbers, path  # the file's line number of each row
-        self.values = _parse(lines, numbers, path)
-        # the first line whose pixels (not label) include one written as a float, if any
+    def __init__(self, batch: list[tuple[int, str]], path: Path, columns: int | None) -> None:
+        self.numbers, self.path = [n for n, _ in batch], path  # each row's line in the file
+        values = _parse([line for _, line in batch], self.numbers, path)  # (rows, columns) f8
+        self.columns = values.shape[1]
+        if columns is not None and self.columns != columns:
+            raise SourceError(
+                f"{self.where(0)}: {self.columns} columns, earlier rows have {columns}"
+            )
+        if self.columns < 2:
+            raise SourceError(f"{self.where(0)}: a label but no pixels (one column)")
+        # the first line with a pixel (not the label) written as a float, if any
         self.float_line = next(
-            (
-                n
-                for n, line in zip(numbers, lines, strict=True)
-                if FLOAT_TEXT.search(line, line.find(",") + 1)
-            ),
-            None,
+            (n for n, line in batch if FLOAT_TEXT.search(line, line.find(",") + 1)), None
         )
         self.floats = self.float_line is not None
+        self.pixels = self._pixels(values[:, 1:])
+        self.labels = self._labels(values[:, 0])
 
     def where(self, row: int) -> str:
         return f"{self.path}: line {self.numbers[row]}"
+
+    def _pixels(self, pixels: np.ndarray) -> np.ndarray:
+        high = 1.0 if self.floats else 255.0
+        bad = ~(np.isfinite(pixels) & (pixels >= 0.0) & (pixels <= high))  # NaN is bad too
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            why = "in a file of float pixels; floats must lie in [0, 1]"
+            raise SourceError(
+                f"{self.where(row)}: pixel {pixels[row, col]:g} "
+                + (why if self.floats else "is outside 0..255")
+            )
+        if self.floats:
+            return to_uint8(pixels, self.where(0))
+        return pixels.astype(np.uint8)  # integer-written: whole numbers (no '.' nor exponent)
+
+    def _labels(self, column: np.ndarray) -> np.ndarray:
+        good = np.isfinite(column) & (column == np.rint(column)) & (column >= 0)
+        good &= column < MAX_CLASSES  # before the cast: 1e30 or inf have no int64
+        if not good.all():
+            bad = int(np.argmin(good))
+            raise SourceError(
+                f"{self.where(bad)}: label {column[bad]:g} is not a class index "
+                f"(0..{MAX_CLASSES - 1})"
+            )
+        return column.astype(np.int64)
 
 
 def _lines(f: TextIO, path: Path) -> Iterator[tuple[int, str]]:
@@ -81,17 +111,18 @@ def _lines(f: TextIO, path: Path) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _blocks(lines: Iterator[tuple[int, str]], path: Path) -> Iterator[_Block]:
+def _batches(lines: Iterator[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]:
+    """The lines in batches of at most BLOCK_ROWS lines and about BLOCK_CHARS characters."""
     batch: list[tuple[int, str]] = []
     chars = 0
     for number, line in lines:
         batch.append((number, line))
         chars += len(line)
         if len(batch) == BLOCK_ROWS or chars >= BLOCK_CHARS:
-            yield _Block([text for _, text in batch], [n for n, _ in batch], path)
+            yield batch
             batch, chars = [], 0
     if batch:
-        yield _Block([text for _, text in batch], [n for n, _ in batch], path)
+        yield batch
 
 
 def _is_header(first: str, path: Path) -> bool:
@@ -108,8 +139,7 @@ def _is_header(first: str, path: Path) -> bool:
 
 def _rows(path: Path, image_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
     """(n, rows, cols[, channels]) uint8 images and (n,) int64 labels of one file."""
-    blocks: list[tuple[_Block, np.ndarray]] = []  # each with its (rows, features) uint8 pixels
-    labels: list[np.ndarray] = []
+    blocks: list[_Block] = []
     # utf-8-sig: a byte order mark (Excel, Notepad) is no part of the first field
     with path.open("r", encoding="utf-8-sig", errors="strict", newline="") as f:
         lines = _lines(f, path)
@@ -118,41 +148,32 @@ def _rows(path: Path, image_shape: tuple[int, ...] | None) -> tuple[np.ndarray, 
             raise SourceError(f"{path}: empty file, no header or data rows")
         if not _is_header(first[1], path):
             lines = itertools.chain([first], lines)
-        for block in _blocks(lines, path):
-            columns = blocks[0][0].values.shape[1] if blocks else block.values.shape[1]
-            if block.values.shape[1] != columns:
-                raise SourceError(
-                    f"{block.where(0)}: {block.values.shape[1]} columns, earlier rows have "
-                    f"{columns}"
-                )
-            if columns < 2:
-                raise SourceError(f"{block.where(0)}: a label but no pixels (one column)")
-            blocks.append((block, _block_pixels(block)))
-            labels.append(_labels(block))
+        for batch in _batches(lines):
+            blocks.append(_Block(batch, path, blocks[0].columns if blocks else None))
     if not blocks:
         raise SourceError(f"{path}: no data rows")
     images = np.concatenate(_typed(blocks))  # (n, features) uint8
-    features = blocks[0][0].values.shape[1] - 1
+    features = blocks[0].columns - 1
     shape = image_shape or _square(features, path)
     if math.prod(shape) != features:
         raise SourceError(f"{path}: {features} pixels per row do not make images of {list(shape)}")
-    return images.reshape(len(images), *shape), np.concatenate(labels)
+    return images.reshape(len(images), *shape), np.concatenate([b.labels for b in blocks])
 
 
-def _typed(blocks: list[tuple[_Block, np.ndarray]]) -> list[np.ndarray]:
+def _typed(blocks: list[_Block]) -> list[np.ndarray]:
     """The blocks' pixels under the file's one type: a float file's integer-written blocks
-    hold only 0 and 1 (checked) and mean 0.0 and 1.0."""
-    floats = next((b.float_line for b, _ in blocks if b.floats), None)
+    may hold only 0 and 1 (checked), which mean 0.0 and 1.0."""
+    floats = next((b.float_line for b in blocks if b.floats), None)
     if floats is None:
-        return [pixels for _, pixels in blocks]
-    for block, pixels in blocks:
-        if not block.floats and pixels.max() > 1:
-            row = int(np.argmax(pixels.max(axis=1) > 1))
+        return [b.pixels for b in blocks]
+    for b in blocks:
+        if not b.floats and b.pixels.max() > 1:
+            row = int(np.argmax(b.pixels.max(axis=1) > 1))
             raise SourceError(
-                f"{block.where(row)}: pixel {pixels[row].max()} in a file of float pixels "
+                f"{b.where(row)}: pixel {b.pixels[row].max()} in a file of float pixels "
                 f"(line {floats}); floats must lie in [0, 1]"
             )
-    return [pixels if block.floats else pixels * np.uint8(255) for block, pixels in blocks]
+    return [b.pixels if b.floats else b.pixels * np.uint8(255) for b in blocks]
 
 
 def _is_number(cell: str) -> bool:
@@ -177,35 +198,6 @@ def _parse(lines: list[str], numbers: list[int], path: Path) -> np.ndarray:
             message,
         )
         raise SourceError(f"{path}: {message}") from None
-
-
-def _block_pixels(block: _Block) -> np.ndarray:
-    """(rows, features) uint8 of one block, by the block's type (module docstring)."""
-    pixels = block.values[:, 1:]
-    low, high = (0.0, 1.0) if block.floats else (0.0, 255.0)
-    bad = ~(np.isfinite(pixels) & (pixels >= low) & (pixels <= high))  # NaN is bad too
-    if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        why = "in a file of float pixels; floats must lie in [0, 1]"
-        raise SourceError(
-            f"{block.where(row)}: pixel {pixels[row, col]:g} "
-            + (why if block.floats else "is outside 0..255")
-        )
-    if block.floats:
-        return to_uint8(pixels, block.where(0))
-    return pixels.astype(np.uint8)  # integer-written: whole numbers (no '.' nor exponent)
-
-
-def _labels(block: _Block) -> np.ndarray:
-    column = block.values[:, 0]
-    good = np.isfinite(column) & (column == np.rint(column)) & (column >= 0)
-    good &= column < MAX_CLASSES  # checked before the cast: 1e30 or inf have no int64
-    if not good.all():
-        bad = int(np.argmin(good))
-        raise SourceError(
-            f"{block.where(bad)}: label {column[bad]:g} is not a class index (0..{MAX_CLASSES - 1})"
-        )
-    return column.astype(np.int64)
 
 
 def _square(features: int, path: Path) -> tuple[int, int]:

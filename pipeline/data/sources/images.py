@@ -85,7 +85,7 @@ def read_image(path: Path, mode: str | None = None) -> np.ndarray:
         mode = mode or ("L" if image.mode in GRAY_MODES else "RGB")
         try:
             return np.asarray(image.convert(mode), dtype=np.uint8)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:  # SyntaxError: a bad chunk
             raise SourceError(f"{path}: cannot decode ({' '.join(str(exc).split())})") from None
 
 
