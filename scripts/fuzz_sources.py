@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from benchlib import peak_rss_mib, reset_peak_rss, table
+from benchlib import peak_rss_mib, reset_peak_rss, rss_mib, table
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -50,7 +50,8 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)  # ok, error, fail
     errors: Counter[str] = field(default_factory=Counter)  # error lines, numbers and paths out
     failures: list[str] = field(default_factory=list)
-    peak_mib: float = 0.0  # the highest of the cases' `prepare`
+    peak_mib: float = 0.0  # the process's peak RSS during the cases' `prepare`
+    growth_mib: float = 0.0  # the most one `prepare` raised it above the RSS it started at
     seconds: float = 0.0
 
 
@@ -299,8 +300,9 @@ def outcome(stderr: str, exit_code: int, exception: BaseException | None, out: P
 def run_case(
     form: Form, template: Path, seed: int, case: int, work: Path
 ) -> tuple[str, str, float]:
-    """(outcome, what was done, peak RSS MiB of `prepare`) of case `case`: a mutated copy, in
-    `work`, of the form's good source under `template` (src/; its spec and files in spec)."""
+    """(outcome, what was done, how far `prepare` raised the RSS above its start, MiB) of case
+    `case`: a mutated copy, in `work`, of the form's good source under `template` (src/; its
+    spec and files in spec)."""
     rng = random.Random(f"{seed}:{form.name}:{case}")
     spec, *files = (template / "spec").read_text().splitlines()
     shutil.rmtree(work, ignore_errors=True)
@@ -315,12 +317,13 @@ def run_case(
     out = work / "out"
     spec = spec.replace(str(template / "src"), str(work / "src"))
     reset_peak_rss()  # the peak of `prepare` alone, not of the mutations before it
+    before = rss_mib()
     result = CliRunner().invoke(app, ["prepare", "--out", str(out), "--source", spec])
-    peak = peak_rss_mib()
+    growth = peak_rss_mib() - before
     return (
         outcome(result.stderr, result.exit_code, result.exception, out),
         f"{target}: {done}",
-        peak,
+        growth,
     )
 
 
@@ -334,8 +337,9 @@ def run_form(form: Form, count: int, seed: int, scratch: Path, only: int | None 
     tally, start = Tally(), time.perf_counter()
     for case in range(count) if only is None else [only]:
         work = scratch / (f"{form.name}-case-{case}" if only is not None else f"{form.name}-case")
-        result, what, peak = run_case(form, template, seed, case, work)
-        tally.peak_mib = max(tally.peak_mib, peak)
+        result, what, growth = run_case(form, template, seed, case, work)
+        tally.growth_mib = max(tally.growth_mib, growth)
+        tally.peak_mib = max(tally.peak_mib, peak_rss_mib())
         kind = result.partition(":")[0]
         tally.outcomes[kind] += 1
         if kind == "error":
@@ -365,12 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             [form.name, str(count)]
             + [str(tally.outcomes[k]) for k in ("ok", "error", "fail")]
-            + [f"{tally.peak_mib:.0f}", f"{tally.seconds:.1f}"]
+            + [f"{tally.peak_mib:.0f}", f"{tally.growth_mib:.0f}", f"{tally.seconds:.1f}"]
         )
         failures += tally.failures
         for kind, n in tally.errors.most_common(args.top):
             print(f"{form.name:>5} {n:5d}  {kind[:110]}")
-    print(table(["form", "cases", "ok", "error", "fail", "peak RSS MiB", "s"], rows))
+    header = ["form", "cases", "ok", "error", "fail", "peak RSS MiB", "+ of one case", "s"]
+    print(table(header, rows))
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     if args.case is None and not failures:

@@ -59,7 +59,9 @@ def opened(path: Path) -> Iterator[PILImage]:
         except Image.DecompressionBombError:
             raise SourceError(f"{path}: more than {MAX_PIXELS:,} pixels in one image") from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
-            reason = " ".join(str(exc).split()).replace(str(path), "").strip(" '")
+            # Pillow names the file, as str or repr: it is named once already
+            reason = str(exc).replace(repr(str(path)), "").replace(str(path), "")
+            reason = " ".join(reason.split()).strip(" '")
             raise SourceError(f"{path}: not an image Pillow can read ({reason})") from None
         with image:
             width, height = image.size
