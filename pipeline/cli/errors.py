@@ -28,6 +28,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from pipeline.cli.logs import LogFormat, requested
 from pipeline.cli.options import HELP
 from pipeline.errors import ConfigError, PipelineError
 
@@ -120,11 +121,15 @@ def friendly_errors(how_to_continue: str = "rerun the same command") -> Iterator
 
 
 class OneLineErrors(TyperGroup):
-    """Report usage errors as one `error:` line, like every other error (typer draws a box),
-    and stop on SIGTERM as on Ctrl-C."""
+    """Report usage errors as one `error:` line (a JSON object with --log-format json), like
+    every other error (typer draws a box), and stop on SIGTERM as on Ctrl-C."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        from pipeline.cli.views import log
+
         kwargs["standalone_mode"] = False  # errors come back to us instead of being printed
+        argv = list(kwargs.get("args") or sys.argv[1:])
+        log.use(LogFormat.plain)  # until the command reads its --log-format (an eager option)
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
@@ -133,11 +138,12 @@ class OneLineErrors(TyperGroup):
             message = exc.format_message()  # empty when the help was shown instead
             if type(exc).__name__ == "NoArgsIsHelpError":  # `pipeline` alone: the help
                 typer.echo(message, err=True)
-            elif message:
-                typer.echo(f"error: {message}", err=True)
+            elif message:  # maybe found before --log-format was read: ask the command line
+                log.use(requested(argv))
+                log.error(message)
             code = exc.exit_code
         except typer.Abort:
-            typer.echo("error: aborted", err=True)
+            log.error("aborted")
             code = EXIT_INTERRUPTED
         finally:
             if main_thread:  # signal handlers belong to the main thread only

@@ -17,12 +17,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
 import typer
 
-from pipeline.cli.logs import LogFormat
+from pipeline.cli.logs import ENVVAR, FLAG, LogFormat
 from pipeline.training.config import TrainConfig
+
+T = TypeVar("T")
 
 RunDir = Annotated[
     Path,
@@ -66,11 +68,23 @@ Keep = Annotated[
         help="With --runs: keep the newest N finished runs (and latest), delete older (0: all).",
     ),
 ]
+
+
+def _use_log_format(log_format: LogFormat) -> LogFormat:
+    """Read first (eager), so that an error in any other option is logged in this format."""
+    from pipeline.cli.views import log
+
+    log.use(log_format)
+    return log_format
+
+
 Logs = Annotated[
     LogFormat,
     typer.Option(
-        "--log-format",
-        envvar="PIPELINE_LOG_FORMAT",
+        FLAG,
+        envvar=ENVVAR,
+        is_eager=True,
+        callback=_use_log_format,
         help="plain: lines (a live display on a terminal); json: one JSON object per line.",
     ),
 ]
@@ -82,13 +96,62 @@ Source = Annotated[
         "images:DIR (README: Data sources).",
     ),
 ]
+
+
+class BadValue(typer.BadParameter):
+    """A value the library's own check refuses as the command line is read: bad usage (2),
+    before anything runs, in the library's words with the flag (`--image-shape abc: ...`)."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def checked_by(check: Callable[[str], T]) -> Callable[[str], T]:
+    """An option's parser: the library's `check` (which raises a PipelineError naming its
+    parameter), run while the command line is read."""
+
+    def parse(text: str) -> T:
+        from pipeline.cli.errors import FLAGS
+        from pipeline.errors import PipelineError
+
+        try:
+            return check(text)
+        except PipelineError as exc:
+            raise BadValue(exc.render(FLAGS)) from None
+
+    return parse
+
+
+def _image_shape(text: str) -> str:
+    from pipeline.data.sources import parse_shape
+
+    parse_shape(text)
+    return text  # the commands parse it again where they use it
+
+
+def _val_fraction(text: str) -> float:
+    from pipeline.data.sources.split import check_fraction
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadValue(f"--val-fraction {text}: not a number") from None
+    return check_fraction(value)
+
+
 ImageShape = Annotated[
     str | None,
-    typer.Option(help="ROWSxCOLS[xCHANNELS] of a csv source's rows [default: square, grey]."),
+    typer.Option(
+        parser=checked_by(_image_shape),
+        help="ROWSxCOLS[xCHANNELS] of a csv source's rows [default: square, grey].",
+    ),
 ]
 ValFraction = Annotated[
     float | None,
-    typer.Option(help="Carve this share of each class of train into a 'val' split (0-1)."),
+    typer.Option(
+        parser=checked_by(_val_fraction),
+        help="Carve this share of each class of train into a 'val' split (0-1).",
+    ),
 ]
 
 
