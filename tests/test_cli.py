@@ -12,20 +12,23 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
 from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
-from pipeline import __version__
+from pipeline import __version__, runs
 from pipeline.cli import app
 from pipeline.cli.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, FLAGS
 from pipeline.cli.options import HELP, NOT_OPTIONS
 from pipeline.data.shards import Manifest
+from pipeline.errors import ConfigError
 from pipeline.training import checkpoint
-from pipeline.training.config import TrainConfig
+from pipeline.training.config import TrainConfig, specs
 from pipeline.training.rundir import RunDir
 
 runner = CliRunner()
@@ -89,6 +92,40 @@ def test_train_and_run_options_are_the_config_fields_with_its_defaults() -> None
             expected = list(default) if isinstance(default, tuple) else default
             assert options[field].default == expected, (name, field)
             assert field in FLAGS  # a bad value names the option and exits 2
+
+
+def test_each_config_field_declares_its_choices_recipe_and_resume_rules() -> None:
+    """The fields' Specs drive the checks, `runs`' recipe, the resume rules, is_original."""
+    original = TrainConfig()
+    assert original.is_original and set(specs()) == set(TrainConfig.__dataclass_fields__)
+    for name, spec in specs().items():
+        for value in spec.choices:
+            _with(original, name, value).check()
+        if spec.choices:
+            with pytest.raises(ConfigError) as refused:
+                _with(original, name, "nonsense").check()
+            assert refused.value.param == name
+        changed = _with(original, name, _another(getattr(original, name), spec.choices))
+        assert changed.is_original != spec.original_only, name
+        same_run = runs.run_id("d", changed) == runs.run_id("d", original)
+        assert same_run != spec.recipe, name
+        assert (name in TrainConfig.RESUMABLE) == spec.resumable, name
+
+
+def _with(config: TrainConfig, name: str, value: Any) -> TrainConfig:
+    changes: dict[str, Any] = {name: value}
+    return replace(config, **changes)
+
+
+def _another(value: object, choices: tuple[str, ...]) -> object:
+    """A value of the same type other than `value`."""
+    if choices:
+        return next(c for c in choices if c != value)
+    if isinstance(value, tuple):
+        return (*value, 10)
+    if isinstance(value, bool):
+        return not value
+    return value + 1 if isinstance(value, int | float) else f"{value}-other"
 
 
 def test_version() -> None:

@@ -3,16 +3,21 @@
 Exit codes (the README lists them too):
     0    success
     1    bad input or environment: a file, a directory, the disk, memory
-    2    bad usage: an unknown option, or an option's value out of range (`--lr 0`)
+    2    bad usage: an unknown option, or an option's value out of range or malformed
     3    the `--min-accuracy` quality gate failed (the report is still written)
     75   another trigger holds the run (`--runs`; EX_TEMPFAIL: try again later)
     130  interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM): every file written is
          complete; the line printed says how to continue
 
 The library raises `PipelineError`s naming the *parameter* at fault (`batch_size`); `FLAGS` maps
-each parameter to the option that sets it. A `ConfigError` about a value the library checks for
-range (`VALUE_PARAMS`) is bad usage (2); every other error is about files, data or the
-environment (1).
+each parameter to the option that sets it. Bad usage (2) is found two ways and ends one way:
+- as the command line is read: click's errors (an unknown option, a value of the wrong type)
+  and a value the library's own check refuses there (`options.checked_by`: `--image-shape`,
+  `--val-fraction`, `--distributed`); `OneLineErrors` logs them;
+- as the command runs: a `ConfigError` about a value the library checks for range
+  (`VALUE_PARAMS`: the training options, `--shard-size`...); `friendly_errors` logs it.
+Every other error is about files, data or the environment (1). Each is one line on stderr,
+`error: ...`, or one JSON object with --log-format json (`log.error`).
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ import typer
 from typer.core import TyperGroup
 
 from pipeline.cli.logs import LogFormat, requested
-from pipeline.cli.options import HELP
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.training.config import option_help
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_BUSY = 0, 1, 2, 3, 75
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143
@@ -39,13 +44,7 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  #
 FLAGS = {
     name: "--" + name.replace("_", "-")
     for name in (
-        "lr",
-        "epochs",
-        "batch_size",
-        "hidden",
-        "seed",
-        "shuffle",
-        "checkpoint_every",
+        *option_help(),  # the training options: TrainConfig's fields (their Specs)
         "shard_size",
         "compression",
         "source",
@@ -63,9 +62,8 @@ FLAGS = {
     "allow_other_data": "--allow-other-data",
     "distributed": "--distributed",
 }
-FLAGS |= {name: "--" + name.replace("_", "-") for name in HELP}  # the recipe's too
 # the parameters whose values the library checks for range: a bad one is bad usage (2)
-VALUE_PARAMS = frozenset(HELP) | {"shard_size", "compression"}
+VALUE_PARAMS = frozenset(option_help()) | {"shard_size", "compression"}
 
 
 class Terminated(KeyboardInterrupt):

@@ -1,11 +1,12 @@
 """The options several commands share, each written once.
 
 The training options are made from the `TrainConfig` dataclass: its fields are the options, its
-defaults their defaults, and `HELP` their help. `train` and `run` get them all through
-`@train_options`, which hands the command one `config: TrainConfig` instead of seven values.
-Their ranges are checked by `TrainConfig.check`, and a bad value exits 2 (bad usage) like
-typer's own checks. `--preset NAME` starts from a named recipe (pipeline/training/presets.py);
-only the options given on the command line override it (typer's parameter source tells).
+defaults their defaults, and each field's `Spec` (pipeline/training/config.py) their help.
+`train` and `run` get them all through `@train_options`, which hands the command one
+`config: TrainConfig` instead of seven values. Their ranges are checked by `TrainConfig.check`,
+and a bad value exits 2 (bad usage) like typer's own checks. `--preset NAME` starts from a
+named recipe (pipeline/training/presets.py); only the options given on the command line
+override it (typer's parameter source tells).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
 import typer
 
+from pipeline.cli.errors import FLAGS, friendly_errors
 from pipeline.cli.logs import ENVVAR, FLAG, LogFormat
-from pipeline.training.config import TrainConfig
+from pipeline.errors import PipelineError
+from pipeline.training.config import TrainConfig, option_help
 
 T = TypeVar("T")
 
@@ -111,9 +114,6 @@ def checked_by(check: Callable[[str], T]) -> Callable[[str], T]:
     parameter), run while the command line is read."""
 
     def parse(text: str) -> T:
-        from pipeline.cli.errors import FLAGS
-        from pipeline.errors import PipelineError
-
         try:
             return check(text)
         except PipelineError as exc:
@@ -160,38 +160,12 @@ def command_line() -> str:
     return shlex.join(["pipeline", *sys.argv[1:]])
 
 
-# the TrainConfig fields offered as options, with their help; the others keep their defaults.
-# The defaults shown are the original recipe's; `--preset NAME` (pipeline/training/presets.py)
-# replaces them, and an option given on the command line overrides the preset.
-HELP = {
-    "preset": "Named recipe (original, fast, best); any option given overrides its values.",
-    "hidden": "Hidden layer size; repeat for more layers.",
-    "epochs": "Epochs to train.",
-    "batch_size": "Mini-batch size.",
-    "lr": "Peak learning rate (positive).",
-    "seed": "Seed of the initial weights (and of shuffling).",
-    "shuffle": "Shuffle each epoch; off trains in file order, as the original recipe.",
-    "checkpoint_every": "Also checkpoint every N steps (0: at epoch ends only).",
-    "activation": "Hidden units: sigmoid, tanh, relu.",
-    "loss": "Loss: mse or cross_entropy (softmax).",
-    "init": "Weight init: normal (N(0, --init-std)), he, xavier.",
-    "init_std": "Std of the normal init.",
-    "optimizer": "Optimizer: sgd, momentum, nesterov, adam, adamw.",
-    "momentum": "Momentum (momentum, nesterov), in [0, 1).",
-    "beta1": "Adam's beta1.",
-    "beta2": "Adam's beta2.",
-    "eps": "Adam's epsilon.",
-    "weight_decay": "Weight decay of the weights (decoupled under adamw).",
-    "schedule": "LR schedule: constant, step, cosine.",
-    "warmup_epochs": "Linear LR warmup, in epochs.",
-    "step_epochs": "Step schedule: epochs between decays.",
-    "step_gamma": "Step schedule: the decay factor.",
-    "dropout": "Dropout of hidden units, in [0, 1).",
-    "input_dropout": "Dropout of input pixels, in [0, 1).",
-    "max_norm": "Max norm of each unit's incoming weights (0: off).",
-    "patience": "With a val split: stop after N epochs without a better val accuracy.",
-}
-NOT_OPTIONS = {"dtype"}  # fixed
+# the TrainConfig fields offered as options, with their help (the fields' Specs); the others
+# keep their defaults. The defaults shown are the original recipe's; `--preset NAME`
+# (pipeline/training/presets.py) replaces them, and an option given on the command line
+# overrides the preset.
+HELP = option_help()
+NOT_OPTIONS = {f.name for f in fields(TrainConfig)} - set(HELP)  # fixed (dtype)
 
 
 def _parameters() -> list[inspect.Parameter]:
@@ -229,7 +203,6 @@ def train_options(command: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def with_config(**kwargs: Any) -> None:
-        from pipeline.cli.errors import friendly_errors
         from pipeline.training import presets
 
         ctx: typer.Context = kwargs.pop("ctx")
