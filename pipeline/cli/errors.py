@@ -12,7 +12,7 @@ Exit codes (the README lists them too):
 The library raises `PipelineError`s naming the *parameter* at fault (`batch_size`); `FLAGS` maps
 each parameter to the option that sets it. Bad usage (2) is found two ways and ends one way:
 - as the command line is read: click's errors (an unknown option, a value of the wrong type)
-  and a value the library's own check refuses there (`options.checked_by`: `--image-shape`,
+  and a value the library's own check refuses there (`checked_by`: `--image-shape`,
   `--val-fraction`, `--distributed`); `OneLineErrors` logs them;
 - as the command runs: a `ConfigError` about a value the library checks for range
   (`VALUE_PARAMS`: the training options, `--shard-size`...); `friendly_errors` logs it.
@@ -26,9 +26,9 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from typer.core import TyperGroup
@@ -36,6 +36,8 @@ from typer.core import TyperGroup
 from pipeline.cli.logs import LogFormat, requested
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.training.config import option_help
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_BUSY = 0, 1, 2, 3, 75
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143
@@ -64,6 +66,27 @@ FLAGS = {
 }
 # the parameters whose values the library checks for range: a bad one is bad usage (2)
 VALUE_PARAMS = frozenset(option_help()) | {"shard_size", "compression"}
+
+
+class BadValue(typer.BadParameter):
+    """A value the library's own check refuses as the command line is read: bad usage (2),
+    before anything runs, in the library's words with the flag (`--image-shape abc: ...`)."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def checked_by(check: Callable[[str], T]) -> Callable[[str], T]:
+    """An option's parser: the library's `check` (which raises a PipelineError naming its
+    parameter), run while the command line is read."""
+
+    def parse(text: str) -> T:
+        try:
+            return check(text)
+        except PipelineError as exc:
+            raise BadValue(exc.render(FLAGS)) from None
+
+    return parse
 
 
 class Terminated(KeyboardInterrupt):

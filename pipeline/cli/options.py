@@ -18,16 +18,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 import typer
 
-from pipeline.cli.errors import FLAGS, friendly_errors
+from pipeline.cli.errors import checked_by, friendly_errors
 from pipeline.cli.logs import ENVVAR, FLAG, LogFormat
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError
 from pipeline.training.config import TrainConfig, option_help
-
-T = TypeVar("T")
 
 RunDir = Annotated[
     Path,
@@ -101,27 +99,6 @@ Source = Annotated[
 ]
 
 
-class BadValue(typer.BadParameter):
-    """A value the library's own check refuses as the command line is read: bad usage (2),
-    before anything runs, in the library's words with the flag (`--image-shape abc: ...`)."""
-
-    def format_message(self) -> str:
-        return self.message
-
-
-def checked_by(check: Callable[[str], T]) -> Callable[[str], T]:
-    """An option's parser: the library's `check` (which raises a PipelineError naming its
-    parameter), run while the command line is read."""
-
-    def parse(text: str) -> T:
-        try:
-            return check(text)
-        except PipelineError as exc:
-            raise BadValue(exc.render(FLAGS)) from None
-
-    return parse
-
-
 def _image_shape(text: str) -> str:
     from pipeline.data.sources import parse_shape
 
@@ -135,7 +112,7 @@ def _val_fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise BadValue(f"--val-fraction {text}: not a number") from None
+        raise ConfigError("not a number", param="val_fraction", value=text) from None
     return check_fraction(value)
 
 

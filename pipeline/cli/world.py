@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.cli.errors import EXIT_ERROR, friendly_errors
-from pipeline.cli.options import checked_by
+from pipeline.cli.errors import EXIT_ERROR, checked_by, friendly_errors
 
 if TYPE_CHECKING:  # numpy and mpi4py load only when a command runs
     from pipeline.training.distributed import Comm
