@@ -28,7 +28,7 @@ from pipeline.cli.options import HELP, NOT_OPTIONS
 from pipeline.data.shards import Manifest
 from pipeline.errors import ConfigError
 from pipeline.training import checkpoint
-from pipeline.training.config import TrainConfig, specs
+from pipeline.training.config import TrainConfig, field_metas
 from pipeline.training.rundir import RunDir
 
 runner = CliRunner()
@@ -97,8 +97,8 @@ def test_train_and_run_options_are_the_config_fields_with_its_defaults() -> None
 def test_each_config_field_declares_its_choices_recipe_and_resume_rules() -> None:
     """The fields' Specs drive the checks, `runs`' recipe, the resume rules, is_original."""
     original = TrainConfig()
-    assert original.is_original and set(specs()) == set(TrainConfig.__dataclass_fields__)
-    for name, spec in specs().items():
+    assert original.is_original and set(field_metas()) == set(TrainConfig.__dataclass_fields__)
+    for name, spec in field_metas().items():
         for value in spec.choices:
             _with(original, name, value).check()
         if spec.choices:

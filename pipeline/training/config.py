@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError
 
-SPEC = "spec"  # the metadata key of each field's Spec
+META = "pipeline"  # the metadata key of each field's FieldMeta
 # the largest network this project builds (weights and biases): a config beyond it is refused,
 # and so is a checkpoint file that claims more (before it is read whole)
 MAX_PARAMETERS = 1 << 26
@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Spec:
+class FieldMeta:
     """What a TrainConfig field is, beside its type and default: the CLI's options and help,
     `runs`' recipe and the resume rules are read from these."""
 
@@ -36,19 +36,19 @@ def setting(
     resumable: bool = False,
     original_only: bool = False,
 ) -> T:
-    """A TrainConfig field: its default, and its Spec."""
-    spec = Spec(help, choices, recipe, resumable, original_only)
-    return field(default=default, metadata={SPEC: spec})
+    """A TrainConfig field: its default, and its FieldMeta."""
+    meta = FieldMeta(help, choices, recipe, resumable, original_only)
+    return field(default=default, metadata={META: meta})
 
 
-def specs() -> dict[str, Spec]:
-    """Every TrainConfig field's Spec, in field order (the order of `--help`)."""
-    return {f.name: f.metadata[SPEC] for f in fields(TrainConfig)}
+def field_metas() -> dict[str, FieldMeta]:
+    """Every TrainConfig field's FieldMeta, in field order (the order of `--help`)."""
+    return {f.name: f.metadata[META] for f in fields(TrainConfig)}
 
 
 def option_help() -> dict[str, str]:
     """The fields offered as command-line options, with their help, in field order."""
-    return {name: spec.help for name, spec in specs().items() if spec.help is not None}
+    return {name: spec.help for name, spec in field_metas().items() if spec.help is not None}
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class TrainConfig:
         return all(
             getattr(self, f.name) == f.default
             for f in fields(self)
-            if f.metadata[SPEC].original_only
+            if f.metadata[META].original_only
         )
 
     def check(self) -> None:
@@ -159,7 +159,7 @@ class TrainConfig:
             raise ConfigError(
                 "must be a positive finite number", param="init_std", value=self.init_std
             )
-        for param, spec in specs().items():
+        for param, spec in field_metas().items():
             if spec.choices and getattr(self, param) not in spec.choices:
                 raise ConfigError(
                     f"one of {', '.join(spec.choices)}", param=param, value=getattr(self, param)
@@ -209,5 +209,5 @@ class TrainConfig:
         return config
 
 
-TrainConfig.RESUMABLE = frozenset(name for name, spec in specs().items() if spec.resumable)
-TrainConfig.NOT_RECIPE = frozenset(name for name, spec in specs().items() if not spec.recipe)
+TrainConfig.RESUMABLE = frozenset(name for name, spec in field_metas().items() if spec.resumable)
+TrainConfig.NOT_RECIPE = frozenset(name for name, spec in field_metas().items() if not spec.recipe)
