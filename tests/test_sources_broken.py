@@ -143,6 +143,18 @@ BROKEN: dict[str, Callable[[Path], Broken]] = {
         "only a csv",
         "--image-shape",
     ),
+    "name-not-utf8": lambda d: (
+        csv_pair(d, good_rows())[0],
+        ["--name", os.fsdecode(b"x\xff")],  # as argv carries it
+        "--name x\\xff: not valid UTF-8",
+        "--name",
+    ),
+    "classes-not-utf8": lambda d: (
+        csv_pair(d, good_rows())[0],
+        ["--classes", os.fsdecode(b"a,b\xff")],
+        "--classes a,b\\xff: not valid UTF-8",
+        "--classes",
+    ),
     # --- idx
     "idx-gz-bomb": gz_bomb,
     # --- npz

@@ -15,12 +15,11 @@ shard set. `carve_val()` then takes a validation split from train if asked.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from pipeline.data.sources import csv, idx, images, npz, torchvision
-from pipeline.data.sources.base import RawDataset, RawFile, RawSplit, validate
+from pipeline.data.sources.base import RawDataset, RawFile, RawSplit, not_utf8, validate
 from pipeline.data.sources.idx import EMBEDDED_DIR, EMBEDDED_SHA256, SPLIT_FILES
 from pipeline.data.sources.split import carve_val
 from pipeline.errors import SourceError
@@ -66,16 +65,14 @@ def _local(spec: str, where: str, *, follow: bool = True) -> Path:
             f"{where!r}: cannot resolve ({reason})", param="source", value=spec
         ) from None
     for text in (where, str(path)):
-        try:
-            text.encode()
-        except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as surrogates
-            shown = os.fsencode(text).decode(errors="backslashreplace")
+        shown = not_utf8(text)
+        if shown is not None:
             raise SourceError(
                 ("" if text == where else f"(resolved: {shown}) ")
                 + "a name that is not valid UTF-8 (the manifest records it); rename it",
                 param="source",
-                value=os.fsencode(spec).decode(errors="backslashreplace"),
-            ) from None
+                value=not_utf8(spec),
+            )
     return path
 
 

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.data.sources.base import Found, FoundSplit, RawFile, check_claim, file_size
+from pipeline.data.sources.base import (
+    Found,
+    FoundSplit,
+    RawFile,
+    check_claim,
+    file_size,
+    not_utf8,
+)
 from pipeline.errors import SourceError
 
 if TYPE_CHECKING:
@@ -143,13 +150,11 @@ def _class_folders(split_dir: Path) -> list[Path]:
     """The class folders of a split; their names must be text (they become class names)."""
     folders = [p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
     for p in folders:
-        try:
-            p.name.encode()
-        except UnicodeEncodeError:  # a byte that is not UTF-8, kept by Python as a surrogate
-            name = os.fsencode(p.name).decode(errors="backslashreplace")
+        name = not_utf8(p.name)
+        if name is not None:
             raise SourceError(
                 f"{split_dir}: class folder '{name}': the name is not valid UTF-8; rename it"
-            ) from None
+            )
     return folders
 
 
