@@ -201,3 +201,32 @@ def run_size_limited(limit: int, *args: str) -> subprocess.CompletedProcess[str]
         check=False,
         timeout=300,
     )
+
+
+@pytest.fixture(scope="session")
+def deploy_runs(
+    tmp_path_factory: pytest.TempPathFactory, slice_shards: shards.Manifest
+) -> dict[str, Path]:
+    """Three briefly trained models (one epoch on the 3,000-image slice) for predict and
+    export: the original recipe (sigmoid, MSE), `fast` (ReLU, softmax) and a 3-layer tanh."""
+    from pipeline.training import presets, trainer
+    from pipeline.training.config import TrainConfig
+
+    configs = {
+        "original": TrainConfig(epochs=1),
+        "fast": presets.resolve("fast", epochs=1),
+        "tanh": TrainConfig(
+            hidden=(64, 32),
+            activation="tanh",
+            init="xavier",
+            loss="cross_entropy",
+            lr=0.1,
+            batch_size=32,
+            epochs=1,
+        ),
+    }
+    runs = {}
+    for name, config in configs.items():
+        runs[name] = tmp_path_factory.mktemp(f"deploy-{name}")
+        trainer.train(slice_shards.directory, runs[name], config)
+    return runs

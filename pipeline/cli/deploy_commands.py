@@ -57,10 +57,11 @@ def _output(out: Path | None) -> Iterator[TextIO]:
 def _table(p: Prediction, classes: tuple[str, ...], top: int) -> Table:
     from pipeline.deploy.predict import rows
 
-    table = Table("input", "label", "class", *(f"top {k + 1}" for k in range(top)))
+    table = Table("label", "class", *(f"top {k + 1}" for k in range(top)))
+    table.add_column("input", overflow="fold")  # last: a long path folds, the rest stays
     for r in rows(p, classes, top):
         table.add_row(
-            r["input"], str(r["label"]), r["class"], *(f"{c} {q:.4f}" for c, q in r["top"])
+            str(r["label"]), r["class"], *(f"{c} {q:.4f}" for c, q in r["top"]), r["input"]
         )
     return table
 
@@ -128,7 +129,9 @@ def predict(
     if tally.accuracy is not None:
         note += f"; accuracy {tally.accuracy:.2%} on {tally.labelled:,} labelled inputs"
         note += f" ({tally.correct:,} correct)"
-    Console(stderr=out is None and output_format is not Format.table, highlight=False).print(note)
+    Console(
+        stderr=out is None and output_format is not Format.table, highlight=False, soft_wrap=True
+    ).print(note)
 
 
 def export(
