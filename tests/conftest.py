@@ -133,6 +133,20 @@ def slice_shards(
     return prepare.prepare(out, raw, shard_size=1000).manifest
 
 
+def one_line_error(args: list[str], code: int) -> str:
+    """`pipeline ARGS` through typer's runner: exit `code`, one `error:` line, no traceback."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
 def snapshot(directory: Path) -> dict[str, tuple[int, int, int]]:
     """Every entry of `directory`: name -> (inode, mtime_ns, size). Equal snapshots: untouched."""
     return {

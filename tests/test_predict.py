@@ -22,6 +22,7 @@ from pipeline.deploy.model import Model
 from pipeline.errors import SourceError
 from pipeline.report import evaluate
 from pipeline.report.metrics import classification_report
+from tests.conftest import one_line_error
 
 runner = CliRunner()
 
@@ -32,15 +33,6 @@ def write_pngs(folder: Path, images: np.ndarray, labels: np.ndarray, shape=(28, 
         (folder / str(label)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image.reshape(shape)).save(folder / str(label) / f"{i:05d}.png")
     return folder
-
-
-def one_line_error(args: list[str], code: int) -> str:
-    result = runner.invoke(app, args)
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("name", ["original", "fast"])
@@ -75,11 +67,17 @@ def test_predictions_equal_evaluate_on_the_mnist_test_set(
     assert f"({correct:,} correct)" in result.stderr
 
 
-def test_a_folder_of_pngs_predicts_as_the_source_does(
-    deploy_runs: dict[str, Path], real_mnist: sources.RawDataset, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory: pytest.TempPathFactory, real_mnist: sources.RawDataset) -> Path:
+    """The first 300 MNIST test images as PNG files, `<label>/<index>.png`."""
     test = real_mnist.splits["test"]
-    folder = write_pngs(tmp_path / "pngs", test.images[:300], test.labels[:300])
+    return write_pngs(tmp_path_factory.mktemp("pngs"), test.images[:300], test.labels[:300])
+
+
+def test_a_folder_of_pngs_predicts_as_the_source_does(
+    deploy_runs: dict[str, Path], real_mnist: sources.RawDataset, pngs: Path, tmp_path: Path
+) -> None:
+    test, folder = real_mnist.splits["test"], pngs
     out = tmp_path / "predictions.jsonl"
     args = ["predict", "--model", str(deploy_runs["fast"]), str(folder)]
     result = runner.invoke(app, [*args, "--format", "jsonl", "--out", str(out)])
@@ -94,15 +92,12 @@ def test_a_folder_of_pngs_predicts_as_the_source_does(
     assert f"accuracy {accuracy:.2%} on 300 labelled" in result.stdout
 
 
-def test_the_table_and_top_k(
-    deploy_runs: dict[str, Path], real_mnist: sources.RawDataset, tmp_path: Path
-) -> None:
-    test = real_mnist.splits["test"]
-    folder = write_pngs(tmp_path / "pngs", test.images[:2], test.labels[:2])
+def test_the_table_and_top_k(deploy_runs: dict[str, Path], pngs: Path) -> None:
     model = ["predict", "--model", str(deploy_runs["original"])]
-    table = runner.invoke(app, [*model, str(folder), "--top", "2"])
+    files = [str(pngs / "7" / "00000.png"), str(pngs / "2" / "00001.png")]
+    table = runner.invoke(app, [*model, *files, "--top", "2"])
     assert table.exit_code == 0 and "top 2" in table.stdout and "00001.png" in table.stdout
-    top = runner.invoke(app, [*model, str(folder / "7"), "--format", "csv", "--top", "3"])
+    top = runner.invoke(app, [*model, files[0], "--format", "csv", "--top", "3"])
     header, row = top.stdout.splitlines()
     assert header == "input,label,class,c1,p1,c2,p2,c3,p3"
     assert row.split(",")[0].endswith("7/00000.png") and len(row.split(",")) == 9
