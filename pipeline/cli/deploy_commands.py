@@ -109,8 +109,8 @@ def predict(
                 inputs or [], shape, classes, batch_size, resize=resize
             )
         tally = engine.Tally()
-        progress = Progress(console=Console(stderr=True), transient=True)
-        progress.disable = not progress.console.is_terminal
+        bar = Console(stderr=True)
+        progress = Progress(console=bar, transient=True, disable=not bar.is_terminal)
         with progress, _output(out) as stream:
             task = progress.add_task("predicting", total=None)
             for p in engine.predict(loaded, batches):

@@ -73,8 +73,11 @@ def _read(paths: list[Path], shape: tuple[int, ...], resize: bool) -> np.ndarray
         out = np.empty((len(paths), *shape), np.uint8)
         method = getattr(Image.Resampling, RESAMPLING)
         for i, entry in enumerate(entries):
-            with Image.open(entry.path) as im:
-                out[i] = np.asarray(im.convert(mode).resize((cols, rows), method), np.uint8)
+            try:
+                with Image.open(entry.path) as im:
+                    out[i] = np.asarray(im.convert(mode).resize((cols, rows), method), np.uint8)
+            except OSError as exc:
+                raise SourceError(f"{entry.path}: cannot decode ({exc})") from None
         return out
     for entry in entries:
         colour = entry.mode in images.COLOUR_MODES
