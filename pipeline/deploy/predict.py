@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.deploy.inputs import Batch
 from pipeline.deploy.model import Model
+from pipeline.nn.network import inference
 
 BATCH = 1000  # rows per forward pass: evaluate's (pipeline.report.evaluate.EVAL_BATCH)
 
@@ -48,9 +49,11 @@ class Tally:
 
 
 def predict(model: Model, batches: Iterable[Batch]) -> Iterator[Prediction]:
-    for batch in batches:
-        labels, probabilities = model.forward(batch.pixels)
-        yield Prediction(batch, labels, probabilities)
+    """The batches' predictions, in order, under evaluate's BLAS rule (`network.inference`)."""
+    with inference():
+        for batch in batches:
+            labels, probabilities = model.forward(batch.pixels)
+            yield Prediction(batch, labels, probabilities)
 
 
 def rows(p: Prediction, classes: Sequence[str], top: int | None) -> Iterator[dict[str, Any]]:
