@@ -82,7 +82,7 @@ def predict(
         Format, typer.Option("--format", help="table (a terminal), csv or jsonl.")
     ] = Format.table,
     top: Annotated[
-        int | None, typer.Option(min=1, help="Only the K likeliest classes [default: all].")
+        int | None, typer.Option(min=1, help="Only the K likeliest classes [default: all; the table 3].")
     ] = None,
     out: Annotated[
         Path | None, typer.Option(dir_okay=False, help="Write here (atomically) [default: stdout].")
