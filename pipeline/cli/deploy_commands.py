@@ -42,6 +42,12 @@ class ExportFormat(StrEnum):
     onnx = "onnx"
 
 
+ScheduledExport = Annotated[  # `run --runs --export onnx`
+    ExportFormat | None,
+    typer.Option(help="With --runs: write RUN/model.onnx before the run can become latest."),
+]
+
+
 @contextlib.contextmanager
 def _output(out: Path | None) -> Iterator[TextIO]:
     """stdout, or a temporary sibling of `out` renamed over it once everything is written."""
@@ -82,7 +88,8 @@ def predict(
         Format, typer.Option("--format", help="table (a terminal), csv or jsonl.")
     ] = Format.table,
     top: Annotated[
-        int | None, typer.Option(min=1, help="Only the K likeliest classes [default: all; the table 3].")
+        int | None,
+        typer.Option(min=1, help="Only the K likeliest classes [default: all; the table 3]."),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(dir_okay=False, help="Write here (atomically) [default: stdout].")

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import views
-from pipeline.cli.deploy_commands import ExportFormat
+from pipeline.cli.deploy_commands import ScheduledExport
 from pipeline.cli.errors import EXIT_GATE, fail, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import (
@@ -167,10 +167,7 @@ def run(
     keep: Keep = 0,
     distributed_mode: Distributed = "auto",
     log_format: Logs = LogFormat.plain,
-    export: Annotated[
-        ExportFormat | None,
-        typer.Option(help="With --runs: write RUN/model.onnx before the run becomes latest."),
-    ] = None,
+    export: ScheduledExport = None,
     *,
     config: TrainConfig,
 ) -> None:
@@ -187,15 +184,8 @@ def run(
         from pipeline.cli.scheduled import trigger
 
         assert runs is not None
-        trigger(
-            runs,
-            data or runs / "shards",
-            source,
-            config,
-            min_accuracy=min_accuracy,
-            keep=keep,
-            export=export and export.value,
-        )
+        shards = data or runs / "shards"
+        trigger(runs, shards, source, config, min_accuracy=min_accuracy, keep=keep, export=export)
         return
     if export is not None:
         raise fail("--export needs --runs (export a single run with pipeline export)", 2)
