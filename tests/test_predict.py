@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,11 @@ from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest
 from pipeline.deploy import inputs
 from pipeline.deploy.model import Model
-from pipeline.errors import SourceError
-from pipeline.nn.network import inference
+from pipeline.errors import CheckpointError, SourceError
+from pipeline.nn.network import Network, inference
 from pipeline.report import evaluate
 from pipeline.report.metrics import classification_report
+from pipeline.training import checkpoint
 from tests.conftest import one_line_error
 
 runner = CliRunner()
@@ -165,3 +167,20 @@ def test_folders_stream_a_batch_at_a_time(tmp_path: Path, real_mnist: sources.Ra
     assert (first.pixels == test.images[:4]).all()  # the bytes the source holds
     with pytest.raises(SourceError, match=r"00005\.png"):
         next(batches)
+
+
+def test_a_checkpoint_older_than_image_shape_is_read_as_square_grey(
+    deploy_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Checkpoints written before the field hold no image shape: 784 inputs are 28x28 grey;
+    an input count that is no square is refused by name."""
+    ckpt = Model.load(deploy_runs["tanh"]).ckpt
+    old = tmp_path / "old.npz"
+    checkpoint.save(old, ckpt.network, replace(ckpt.meta, image_shape=()))
+    assert checkpoint.load(old).meta.image_shape == ()
+    assert Model.load(old).image_shape == (28, 28)
+    odd = Network.initialize([30, 4, 2], rng=np.random.default_rng(0), std=0.1, dtype="float32")
+    meta = replace(ckpt.meta, image_shape=(), sizes=(30, 4, 2), classes=("a", "b"))
+    checkpoint.save(old, odd, meta)
+    with pytest.raises(CheckpointError, match="records no image shape"):
+        Model.load(old)
