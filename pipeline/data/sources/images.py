@@ -48,6 +48,8 @@ COLOUR_MODES = {"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
 # decoding; below Pillow's decompression-bomb limits (89M warns, 179M raises), so those
 # never speak first
 MAX_PIXELS = 1 << 24
+# what Pillow raises decoding a damaged file (a PNG chunk that fails its check: SyntaxError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 
 
 @contextmanager
@@ -94,7 +96,7 @@ def read_image(path: Path, mode: str | None = None) -> np.ndarray:
         mode = mode or ("L" if image.mode in GRAY_MODES else "RGB")
         try:
             return np.asarray(image.convert(mode), dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:  # SyntaxError: a bad chunk
+        except DECODE_ERRORS as exc:
             raise SourceError(f"{path}: cannot decode ({' '.join(str(exc).split())})") from None
 
 
