@@ -17,6 +17,7 @@ sources, training checkpoints), so each rule is written once:
 from __future__ import annotations
 
 import math
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -127,7 +128,7 @@ def npy_header(
             if read_header is None:
                 raise ValueError(f"unknown .npy version {version}")
             shape, fortran, dtype = read_header(f)
-        except ValueError as exc:
+        except (ValueError, tokenize.TokenError) as exc:  # numpy tokenizes the header text
             raise error(f"{where}: not a .npy array ({' '.join(str(exc).split())})") from None
         npy = Npy(info, where, tuple(shape), dtype, bool(fortran), f.tell())
     if dtype.hasobject:
