@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.data.sources import npz as npz_source
 from tests.conftest import idx_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +83,43 @@ def prepare_error(tmp_path: Path, data: bytes) -> str:
     assert str(path) in line
     assert not out.exists() or not any(out.iterdir())  # nothing written
     return line
+
+
+# --- the reader itself ------------------------------------------------------------------------
+
+
+def test_every_npy_layout_reads_as_numpy_reads_it(tmp_path: Path) -> None:
+    """Column-major, big-endian, a version 2.0 header, deflated: the arrays numpy's own loader
+    returns, bit for bit."""
+    x_train = np.asfortranarray(IMAGES.astype(np.float64) / 255)
+    version2 = io.BytesIO()
+    np.lib.format.write_array(version2, IMAGES[:4], version=(2, 0))
+    entries = {
+        "x_train.npy": npy(x_train),
+        "y_train.npy": npy(LABELS.astype(">i8")),
+        "x_test.npy": version2.getvalue(),
+        "y_test.npy": npy(LABELS[:4].astype(np.uint16)),
+    }
+    path = tmp_path / "layouts.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    found = npz_source.read(path, f"npz:{path}")
+    with np.load(path) as expected:
+        for split, (x, y) in npz_source.KEYS.items():
+            for got, key in ((found.splits[split].images, x), (found.splits[split].labels, y)):
+                assert got.dtype == expected[key].dtype and np.array_equal(got, expected[key])
+    assert found.splits["train"].images.flags.f_contiguous
+
+
+def test_a_negative_dimension_is_refused(tmp_path: Path) -> None:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (-1, -6, 6)}
+    )
+    members = [(f"{k}.npy", npy(a)) for k, a in arrays().items() if k != "x_train"]
+    data = raw_zip([("x_train.npy", header.getvalue() + bytes(36)), *members])
+    assert "x_train is not the size its header says" in prepare_error(tmp_path, data)
 
 
 # --- point 6: two members that load under one name -----------------------------------------
