@@ -32,6 +32,7 @@ from pipeline.errors import PipelineError
 # deflate expands at most 1032:1; a compressed stream claiming more than this is lying
 MAX_INFLATE_RATIO = 1100
 SLACK = 4096  # headers around a tiny payload
+CHUNK = 1 << 20  # bytes per read: zipfile joins a large read from many small inflates
 READABLE_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 ENCRYPTED = 0x1 | 0x40  # general-purpose flags: traditional and strong encryption
 PATCHED = 0x20  # compressed patched data, which zipfile cannot read
@@ -151,7 +152,7 @@ def read_npy(zf: zipfile.ZipFile, npy: Npy, *, error: type[PipelineError]) -> np
             into = array.reshape(-1).view(np.uint8).data  # (nbytes,) memoryview
             done = 0
             while done < npy.nbytes:
-                got = f.readinto(into[done:])  # type: ignore[attr-defined]
+                got = f.readinto(into[done : done + CHUNK])  # type: ignore[attr-defined]
                 if not got:
                     raise error(f"{npy.where}: truncated after {done:,} of {npy.nbytes:,} bytes")
                 done += got
