@@ -115,30 +115,63 @@ def shard_set(job: Job, hooks: Hooks) -> tuple[Manifest, bool]:
     return integrity.hold(result.manifest), True  # read under the reader lock, as a found set
 
 
-def standing_report(job: Job, manifest: Manifest) -> dict[str, Any] | None:
-    """The run's report if the run is finished and the report is of its last checkpoint, on
-    this shard set and config; None if anything is left to train or to evaluate."""
+def open_set(job: Job, hooks: Hooks, comm: Comm) -> tuple[Manifest, bool]:
+    """`shard_set` under MPI too: the first rank writes the set if needed, the others wait for
+    it and read the same. Refuses a config the set cannot train before anything is trained."""
+    job.config.check()  # before anything is written
+    if comm.rank == 0:
+        manifest, prepared = shard_set(job, hooks)
+    comm.barrier()
+    if comm.rank != 0:
+        manifest, prepared = shard_set(job, Hooks())
+    samples = manifest.split("train").samples
+    if job.config.batch_size > samples:  # refused: clamping would change the recipe silently
+        raise ConfigError(
+            f"more than the {samples:,} samples of {manifest.name}'s train split",
+            param="batch_size",
+            value=job.config.batch_size,
+        )
+    return manifest, prepared
+
+
+def standing_report(
+    run_dir: Path, manifest: Manifest, config: TrainConfig
+) -> dict[str, Any] | None:
+    """The run's report if the run is done: trained to its end (`epochs`, or stopped early by
+    `patience`) and its report is of the checkpoint evaluate chooses at that end (the best
+    val epoch, else the last), on this shard set and config. None if anything is left to
+    train or to evaluate. The one rule of "done", in both modes (reads, never writes)."""
     import json
 
     from pipeline.fsutil import sha256_file
-    from pipeline.training.rundir import REPORT_JSON, REPORT_MD, RunDir
+    from pipeline.training.rundir import (
+        CHECKPOINT_NAME,
+        REPORT_JSON,
+        REPORT_MD,
+        RunDir,
+        best_epoch,
+        stopped_early,
+    )
 
-    run = RunDir(job.run_dir)
-    last = run.checkpoint_path(job.config.epochs, 0)
-    if run.newest_checkpoint() != last or not (job.run_dir / REPORT_MD).is_file():
-        return None
+    run = RunDir(run_dir)
+    newest = run.newest_checkpoint()
+    match = None if newest is None else CHECKPOINT_NAME.match(newest.name)
+    if match is None or int(match["step"]) != 0 or not (run_dir / REPORT_MD).is_file():
+        return None  # no checkpoint, or a mid-epoch one: training is not over
+    epoch = int(match["epoch"])
     try:
-        doc: dict[str, Any] = json.loads((job.run_dir / REPORT_JSON).read_bytes())
-        config = TrainConfig.from_json(doc["model"]["config"]).to_json()
+        doc: dict[str, Any] = json.loads((run_dir / REPORT_JSON).read_bytes())
+        history, saved = doc["history"], TrainConfig.from_json(doc["model"]["config"]).to_json()
+        chosen = run.checkpoint_path(best_epoch(history) or epoch, 0)
         standing = (
             doc["split"] == "test"
             and doc["dataset"]["manifest_sha256"] == manifest.identity
-            and doc["checkpoint"]["file"] == str(last.relative_to(job.run_dir))
-            and doc["checkpoint"]["sha256"] == sha256_file(last)
+            and [r["epoch"] for r in history] == list(range(1, epoch + 1))
+            and (epoch == config.epochs or stopped_early(history, config.patience))
+            and doc["checkpoint"]["file"] == str(chosen.relative_to(run_dir))
+            and doc["checkpoint"]["sha256"] == sha256_file(chosen)
             and all(
-                config[k] == v
-                for k, v in job.config.to_json().items()
-                if k not in TrainConfig.RESUMABLE
+                saved[k] == v for k, v in config.to_json().items() if k not in TrainConfig.RESUMABLE
             )
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -155,20 +188,8 @@ def run(job: Job, hooks: Hooks | None = None, *, comm: Comm | None = None) -> Jo
     from pipeline.training.trainer import train
 
     hooks, comm = hooks or Hooks(), comm or distributed.LOCAL
-    job.config.check()  # before anything is written
-    if comm.rank == 0:
-        manifest, prepared = shard_set(job, hooks)
-    comm.barrier()  # the others wait for its shards, then read the same set
-    if comm.rank != 0:
-        manifest, prepared = shard_set(job, Hooks())
-    samples = manifest.split("train").samples
-    if job.config.batch_size > samples:  # refused: clamping would change the recipe silently
-        raise ConfigError(
-            f"more than the {samples:,} samples of {manifest.name}'s train split",
-            param="batch_size",
-            value=job.config.batch_size,
-        )
-    if (doc := standing_report(job, manifest)) is not None:
+    manifest, prepared = open_set(job, hooks, comm)
+    if (doc := standing_report(job.run_dir, manifest, job.config)) is not None:
         hooks.say(
             f"up to date: {job.run_dir} has trained {job.config.epochs} epochs and its report "
             "is of the last checkpoint; nothing written"

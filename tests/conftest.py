@@ -201,3 +201,12 @@ def run_size_limited(limit: int, *args: str) -> subprocess.CompletedProcess[str]
         check=False,
         timeout=300,
     )
+
+
+@pytest.fixture(scope="session")
+def slice_set(tmp_path_factory: pytest.TempPathFactory, mnist_slice_idx: Path) -> Path:
+    """The slice's set named "mnist-slice" (classes from the labels), the runs tests' data."""
+    out = tmp_path_factory.mktemp("slice-set")
+    raw = sources.load(f"idx:{mnist_slice_idx}", name="mnist-slice")
+    prepare.prepare(out, raw, shard_size=1000)
+    return out

@@ -48,14 +48,6 @@ def trigger(runs_dir: Path, data: Path, *extra: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-@pytest.fixture(scope="module")
-def slice_set(tmp_path_factory: pytest.TempPathFactory, mnist_slice_idx: Path) -> Path:
-    out = tmp_path_factory.mktemp("slice-set")
-    raw = sources.load(f"idx:{mnist_slice_idx}", name="mnist-slice")
-    prepare.prepare(out, raw, shard_size=1000)
-    return out
-
-
 @pytest.fixture
 def other_set(tmp_path: Path, real_mnist: sources.RawDataset) -> Path:
     """Another slice of the real MNIST (the next 3,000 train images): another content identity."""

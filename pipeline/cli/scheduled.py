@@ -10,12 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline import job
 from pipeline.cli import views
 from pipeline.cli.errors import EXIT_GATE, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import Logs
 from pipeline.cli.views import log, out
-from pipeline.training.config import TrainConfig
+from pipeline.cli.world import world
 
 if TYPE_CHECKING:  # the stages load when a command runs, not for --help
     from pipeline import runs as runs_lib
@@ -41,42 +42,51 @@ def _on_event(event: str, fields: dict[str, Any]) -> None:
 
 def trigger(
     runs_dir: Path,
-    data: Path,
-    source: str | None,
-    config: TrainConfig,
+    spec: job.Job,
     *,
     min_accuracy: float | None,
     keep: int,
+    distributed_mode: str = "auto",
     train_only: bool = False,
 ) -> None:
-    """One trigger: the set in `data` (an empty one prepared from `source` unless
-    `train_only`), then its run."""
-    from pipeline import job, schedule
+    """One trigger: the set in `spec.data_dir` (an empty one prepared from `spec.source`
+    unless `train_only`), then its run; under MPI one trigger of every rank."""
     from pipeline import runs as runs_lib
-    from pipeline.data.shards import MANIFEST, load_manifest
+    from pipeline import schedule
+    from pipeline.data.shards import load_manifest
 
-    with friendly_errors(), views.display() as progress:
-        if train_only or (data / MANIFEST).exists():  # a set there is used whatever its source
-            manifest = load_manifest(data)
+    assert spec.data_dir is not None
+    with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
+        lead = comm.rank == 0
+        if train_only:  # the set must be there: train never prepares
+            manifest = load_manifest(spec.data_dir)
         else:
-            spec = job.Job(run_dir=runs_dir, config=config, data_dir=data, source=source)
             hooks = job.Hooks(prepare_progress=lambda t: views.PrepareView(progress, t))
-            manifest, _ = job.shard_set(spec, hooks)
-        log.event(
-            "data",
-            {"path": str(data), "dataset": manifest.name, "identity": manifest.identity},
-            plain=f"data: {manifest.name} in {data} (identity {manifest.identity[:12]})",
-        )
+            manifest, _ = job.open_set(spec, hooks if lead else job.Hooks(), comm)
+        if lead:
+            log.event(
+                "data",
+                {
+                    "path": str(spec.data_dir),
+                    "dataset": manifest.name,
+                    "identity": manifest.identity,
+                },
+                plain=f"data: {manifest.name} in {spec.data_dir} "
+                f"(identity {manifest.identity[:12]})",
+            )
         outcome = schedule.trigger(
             runs_dir,
             manifest,
-            config,
+            spec.config,
             min_accuracy=min_accuracy,
             keep=keep,
             train_only=train_only,
-            reporter=views.TrainView(progress, config.batch_size),
-            on_event=_on_event,
+            reporter=views.TrainView(progress, spec.config.batch_size),
+            on_event=_on_event if lead else schedule._quiet,
+            comm=comm,
         )
+    if not lead:
+        return
     if outcome.evaluation is not None:
         views.report_table(outcome.evaluation)
     if outcome.passed is False and not outcome.up_to_date:
@@ -124,7 +134,7 @@ def runs_command(
     with friendly_errors():
         rows = runs_lib.listing(runs_dir)
     if as_json:
-        print(json.dumps([row.to_json() for row in rows], indent=2))
+        print(json.dumps([row.to_json() for row in rows], indent=2, allow_nan=False))
         return
     table = Table(title=f"runs in {runs_dir}")
     columns = ("id", "date", "dataset", "recipe", "accuracy", "gate", "status", "time", "latest")

@@ -68,11 +68,20 @@ def train(
     from pipeline.training.rundir import epoch_accuracy
 
     views.log.use(log_format)
-    if _one_of(run_dir, runs) is None:  # the scheduled mode trains in one process
+    if _one_of(run_dir, runs) is None:
+        from pipeline import job
         from pipeline.cli.scheduled import trigger
 
         assert runs is not None
-        trigger(runs, data, None, config, min_accuracy=None, keep=0, train_only=True)
+        spec = job.Job(run_dir=runs, config=config, data_dir=data)
+        trigger(
+            spec.run_dir,
+            spec,
+            min_accuracy=None,
+            keep=0,
+            train_only=True,
+            distributed_mode=distributed_mode,
+        )
         return
     assert run_dir is not None
 
@@ -178,17 +187,13 @@ def run(
     from pipeline.report.evaluate import REPORT_MD
 
     views.log.use(log_format)
-    if _one_of(run_dir, runs) is None:
-        from pipeline.cli.scheduled import trigger
-
-        assert runs is not None
-        trigger(runs, data or runs / "shards", source, config, min_accuracy=min_accuracy, keep=keep)
-        return
-    assert run_dir is not None
-
+    home = _one_of(run_dir, runs) or runs  # the run, or with --runs the directory of runs
+    assert home is not None
+    if runs is not None and data is None:
+        data = runs / "shards"
     with friendly_errors():  # a bad --image-shape is one line
         spec = job.Job(
-            run_dir=run_dir,
+            run_dir=home,
             config=config,
             data_dir=data,
             source=source,
@@ -196,6 +201,12 @@ def run(
             val_fraction=val_fraction,
             command=command_line(),
         )
+    if runs is not None:
+        from pipeline.cli.scheduled import trigger
+
+        trigger(runs, spec, min_accuracy=min_accuracy, keep=keep, distributed_mode=distributed_mode)
+        return
+    assert run_dir is not None
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
         hooks = job.Hooks(
             say=views.say if comm.rank == 0 else job.Hooks.say,

@@ -32,7 +32,7 @@ from pipeline.training import checkpoint, distributed
 from pipeline.training.checkpoint import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 from pipeline.training.distributed import LOCAL, Comm
-from pipeline.training.rundir import RunDir, best_epoch
+from pipeline.training.rundir import RunDir, best_epoch, stopped_early
 
 
 class Reporter(Protocol):
@@ -208,11 +208,7 @@ class Trainer:
 
     def stop_early(self) -> bool:
         """`patience` epochs in a row without a better val accuracy than the best before."""
-        patience, history = self.config.patience, self.state.history
-        if not patience or self.scored_split != "val" or len(history) <= patience:
-            return False
-        best = max(range(len(history)), key=lambda e: (history[e]["val_accuracy"], -e))
-        return len(history) - 1 - best >= patience
+        return stopped_early(self.state.history, self.config.patience)
 
     def end_epoch(self, seconds: float) -> None:
         """Score the val split (else test), log the epoch, checkpoint."""

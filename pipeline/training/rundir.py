@@ -58,6 +58,12 @@ def best_epoch(history: Sequence[dict[str, Any]]) -> int | None:
     return -max(scored)[1] if scored else None
 
 
+def stopped_early(history: Sequence[dict[str, Any]], patience: int) -> bool:
+    """`patience` epochs in a row without a better val accuracy than the best before them."""
+    best = best_epoch(history)
+    return patience > 0 and best is not None and len(history) - best >= patience
+
+
 def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
     """The split an epoch record was scored on ("val" when the set has one) and its accuracy."""
     split = "val" if "val_accuracy" in record else "test"
