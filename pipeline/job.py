@@ -1,29 +1,31 @@
-"""The whole job in one call: find or make the shard set, train (resuming), evaluate.
+"""The one flow of a run: find or make the shard set, train (resuming), evaluate; or nothing.
 
     job = Job(run_dir=Path("runs/mnist"), config=TrainConfig())
-    result = run(job)                     # what `pipeline run --run-dir runs/mnist` does
+    result = run(job, Events(view))       # what `pipeline run --run-dir runs/mnist` does
 
 Called on an interrupted run, `run` resumes where the last checkpoint left off; called on a
-finished one whose report is current, it says "up to date" and writes nothing. A caller
-watches through `Hooks` (the CLI draws progress bars with them; a scheduler logs lines).
-The stages (numpy, h5py, numba, matplotlib) are imported when the job runs, not before.
+finished one (`standing_report`: the one rule of "done"), it says "up to date" and writes
+nothing. The scheduled mode (`pipeline.schedule`) goes the same way, then records the outcome
+and promotes. A caller watches through `pipeline.events` (the CLI draws progress bars and
+logs lines from them; a tracker records them). The stages (numpy, h5py, numba, matplotlib)
+are imported when the job runs, not before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
+from pipeline.events import EVALUATED, PREPARED, PREPARING, SAY, TRAINED, UP_TO_DATE, Events
 from pipeline.training.config import TrainConfig
 
 if TYPE_CHECKING:
     from pipeline.data.shards import Manifest
     from pipeline.report.evaluate import Evaluation
     from pipeline.training.distributed import Comm
-    from pipeline.training.trainer import Reporter, TrainResult
+    from pipeline.training.trainer import TrainResult
 
 SHARDS = "shards"  # where a run keeps the shard set it made: RUN_DIR/shards
 
@@ -38,29 +40,12 @@ class Job:
     source: str | None = None  # None: whatever data_dir holds, else the embedded MNIST
     image_shape: tuple[int, ...] | None = None  # of a csv source's rows
     val_fraction: float | None = None  # carve a val split from train (None: what the set has)
+    min_accuracy: float | None = None  # the gate; None: every run passes
     command: str = "pipeline run"  # recorded in a shard set's provenance
 
     @property
     def shards(self) -> Path:
         return self.data_dir if self.data_dir is not None else self.run_dir / SHARDS
-
-
-def _ignore(_: object) -> None:
-    return None
-
-
-def _no_progress(totals: dict[str, int]) -> Callable[[str, int], None]:
-    return lambda split, samples: None
-
-
-@dataclass(frozen=True)
-class Hooks:
-    """How a job reports as it goes; every hook is optional."""
-
-    say: Callable[[str], None] = _ignore  # one line of news: the set used, a resume
-    # called with the samples per split before a set is written; returns prepare's on_progress
-    prepare_progress: Callable[[dict[str, int]], Callable[[str, int], None]] = _no_progress
-    reporter: Reporter | None = None  # training progress (pipeline.training.trainer.Reporter)
 
 
 @dataclass(frozen=True)
@@ -70,13 +55,14 @@ class JobResult:
     trained: TrainResult | None  # None: the run was up to date
     evaluation: Evaluation | None  # None: the run was up to date, its report stands
     report: dict[str, Any]  # what report.json holds (new or standing)
+    passed: bool  # the report's accuracy passes the job's gate
 
     @property
     def accuracy(self) -> float:
         return float(self.report["accuracy"])
 
 
-def shard_set(job: Job, hooks: Hooks) -> tuple[Manifest, bool]:
+def shard_set(job: Job, events: Events) -> tuple[Manifest, bool]:
     """The job's shard set, written first if the directory holds none; (manifest, written).
     The manifest is opened (parsed, its shards verified) here, once, and holds the set's reader
     lock while it lives: train and evaluate read through it."""
@@ -103,27 +89,27 @@ def shard_set(job: Job, hooks: Hooks) -> tuple[Manifest, bool]:
                 param="val_fraction",
                 value=job.val_fraction,
             )
-        hooks.say(
-            f"shards: {directory} already holds {manifest.name} (from {built_from}); using it"
-        )
         return manifest, False
     raw = sources.load(job.source, image_shape=job.image_shape, val_fraction=job.val_fraction)
-    totals = {split: len(data.images) for split, data in raw.splits.items()}
+    events.emit(PREPARING, totals={split: len(data.images) for split, data in raw.splits.items()})
     result = prepare(
-        directory, raw, command=job.command, on_progress=hooks.prepare_progress(totals)
+        directory,
+        raw,
+        command=job.command,
+        on_progress=lambda split, samples: events.emit(PREPARED, split=split, samples=samples),
     )
     return integrity.hold(result.manifest), True  # read under the reader lock, as a found set
 
 
-def open_set(job: Job, hooks: Hooks, comm: Comm) -> tuple[Manifest, bool]:
+def open_set(job: Job, events: Events, comm: Comm) -> tuple[Manifest, bool]:
     """`shard_set` under MPI too: the first rank writes the set if needed, the others wait for
     it and read the same. Refuses a config the set cannot train before anything is trained."""
     job.config.check()  # before anything is written
     if comm.rank == 0:
-        manifest, prepared = shard_set(job, hooks)
+        manifest, prepared = shard_set(job, events)
     comm.barrier()
     if comm.rank != 0:
-        manifest, prepared = shard_set(job, Hooks())
+        manifest, prepared = shard_set(job, Events())
     samples = manifest.split("train").samples
     if job.config.batch_size > samples:  # refused: clamping would change the recipe silently
         raise ConfigError(
@@ -179,31 +165,59 @@ def standing_report(
     return doc if standing else None
 
 
-def run(job: Job, hooks: Hooks | None = None, *, comm: Comm | None = None) -> JobResult:
-    """Prepare if needed, train (resuming the run if it exists), evaluate; or nothing, if the
-    run is finished and its report is current. Under MPI (`comm`), every rank calls this: the
-    first writes the shard set if needed, all train and evaluate together."""
+def train_and_evaluate(
+    run_dir: Path, manifest: Manifest, config: TrainConfig, events: Events, comm: Comm
+) -> tuple[TrainResult, Evaluation]:
+    """Train the run to its end (resuming it), then evaluate it: both modes' middle."""
     from pipeline.report.evaluate import evaluate
-    from pipeline.training import distributed
     from pipeline.training.trainer import train
 
-    hooks, comm = hooks or Hooks(), comm or distributed.LOCAL
-    manifest, prepared = open_set(job, hooks, comm)
-    if (doc := standing_report(job.run_dir, manifest, job.config)) is not None:
-        hooks.say(
-            f"up to date: {job.run_dir} has trained {job.config.epochs} epochs and its report "
-            "is of the last checkpoint; nothing written"
-        )
-        return JobResult(manifest, prepared, None, None, doc)
-    trained = train(
-        manifest,
-        job.run_dir,
-        job.config,
-        resume=True,
-        reporter=hooks.reporter,
-        comm=comm,
+    trained = train(manifest, run_dir, config, resume=True, events=events, comm=comm)
+    resumed = None if trained.resumed_from is None else str(trained.resumed_from)
+    checkpoint = str(trained.checkpoint)
+    events.emit(TRAINED, run=run_dir.name, checkpoint=checkpoint, resumed_from=resumed)
+    return trained, evaluate(run_dir, manifest=manifest, comm=comm)
+
+
+def gate(run_dir: Path, report: dict[str, Any], min_accuracy: float | None, events: Events) -> bool:
+    """Whether the report passes `min_accuracy`; tells EVALUATED with the report's figures."""
+    from pipeline.training.rundir import REPORT_FILES, REPORT_JSON
+
+    accuracy = float(report["accuracy"])
+    passed = min_accuracy is None or accuracy >= min_accuracy
+    events.emit(
+        EVALUATED,
+        run=run_dir.name,
+        report=str(run_dir / REPORT_JSON),
+        accuracy=accuracy,
+        macro_f1=report["macro"]["f1"],
+        per_class={
+            row["class"]: {k: row[k] for k in ("precision", "recall", "f1")}
+            for row in report["per_class"]
+        },
+        passed=passed,
+        min_accuracy=min_accuracy,
+        artifacts=[str(run_dir / name) for name in REPORT_FILES if (run_dir / name).is_file()],
     )
-    if trained.resumed_from is not None:
-        hooks.say(f"resumed from {trained.resumed_from}")
-    evaluation = evaluate(job.run_dir, manifest=manifest, comm=comm)
-    return JobResult(manifest, prepared, trained, evaluation, evaluation.doc)
+    return passed
+
+
+def run(job: Job, events: Events | None = None, *, comm: Comm | None = None) -> JobResult:
+    """Prepare if needed, train (resuming the run if it exists), evaluate; or nothing, if the
+    run is done. Under MPI (`comm`), every rank calls this: the first writes the shard set if
+    needed, all train and evaluate together."""
+    from pipeline.training import distributed
+
+    events, comm = events or Events(), comm or distributed.LOCAL
+    manifest, prepared = open_set(job, events, comm)
+    if not prepared:
+        built_from = manifest.raw.get("source", {}).get("spec")
+        where = f"{job.shards} already holds {manifest.name} (from {built_from})"
+        events.emit(SAY, message=f"shards: {where}; using it")
+    if (doc := standing_report(job.run_dir, manifest, job.config)) is not None:
+        events.emit(UP_TO_DATE, run=job.run_dir.name, path=str(job.run_dir))
+        passed = job.min_accuracy is None or doc["accuracy"] >= job.min_accuracy
+        return JobResult(manifest, prepared, None, None, doc, passed)
+    trained, evaluation = train_and_evaluate(job.run_dir, manifest, job.config, events, comm)
+    passed = comm.rank != 0 or gate(job.run_dir, evaluation.doc, job.min_accuracy, events)
+    return JobResult(manifest, prepared, trained, evaluation, evaluation.doc, passed)

@@ -6,26 +6,25 @@
                                      -> evaluate (both skipped if the report stands)
                                      -> promote if it passed, then record the outcome
                                      -> prune the oldest finished runs beyond --keep
-`on_event(event, fields)` hears each step: the CLI prints it as a line or as JSON.
+`events` (pipeline.events) hears each step: the CLI prints it as a line or as JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import job, runs
 from pipeline.data.shards import Manifest
+from pipeline.events import CLAIMED, PROMOTED, PRUNED, UP_TO_DATE, Events
 from pipeline.report import evaluate as evaluate_stage
 from pipeline.training import trainer as train_stage
 from pipeline.training.config import TrainConfig
 from pipeline.training.distributed import LOCAL, Comm
-
-OnEvent = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -36,10 +35,6 @@ class Outcome:
     passed: bool | None
     evaluation: evaluate_stage.Evaluation | None = None
     pruned: tuple[Path, ...] = ()
-
-
-def _quiet(event: str, fields: dict[str, Any]) -> None:
-    pass
 
 
 def done(run: Path | None, manifest: Manifest, config: TrainConfig) -> dict[str, Any] | None:
@@ -70,59 +65,48 @@ def trigger(
     min_accuracy: float | None = None,
     keep: int = 0,
     train_only: bool = False,
-    reporter: train_stage.Reporter | None = None,
-    on_event: OnEvent = _quiet,
+    events: Events | None = None,
     comm: Comm = LOCAL,
 ) -> Outcome:
     """Bring the run of (manifest, config) in `runs_dir` up to date; `keep` 0 keeps every run.
     Under MPI every rank calls this: rank 0 decides, claims, records and promotes; all train
     and evaluate together."""
     config.check()
+    events = events or Events()
     rid, lead = runs.run_id(manifest.identity, config), comm.rank == 0
     found = runs.find(runs_dir, rid) if lead else None
     if (outcome := comm.broadcast(done(found, manifest, config) if lead else None)) is not None:
-        assert found is not None or not lead
-        return _up_to_date(found or runs_dir, outcome, on_event)
+        return _up_to_date(found or runs_dir, outcome, events)
     with _claimed(runs_dir, manifest, config, comm) as run:
         outcome = comm.broadcast(done(run, manifest, config) if lead else None)
         if outcome is not None:  # finished while we looked
-            return _up_to_date(run, outcome, on_event)
-        on_event("claimed", {"run": run.name, "path": str(run), "id": rid})
-        standing = comm.broadcast(job.standing_report(run, manifest, config) if lead else None)
+            return _up_to_date(run, outcome, events)
+        events.emit(CLAIMED, run=run.name, path=str(run), id=rid)
+        if train_only:
+            train_stage.train(manifest, run, config, resume=True, events=events, comm=comm)
+            return Outcome(run, False, None, None)
         evaluation, started = None, time.perf_counter()
-        if standing is None or train_only:  # else trained and evaluated: record, promote
-            result = train_stage.train(
-                manifest, run, config, resume=True, reporter=reporter, comm=comm
-            )
-            resumed = None if result.resumed_from is None else str(result.resumed_from)
-            on_event(
-                "trained",
-                {"run": run.name, "checkpoint": str(result.checkpoint), "resumed_from": resumed},
-            )
-            if train_only:
-                return Outcome(run, False, None, None)
-            started = time.perf_counter()
-            evaluation = evaluate_stage.evaluate(run, manifest=manifest, comm=comm)
-            standing = evaluation.doc
+        report = comm.broadcast(job.standing_report(run, manifest, config) if lead else None)
+        if report is None:  # else trained and evaluated already: record and promote
+            _, evaluation = job.train_and_evaluate(run, manifest, config, events, comm)
+            report, started = evaluation.doc, time.perf_counter()
         if not lead:
             return Outcome(run, False, None, None, evaluation)
-        accuracy = float(standing["accuracy"])
-        seconds = standing["history"][-1]["seconds_total"] + time.perf_counter() - started
-        passed = min_accuracy is None or accuracy >= min_accuracy
-        fields = {"run": run.name, "accuracy": accuracy, "min_accuracy": min_accuracy}
-        on_event("evaluated", {**fields, "passed": passed, "report": str(run / "report.json")})
+        accuracy = float(report["accuracy"])
+        seconds = report["history"][-1]["seconds_total"] + time.perf_counter() - started
+        passed = job.gate(run, report, min_accuracy, events)
         if passed:
             runs.promote(runs_dir, run)
-            on_event("promoted", {"run": run.name, "latest": str(runs_dir / runs.LATEST)})
+            events.emit(PROMOTED, run=run.name, latest=str(runs_dir / runs.LATEST))
         runs.finish(
             run, accuracy=accuracy, min_accuracy=min_accuracy, passed=passed, seconds=seconds
         )
     pruned = tuple(runs.prune(runs_dir, keep)) if keep else ()
     for path in pruned:
-        on_event("pruned", {"run": path.name, "path": str(path)})
+        events.emit(PRUNED, run=path.name, path=str(path))
     return Outcome(run, False, accuracy, passed, evaluation, pruned)
 
 
-def _up_to_date(run: Path, outcome: dict[str, Any], on_event: OnEvent) -> Outcome:
-    on_event("up-to-date", {"run": run.name, "path": str(run)})
+def _up_to_date(run: Path, outcome: dict[str, Any], events: Events) -> Outcome:
+    events.emit(UP_TO_DATE, run=run.name, path=str(run))
     return Outcome(run, True, outcome["accuracy"], outcome["passed"])

@@ -18,6 +18,7 @@ from pipeline import fsutil, job
 from pipeline.cli import app
 from pipeline.data import integrity, manifest_file, shards
 from pipeline.data.shards import Manifest, ShardInfo
+from pipeline.events import EPOCH_STARTED, Event, Events
 from pipeline.training.config import TrainConfig
 from tests.conftest import snapshot
 
@@ -202,19 +203,17 @@ def test_run_parses_the_manifest_of_a_set_in_data_once(
 
 
 class LockProbe:
-    """A training progress reporter that looks, as each epoch starts, whether a reader holds
-    the shard set's reader lock (the lock a `prepare --force` waits for to delete files)."""
+    """A listener that looks, as each epoch starts, whether a reader holds the shard set's
+    reader lock (the lock a `prepare --force` waits for to delete files)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.free: list[bool] = []
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        with fsutil.no_readers(self.directory) as free:
-            self.free.append(free)
-
-    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
+    def __call__(self, event: Event) -> None:
+        if event.name == EPOCH_STARTED:
+            with fsutil.no_readers(self.directory) as free:
+                self.free.append(free)
 
 
 def test_a_run_that_writes_its_set_parses_it_once_and_reads_it_under_the_lock(
@@ -229,7 +228,7 @@ def test_a_run_that_writes_its_set_parses_it_once_and_reads_it_under_the_lock(
         data_dir=data,
         source=f"idx:{small_idx}",
     )
-    result = job.run(spec, job.Hooks(reporter=probe))
+    result = job.run(spec, Events(probe))
     assert result.prepared and result.evaluation is not None
     assert opened.parsed == [data]  # the manifest it wrote, parsed as written, and no more
     assert opened.checked == []  # its shards were hashed as they were written

@@ -16,28 +16,12 @@ from pipeline.cli.errors import EXIT_GATE, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import Logs
 from pipeline.cli.views import log, out
+from pipeline.cli.watch import Terminal
 from pipeline.cli.world import world
+from pipeline.events import Events
 
 if TYPE_CHECKING:  # the stages load when a command runs, not for --help
     from pipeline import runs as runs_lib
-
-PLAIN = {  # event -> its plain line
-    "up-to-date": "up to date: {path} is finished (same data and recipe); nothing to do",
-    "claimed": "run {path}",
-    "trained": "trained: {checkpoint}{resumed}",
-    "evaluated": "gate: accuracy {accuracy:.4f}, min {min_accuracy}: {verdict}",
-    "promoted": "promoted: {latest} -> {run}",
-    "pruned": "pruned: {path}",
-}
-
-
-def _on_event(event: str, fields: dict[str, Any]) -> None:
-    if "run" in fields:
-        log.context["run"] = fields["run"]  # epochs and errors name the run too
-    verdict = "passed" if fields.get("passed") else "failed, latest unchanged"
-    resumed = f" (resumed from {fields['resumed_from']})" if fields.get("resumed_from") else ""
-    plain = PLAIN[event].format(**fields, verdict=verdict, resumed=resumed)
-    log.event(event, fields, plain=plain)
 
 
 def trigger(
@@ -58,11 +42,11 @@ def trigger(
     assert spec.data_dir is not None
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
         lead = comm.rank == 0
+        events = Events(Terminal(progress)) if lead else Events()
         if train_only:  # the set must be there: train never prepares
             manifest = load_manifest(spec.data_dir)
         else:
-            hooks = job.Hooks(prepare_progress=lambda t: views.PrepareView(progress, t))
-            manifest, _ = job.open_set(spec, hooks if lead else job.Hooks(), comm)
+            manifest, _ = job.open_set(spec, events, comm)
         if lead:
             log.event(
                 "data",
@@ -81,8 +65,7 @@ def trigger(
             min_accuracy=min_accuracy,
             keep=keep,
             train_only=train_only,
-            reporter=views.TrainView(progress, spec.config.batch_size),
-            on_event=_on_event if lead else schedule._quiet,
+            events=events,
             comm=comm,
         )
     if not lead:

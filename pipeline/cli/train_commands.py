@@ -27,7 +27,9 @@ from pipeline.cli.options import (
     command_line,
     train_options,
 )
+from pipeline.cli.watch import Terminal
 from pipeline.cli.world import Distributed, world
+from pipeline.events import Events
 from pipeline.training.config import TrainConfig
 
 
@@ -90,8 +92,8 @@ def train(
         friendly_errors("rerun the same command with --resume"),
         views.display(comm) as progress,
     ):
-        view = views.TrainView(progress, config.batch_size)
-        result = trainer.train(data, run_dir, config, resume=resume, reporter=view, comm=comm)
+        events = Events(Terminal(progress)) if comm.rank == 0 else Events()
+        result = trainer.train(data, run_dir, config, resume=resume, events=events, comm=comm)
         if result.resumed_from is not None and comm.rank == 0:
             views.say(f"resumed from {result.resumed_from}")
     if comm.rank != 0:
@@ -199,6 +201,7 @@ def run(
             source=source,
             image_shape=sources.parse_shape(image_shape) if image_shape else None,
             val_fraction=val_fraction,
+            min_accuracy=min_accuracy,
             command=command_line(),
         )
     if runs is not None:
@@ -208,12 +211,8 @@ def run(
         return
     assert run_dir is not None
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
-        hooks = job.Hooks(
-            say=views.say if comm.rank == 0 else job.Hooks.say,
-            prepare_progress=lambda totals: views.PrepareView(progress, totals),
-            reporter=views.TrainView(progress, config.batch_size),
-        )
-        result = job.run(spec, hooks, comm=comm)
+        events = Events(Terminal(progress)) if comm.rank == 0 else Events()
+        result = job.run(spec, events, comm=comm)
     if comm.rank != 0:
         return
     if result.evaluation is not None:
