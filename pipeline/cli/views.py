@@ -1,6 +1,6 @@
 """What the commands show: live rich progress on a terminal, plain lines in logs, tables.
 
-Nothing here computes anything; the stages report to these views through small callbacks.
+Nothing here computes anything; `watch.Terminal` drives these views from the job's event stream.
 """
 
 from __future__ import annotations
