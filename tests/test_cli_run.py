@@ -1,4 +1,4 @@
-"""`pipeline run`: the whole job through the CLI, and `pipeline.job` beneath it.
+"""`pipeline run`: the whole job through the CLI, and `pipeline.runs.flow` beneath it.
 
 A run reuses what is there: a shard set of any dataset in --data, a finished run whose report is
 current (then nothing at all is written), an interrupted run (resumed).
@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from pipeline import fsutil, job
+from pipeline import fsutil
 from pipeline.cli import app
 from pipeline.data import integrity, manifest_file, shards
 from pipeline.data.shards import Manifest, ShardInfo
 from pipeline.events import EPOCH_STARTED, Event, Events
+from pipeline.runs import flow as job
 from pipeline.training.config import TrainConfig
 from tests.conftest import snapshot
 

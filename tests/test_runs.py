@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import run_lock, runs
 from pipeline.cli import app
 from pipeline.data import prepare, shards, sources
+from pipeline.runs import lock as run_lock
+from pipeline.runs import store as runs
 from pipeline.training.config import TrainConfig
 from tests.conftest import REPO, write_idx_dir
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import runs
 from pipeline.cli import app
 from pipeline.data import shards
+from pipeline.runs import store as runs
 from tests.test_distributed import MPIEXEC, job, run_job
 from tests.test_runs import FAST, tree, trigger
 

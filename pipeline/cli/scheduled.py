@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import job
 from pipeline.cli import views
 from pipeline.cli.errors import EXIT_GATE, friendly_errors
 from pipeline.cli.logs import LogFormat
@@ -19,14 +18,15 @@ from pipeline.cli.views import log, out
 from pipeline.cli.watch import Terminal
 from pipeline.cli.world import world
 from pipeline.events import Events
+from pipeline.runs import flow
 
 if TYPE_CHECKING:  # the stages load when a command runs, not for --help
-    from pipeline import runs as runs_lib
+    from pipeline.runs import store
 
 
 def trigger(
     runs_dir: Path,
-    spec: job.Job,
+    spec: flow.Job,
     *,
     min_accuracy: float | None,
     keep: int,
@@ -35,9 +35,8 @@ def trigger(
 ) -> None:
     """One trigger: the set in `spec.data_dir` (an empty one prepared from `spec.source`
     unless `train_only`), then its run; under MPI one trigger of every rank."""
-    from pipeline import runs as runs_lib
-    from pipeline import schedule
     from pipeline.data.shards import load_manifest
+    from pipeline.runs import schedule, store
 
     assert spec.data_dir is not None
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
@@ -46,7 +45,7 @@ def trigger(
         if train_only:  # the set must be there: train never prepares
             manifest = load_manifest(spec.data_dir)
         else:
-            manifest, _ = job.open_set(spec, events, comm)
+            manifest, _ = flow.open_set(spec, events, comm)
         if lead:
             log.event(
                 "data",
@@ -75,7 +74,7 @@ def trigger(
     if outcome.passed is False and not outcome.up_to_date:
         log.error(
             f"quality gate failed: accuracy {outcome.accuracy:.4f} < --min-accuracy "
-            f"{min_accuracy}; {runs_dir / runs_lib.LATEST} unchanged",
+            f"{min_accuracy}; {runs_dir / store.LATEST} unchanged",
             event="gate-failed",
         )
         raise typer.Exit(EXIT_GATE)
@@ -92,7 +91,7 @@ def _recipe(recipe: dict[str, Any] | None) -> str:
     )
 
 
-def _gate(info: runs_lib.RunInfo) -> str:
+def _gate(info: store.RunInfo) -> str:
     if info.passed is None:
         return "-"
     if info.min_accuracy is None:
@@ -111,11 +110,11 @@ def runs_command(
     log_format: Logs = LogFormat.plain,
 ) -> None:
     """List the runs of the scheduled mode: data, recipe, accuracy, gate, status, latest."""
-    from pipeline import runs as runs_lib
+    from pipeline.runs import store
 
     log.use(log_format)
     with friendly_errors():
-        rows = runs_lib.listing(runs_dir)
+        rows = store.listing(runs_dir)
     if as_json:
         print(json.dumps([row.to_json() for row in rows], indent=2, allow_nan=False))
         return

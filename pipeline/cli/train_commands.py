@@ -1,7 +1,7 @@
 """The training commands: `train` a run, `evaluate` it, `run` the whole job.
 
 Each translates its options into one library call (`pipeline.training.trainer.train`,
-`pipeline.report.evaluate.evaluate`, `pipeline.job.run`) and shows the result; with `--runs`,
+`pipeline.report.evaluate.evaluate`, `pipeline.runs.flow.run`) and shows the result; with `--runs`,
 `train` and `run` hand over to the scheduled mode (`scheduled.trigger`).
 """
 
@@ -71,11 +71,11 @@ def train(
 
     views.log.use(log_format)
     if _one_of(run_dir, runs) is None:
-        from pipeline import job
         from pipeline.cli.scheduled import trigger
+        from pipeline.runs import flow
 
         assert runs is not None
-        spec = job.Job(run_dir=runs, config=config, data_dir=data)
+        spec = flow.Job(run_dir=runs, config=config, data_dir=data)
         trigger(
             spec.run_dir,
             spec,
@@ -184,9 +184,9 @@ def run(
 
     With --runs (the scheduled mode): the run of the data and recipe, up to date or brought up
     to date; a run passing the gate becomes RUNS/latest."""
-    from pipeline import job
     from pipeline.data import sources
     from pipeline.report.evaluate import REPORT_MD
+    from pipeline.runs import flow
 
     views.log.use(log_format)
     home = _one_of(run_dir, runs) or runs  # the run, or with --runs the directory of runs
@@ -194,7 +194,7 @@ def run(
     if runs is not None and data is None:
         data = runs / "shards"
     with friendly_errors():  # a bad --image-shape is one line
-        spec = job.Job(
+        spec = flow.Job(
             run_dir=home,
             config=config,
             data_dir=data,
@@ -212,7 +212,7 @@ def run(
     assert run_dir is not None
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
         events = Events(Terminal(progress)) if comm.rank == 0 else Events()
-        result = job.run(spec, events, comm=comm)
+        result = flow.run(spec, events, comm=comm)
     if comm.rank != 0:
         return
     if result.evaluation is not None:

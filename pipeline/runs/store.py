@@ -13,7 +13,7 @@ unfinished (killed, or failed): the next trigger resumes it; as the outcome is w
 the promotion, a run that passed and has an outcome was promoted. Nothing here deletes or
 follows what it cannot prove is a finished run of ours: a real directory (never a symlink)
 named <date>-<id> whose run.json hashes to that id and whose outcome.json is ours.
-The locks (who works on a run) are `run_lock`'s.
+The locks (who works on a run) are `pipeline.runs.lock`'s.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 from pipeline.data.shards import Manifest
 from pipeline.errors import ConfigError, OutputError
 from pipeline.fsutil import atomic_write_bytes, fsync
-from pipeline.run_lock import RunBusyError, hold, is_held, runs_dir_lock
+from pipeline.runs.lock import RunBusyError, hold, is_held, runs_dir_lock
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import RUN_FILE, RunDir
 

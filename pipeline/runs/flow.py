@@ -5,7 +5,7 @@
 
 Called on an interrupted run, `run` resumes where the last checkpoint left off; called on a
 finished one (`standing_report`: the one rule of "done"), it says "up to date" and writes
-nothing. The scheduled mode (`pipeline.schedule`) goes the same way, then records the outcome
+nothing. The scheduled mode (`pipeline.runs.schedule`) goes the same way, then records the outcome
 and promotes. A caller watches through `pipeline.events` (the CLI draws progress bars and
 logs lines from them; a tracker records them). The stages (numpy, h5py, numba, matplotlib)
 are imported when the job runs, not before.

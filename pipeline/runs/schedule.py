@@ -1,6 +1,6 @@
 """One trigger of the scheduled mode (`pipeline run --runs DIR`): do what is new, nothing else.
 
-    the data's identity + the recipe -> the run id (pipeline.runs)
+    the data's identity + the recipe -> the run id (pipeline.runs.store)
     a finished run of that id        -> "up to date": return, touching no file
     else claim it (or RunBusyError)  -> train, resuming what a killed trigger left
                                      -> evaluate (both skipped if the report stands)
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import job, runs
+from pipeline.runs import flow, store
 from pipeline.data.shards import Manifest
 from pipeline.events import CLAIMED, PROMOTED, PRUNED, UP_TO_DATE, Events
 from pipeline.report import evaluate as evaluate_stage
@@ -38,12 +38,12 @@ class Outcome:
 
 
 def done(run: Path | None, manifest: Manifest, config: TrainConfig) -> dict[str, Any] | None:
-    """The run's outcome if the run is done: its report stands (job.standing_report, the rule
+    """The run's outcome if the run is done: its report stands (flow.standing_report, the rule
     `--run-dir` uses) and its outcome is recorded; written after the promotion, that outcome
     proves a run that passed was promoted. Raises ConfigError for an outcome not ours."""
-    if run is None or (outcome := runs.read_outcome(run)) is None:
+    if run is None or (outcome := store.read_outcome(run)) is None:
         return None
-    return outcome if job.standing_report(run, manifest, config) is not None else None
+    return outcome if flow.standing_report(run, manifest, config) is not None else None
 
 
 @contextlib.contextmanager
@@ -52,7 +52,7 @@ def _claimed(runs_dir: Path, manifest: Manifest, config: TrainConfig, comm: Comm
     if comm.rank != 0:
         yield Path(comm.broadcast(None))
         return
-    with runs.claim(runs_dir, manifest, config) as run:
+    with store.claim(runs_dir, manifest, config) as run:
         comm.broadcast(str(run))
         yield run
 
@@ -73,8 +73,8 @@ def trigger(
     and evaluate together."""
     config.check()
     events = events or Events()
-    rid, lead = runs.run_id(manifest.identity, config), comm.rank == 0
-    found = runs.find(runs_dir, rid) if lead else None
+    rid, lead = store.run_id(manifest.identity, config), comm.rank == 0
+    found = store.find(runs_dir, rid) if lead else None
     if (outcome := comm.broadcast(done(found, manifest, config) if lead else None)) is not None:
         return _up_to_date(found or runs_dir, outcome, events)
     with _claimed(runs_dir, manifest, config, comm) as run:
@@ -86,22 +86,22 @@ def trigger(
             train_stage.train(manifest, run, config, resume=True, events=events, comm=comm)
             return Outcome(run, False, None, None)
         evaluation, started = None, time.perf_counter()
-        report = comm.broadcast(job.standing_report(run, manifest, config) if lead else None)
+        report = comm.broadcast(flow.standing_report(run, manifest, config) if lead else None)
         if report is None:  # else trained and evaluated already: record and promote
-            _, evaluation = job.train_and_evaluate(run, manifest, config, events, comm)
+            _, evaluation = flow.train_and_evaluate(run, manifest, config, events, comm)
             report, started = evaluation.doc, time.perf_counter()
         if not lead:
             return Outcome(run, False, None, None, evaluation)
         accuracy = float(report["accuracy"])
         seconds = report["history"][-1]["seconds_total"] + time.perf_counter() - started
-        passed = job.gate(run, report, min_accuracy, events)
+        passed = flow.gate(run, report, min_accuracy, events)
         if passed:
-            runs.promote(runs_dir, run)
-            events.emit(PROMOTED, run=run.name, latest=str(runs_dir / runs.LATEST))
-        runs.finish(
+            store.promote(runs_dir, run)
+            events.emit(PROMOTED, run=run.name, latest=str(runs_dir / store.LATEST))
+        store.finish(
             run, accuracy=accuracy, min_accuracy=min_accuracy, passed=passed, seconds=seconds
         )
-    pruned = tuple(runs.prune(runs_dir, keep)) if keep else ()
+    pruned = tuple(store.prune(runs_dir, keep)) if keep else ()
     for path in pruned:
         events.emit(PRUNED, run=path.name, path=str(path))
     return Outcome(run, False, accuracy, passed, evaluation, pruned)
