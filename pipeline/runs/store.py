@@ -35,7 +35,7 @@ from pipeline.errors import ConfigError, OutputError
 from pipeline.fsutil import atomic_write_bytes, fsync
 from pipeline.runs.lock import RunBusyError, hold, is_held, runs_dir_lock
 from pipeline.training.config import TrainConfig
-from pipeline.training.rundir import RUN_FILE, RunDir
+from pipeline.training.rundir import RUN_FILE, RunDir, read_json
 
 LATEST = "latest"
 OUTCOME = "outcome.json"
@@ -85,30 +85,12 @@ def find(runs_dir: Path, rid: str) -> Path | None:
 def read_outcome(run: Path) -> dict[str, Any] | None:
     """outcome.json, checked field by field (None: the run has none, it is unfinished).
     Raises ConfigError for one that is not ours: an edited or damaged file is never a verdict."""
-    path = run / OUTCOME
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        doc = json.loads(text, parse_constant=_no_constant)
-        _check_outcome(doc)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{path}: not an outcome of ours ({exc}); move it away and the next trigger "
-            "finishes the run again"
-        ) from None
-    return doc  # type: ignore[no-any-return]  # checked: a dict of the fields below
+    hint = "; move it away and the next trigger finishes the run again"
+    return read_json(run / OUTCOME, _check_outcome, "an outcome of ours", hint)
 
 
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number")
-
-
-def _check_outcome(doc: object) -> None:
-    """Raises ValueError naming the field at fault."""
+def _check_outcome(doc: object) -> dict[str, Any]:
+    """`doc` if it is an outcome; else raises ValueError naming the field at fault."""
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     for key, nullable in (("accuracy", False), ("min_accuracy", True), ("seconds", False)):
@@ -120,6 +102,7 @@ def _check_outcome(doc: object) -> None:
         raise ValueError(f"'passed' is {doc.get('passed', 'absent')!r}, not true or false")
     if not isinstance(doc.get("finished"), str):
         raise ValueError("'finished' is not a string")
+    return doc
 
 
 def proven(run: Path) -> bool:
