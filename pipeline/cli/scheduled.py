@@ -28,44 +28,18 @@ def trigger(
     runs_dir: Path,
     spec: flow.Job,
     *,
-    min_accuracy: float | None,
     keep: int,
     distributed_mode: str = "auto",
     train_only: bool = False,
 ) -> None:
-    """One trigger: the set in `spec.data_dir` (an empty one prepared from `spec.source`
-    unless `train_only`), then its run; under MPI one trigger of every rank."""
-    from pipeline.data.shards import load_manifest
+    """One trigger (`schedule.run`), shown; under MPI one trigger of every rank."""
     from pipeline.runs import schedule, store
 
-    assert spec.data_dir is not None
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
         lead = comm.rank == 0
         events = Events(Terminal(progress)) if lead else Events()
-        if train_only:  # the set must be there: train never prepares
-            manifest = load_manifest(spec.data_dir)
-        else:
-            manifest, _ = flow.open_set(spec, events, comm)
-        if lead:
-            log.event(
-                "data",
-                {
-                    "path": str(spec.data_dir),
-                    "dataset": manifest.name,
-                    "identity": manifest.identity,
-                },
-                plain=f"data: {manifest.name} in {spec.data_dir} "
-                f"(identity {manifest.identity[:12]})",
-            )
-        outcome = schedule.trigger(
-            runs_dir,
-            manifest,
-            spec.config,
-            min_accuracy=min_accuracy,
-            keep=keep,
-            train_only=train_only,
-            events=events,
-            comm=comm,
+        outcome = schedule.run(
+            runs_dir, spec, keep=keep, train_only=train_only, events=events, comm=comm
         )
     if not lead:
         return
@@ -74,7 +48,7 @@ def trigger(
     if outcome.passed is False and not outcome.up_to_date:
         log.error(
             f"quality gate failed: accuracy {outcome.accuracy:.4f} < --min-accuracy "
-            f"{min_accuracy}; {runs_dir / store.LATEST} unchanged",
+            f"{spec.min_accuracy}; {runs_dir / store.LATEST} unchanged",
             event="gate-failed",
         )
         raise typer.Exit(EXIT_GATE)

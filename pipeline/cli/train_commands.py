@@ -76,14 +76,7 @@ def train(
 
         assert runs is not None
         spec = flow.Job(run_dir=runs, config=config, data_dir=data)
-        trigger(
-            spec.run_dir,
-            spec,
-            min_accuracy=None,
-            keep=0,
-            train_only=True,
-            distributed_mode=distributed_mode,
-        )
+        trigger(runs, spec, keep=0, train_only=True, distributed_mode=distributed_mode)
         return
     assert run_dir is not None
 
@@ -207,7 +200,7 @@ def run(
     if runs is not None:
         from pipeline.cli.scheduled import trigger
 
-        trigger(runs, spec, min_accuracy=min_accuracy, keep=keep, distributed_mode=distributed_mode)
+        trigger(runs, spec, keep=keep, distributed_mode=distributed_mode)
         return
     assert run_dir is not None
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:

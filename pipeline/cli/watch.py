@@ -15,6 +15,7 @@ from pipeline import events as ev
 from pipeline.cli.views import PrepareView, TrainView, log, say
 
 PLAIN = {  # event -> its plain line; each is also a JSON line with --log-format json
+    ev.DATA: "data: {dataset} in {path} (identity {identity:.12})",
     ev.UP_TO_DATE: "up to date: {path} is finished (same data and recipe); nothing to do",
     ev.CLAIMED: "run {path}",
     ev.TRAINED: "trained: {checkpoint}{resumed}",
@@ -44,8 +45,10 @@ class Terminal:
             self.train.advance(**fields)
         elif name == ev.EPOCH_ENDED:
             self.train.end_epoch(fields["epoch"], fields["metrics"])
-        elif name in (ev.SAY, ev.WARNING):
-            say(fields["message"] if name == ev.SAY else f"warning: {fields['message']}")
+        elif name == ev.SAY:
+            say(fields["message"])
+        elif name == ev.WARNING:
+            log.warning(fields["message"])  # stderr, or a JSON warning event
         elif name in PLAIN:
             milestone(name, dict(fields))
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.runs import flow, store
-from pipeline.data.shards import Manifest
-from pipeline.events import CLAIMED, PROMOTED, PRUNED, UP_TO_DATE, Events
+from pipeline.data.shards import Manifest, load_manifest
+from pipeline.events import CLAIMED, DATA, PROMOTED, PRUNED, UP_TO_DATE, Events
 from pipeline.report import evaluate as evaluate_stage
 from pipeline.training import trainer as train_stage
 from pipeline.training.config import TrainConfig
@@ -55,6 +55,36 @@ def _claimed(runs_dir: Path, manifest: Manifest, config: TrainConfig, comm: Comm
     with store.claim(runs_dir, manifest, config) as run:
         comm.broadcast(str(run))
         yield run
+
+
+def run(
+    runs_dir: Path,
+    spec: flow.Job,
+    *,
+    keep: int = 0,
+    train_only: bool = False,
+    events: Events | None = None,
+    comm: Comm = LOCAL,
+) -> Outcome:
+    """One trigger of `spec` (its data_dir, config, gate): the set there (an empty directory
+    is prepared from spec.source unless `train_only`), then `trigger`."""
+    events = events or Events()
+    assert spec.data_dir is not None, "the scheduled mode names its data"
+    if train_only:  # train never prepares: the set must be there
+        manifest = load_manifest(spec.data_dir)
+    else:
+        manifest, _ = flow.open_set(spec, events, comm)
+    events.emit(DATA, path=str(spec.data_dir), dataset=manifest.name, identity=manifest.identity)
+    return trigger(
+        runs_dir,
+        manifest,
+        spec.config,
+        min_accuracy=spec.min_accuracy,
+        keep=keep,
+        train_only=train_only,
+        events=events,
+        comm=comm,
+    )
 
 
 def trigger(
