@@ -31,15 +31,26 @@ def trigger(
     keep: int,
     distributed_mode: str = "auto",
     train_only: bool = False,
+    export: str | None = None,
 ) -> None:
     """One trigger (`schedule.run`), shown; under MPI one trigger of every rank."""
     from pipeline.runs import schedule, store
 
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
+        if export is not None:  # a missing extra is found before training, not after
+            from pipeline.deploy.onnx_export import require_onnx
+
+            require_onnx()
         lead = comm.rank == 0
         events = Events(Terminal(progress)) if lead else Events()
         outcome = schedule.run(
-            runs_dir, spec, keep=keep, train_only=train_only, events=events, comm=comm
+            runs_dir,
+            spec,
+            keep=keep,
+            train_only=train_only,
+            export=export,
+            events=events,
+            comm=comm,
         )
     if not lead:
         return

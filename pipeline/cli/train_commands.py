@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import views
+from pipeline.cli.deploy_commands import ScheduledExport
 from pipeline.cli.errors import EXIT_GATE, fail, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import (
@@ -170,6 +171,7 @@ def run(
     keep: Keep = 0,
     distributed_mode: Distributed = "auto",
     log_format: Logs = LogFormat.plain,
+    export: ScheduledExport = None,
     *,
     config: TrainConfig,
 ) -> None:
@@ -186,6 +188,8 @@ def run(
     assert home is not None
     if runs is not None and data is None:
         data = runs / "shards"
+    if runs is None and export is not None:
+        raise fail("--export needs --runs (export a single run with pipeline export)", 2)
     with friendly_errors():  # a bad --image-shape is one line
         spec = flow.Job(
             run_dir=home,
@@ -200,7 +204,7 @@ def run(
     if runs is not None:
         from pipeline.cli.scheduled import trigger
 
-        trigger(runs, spec, keep=keep, distributed_mode=distributed_mode)
+        trigger(runs, spec, keep=keep, export=export, distributed_mode=distributed_mode)
         return
     assert run_dir is not None
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:

@@ -20,6 +20,7 @@ PLAIN = {  # event -> its plain line; each is also a JSON line with --log-format
     ev.CLAIMED: "run {path}",
     ev.TRAINED: "trained: {checkpoint}{resumed}",
     ev.EVALUATED: "gate: accuracy {accuracy:.4f}, min {min_accuracy}: {verdict}",
+    ev.EXPORTED: "exported: {path}",
     ev.PROMOTED: "promoted: {latest} -> {run}",
     ev.PRUNED: "pruned: {path}",
 }

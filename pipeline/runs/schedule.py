@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.runs import flow, store
 from pipeline.data.shards import Manifest, load_manifest
-from pipeline.events import CLAIMED, DATA, PROMOTED, PRUNED, UP_TO_DATE, Events
+from pipeline.events import CLAIMED, DATA, EXPORTED, PROMOTED, PRUNED, UP_TO_DATE, Events
 from pipeline.report import evaluate as evaluate_stage
 from pipeline.training import trainer as train_stage
 from pipeline.training.config import TrainConfig
@@ -63,6 +63,7 @@ def run(
     *,
     keep: int = 0,
     train_only: bool = False,
+    export: str | None = None,
     events: Events | None = None,
     comm: Comm = LOCAL,
 ) -> Outcome:
@@ -82,6 +83,7 @@ def run(
         min_accuracy=spec.min_accuracy,
         keep=keep,
         train_only=train_only,
+        export=export,
         events=events,
         comm=comm,
     )
@@ -95,10 +97,13 @@ def trigger(
     min_accuracy: float | None = None,
     keep: int = 0,
     train_only: bool = False,
+    export: str | None = None,
     events: Events | None = None,
     comm: Comm = LOCAL,
 ) -> Outcome:
     """Bring the run of (manifest, config) in `runs_dir` up to date; `keep` 0 keeps every run.
+    `export` "onnx": every evaluated run gets RUN/model.onnx before it is finished, so before
+    it can become `latest`.
     Under MPI every rank calls this: rank 0 decides, claims, records and promotes; all train
     and evaluate together."""
     config.check()
@@ -124,6 +129,12 @@ def trigger(
             return Outcome(run, False, None, None, evaluation)
         accuracy = float(report["accuracy"])
         seconds = report["history"][-1]["seconds_total"] + time.perf_counter() - started
+        if export is not None:  # before the outcome (and the promotion): a failed export
+            # leaves the run unfinished, and the next trigger exports again
+            from pipeline.deploy.onnx_export import export_onnx
+
+            onnx_file = export_onnx(run, run / "model.onnx")
+            events.emit(EXPORTED, run=run.name, path=str(onnx_file), format=export)
         passed = flow.gate(run, report, min_accuracy, events)
         if passed:
             store.promote(runs_dir, run)
