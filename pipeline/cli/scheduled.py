@@ -33,7 +33,7 @@ def trigger(
     train_only: bool = False,
     export: str | None = None,
 ) -> None:
-    """One trigger (`schedule.run`), shown; under MPI one trigger of every rank."""
+    """One trigger (`schedule.trigger`), shown; under MPI one trigger of every rank."""
     from pipeline.runs import schedule, store
 
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
@@ -43,15 +43,10 @@ def trigger(
             require_onnx()
         lead = comm.rank == 0
         events = Events(Terminal(progress)) if lead else Events()
-        outcome = schedule.run(
-            runs_dir,
-            spec,
-            keep=keep,
-            train_only=train_only,
-            export=export,
-            events=events,
-            comm=comm,
+        one = schedule.Trigger(
+            runs_dir=runs_dir, job=spec, keep=keep, train_only=train_only, export=export
         )
+        outcome = schedule.trigger(one, events, comm)
     if not lead:
         return
     if outcome.evaluation is not None:

@@ -57,57 +57,35 @@ def _claimed(runs_dir: Path, manifest: Manifest, config: TrainConfig, comm: Comm
         yield run
 
 
-def run(
-    runs_dir: Path,
-    spec: flow.Job,
-    *,
-    keep: int = 0,
-    train_only: bool = False,
-    export: str | None = None,
-    events: Events | None = None,
-    comm: Comm = LOCAL,
-) -> Outcome:
-    """One trigger of `spec` (its data_dir, config, gate): the set there (an empty directory
-    is prepared from spec.source unless `train_only`), then `trigger`."""
+@dataclass(frozen=True, kw_only=True)
+class Trigger:
+    """One trigger: a job (its data_dir, config and gate) brought up to date in `runs_dir`."""
+
+    runs_dir: Path
+    job: flow.Job
+    keep: int = 0  # finished runs kept (the newest); 0 keeps every run
+    train_only: bool = False  # train the run, no more (`train --runs`)
+    export: str | None = None  # "onnx": RUN/model.onnx before the outcome, so before `latest`
+
+
+def trigger(spec: Trigger, events: Events | None = None, comm: Comm = LOCAL) -> Outcome:
+    """The set in spec.job.data_dir (an empty directory is prepared from its source unless
+    `train_only`), then its run brought up to date. Under MPI every rank calls this: rank 0
+    decides, claims, records and promotes; all train and evaluate together."""
     events = events or Events()
-    assert spec.data_dir is not None, "the scheduled mode names its data"
-    if train_only:  # train never prepares: the set must be there
-        manifest = load_manifest(spec.data_dir)
+    data = spec.job.data_dir
+    assert data is not None, "the scheduled mode names its data"
+    if spec.train_only:  # train never prepares: the set must be there
+        manifest = load_manifest(data)
     else:
-        manifest, _ = flow.open_set(spec, events, comm)
-    events.emit(DATA, path=str(spec.data_dir), dataset=manifest.name, identity=manifest.identity)
-    return trigger(
-        runs_dir,
-        manifest,
-        spec.config,
-        min_accuracy=spec.min_accuracy,
-        keep=keep,
-        train_only=train_only,
-        export=export,
-        events=events,
-        comm=comm,
-    )
+        manifest, _ = flow.open_set(spec.job, events, comm)
+    events.emit(DATA, path=str(data), dataset=manifest.name, identity=manifest.identity)
+    return _bring_up_to_date(spec, manifest, events, comm)
 
 
-def trigger(
-    runs_dir: Path,
-    manifest: Manifest,
-    config: TrainConfig,
-    *,
-    min_accuracy: float | None = None,
-    keep: int = 0,
-    train_only: bool = False,
-    export: str | None = None,
-    events: Events | None = None,
-    comm: Comm = LOCAL,
-) -> Outcome:
-    """Bring the run of (manifest, config) in `runs_dir` up to date; `keep` 0 keeps every run.
-    `export` "onnx": every evaluated run gets RUN/model.onnx before it is finished, so before
-    it can become `latest`.
-    Under MPI every rank calls this: rank 0 decides, claims, records and promotes; all train
-    and evaluate together."""
+def _bring_up_to_date(spec: Trigger, manifest: Manifest, events: Events, comm: Comm) -> Outcome:
+    runs_dir, config, min_accuracy = spec.runs_dir, spec.job.config, spec.job.min_accuracy
     config.check()
-    events = events or Events()
     rid, lead = store.run_id(manifest.identity, config), comm.rank == 0
     found = store.find(runs_dir, rid) if lead else None
     if (outcome := comm.broadcast(done(found, manifest, config) if lead else None)) is not None:
@@ -117,7 +95,7 @@ def trigger(
         if outcome is not None:  # finished while we looked
             return _up_to_date(run, outcome, events)
         events.emit(CLAIMED, run=run.name, path=str(run), id=rid)
-        if train_only:
+        if spec.train_only:
             train_stage.train(manifest, run, config, resume=True, events=events, comm=comm)
             return Outcome(run, False, None, None)
         evaluation, started = None, time.perf_counter()
@@ -129,12 +107,12 @@ def trigger(
             return Outcome(run, False, None, None, evaluation)
         accuracy = float(report["accuracy"])
         seconds = report["history"][-1]["seconds_total"] + time.perf_counter() - started
-        if export is not None:  # before the outcome (and the promotion): a failed export
+        if spec.export is not None:  # before the outcome (and the promotion): a failed export
             # leaves the run unfinished, and the next trigger exports again
             from pipeline.deploy.onnx_export import export_onnx
 
             onnx_file = export_onnx(run, run / "model.onnx")
-            events.emit(EXPORTED, run=run.name, path=str(onnx_file), format=export)
+            events.emit(EXPORTED, run=run.name, path=str(onnx_file), format=spec.export)
         passed = flow.gate(run, report, min_accuracy, events)
         if passed:
             store.promote(runs_dir, run)
@@ -142,7 +120,7 @@ def trigger(
         store.finish(
             run, accuracy=accuracy, min_accuracy=min_accuracy, passed=passed, seconds=seconds
         )
-    pruned = tuple(store.prune(runs_dir, keep)) if keep else ()
+    pruned = tuple(store.prune(runs_dir, spec.keep)) if spec.keep else ()
     for path in pruned:
         events.emit(PRUNED, run=path.name, path=str(path))
     return Outcome(run, False, accuracy, passed, evaluation, pruned)
