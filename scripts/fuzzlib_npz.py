@@ -6,14 +6,16 @@ member bytes, names duplicated or dropped, other codecs. A mutation that finds n
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 import re
 import warnings
 import zipfile
+from collections.abc import Callable
 
 import numpy as np
-from fuzzlib import flip_bits, truncate
+from fuzzlib import Mutation, flip_bits, truncate
 
 Member = tuple[str, bytes, int]  # name, the bytes it holds, its zip method
 
@@ -48,11 +50,19 @@ def _zip(members: list[Member]) -> bytes:
     return buffer.getvalue()
 
 
-def npy_header(data: bytes, rng: random.Random) -> bytes:
-    """A member's .npy header with another shape or dtype, or Fortran order."""
-    members = _members(data)
-    if not members:
-        return flip_bits(data, rng)
+def on_members(change: Callable[[list[Member], random.Random], list[Member]]) -> Mutation:
+    """A mutation of the archive's members, rezipped (valid CRCs); bits flipped instead if
+    zipfile cannot read them."""
+
+    @functools.wraps(change)
+    def mutation(data: bytes, rng: random.Random) -> bytes:
+        members = _members(data)
+        return _zip(change(members, rng)) if members else flip_bits(data, rng)
+
+    return mutation
+
+
+def _new_header(members: list[Member], rng: random.Random) -> list[Member]:
     i = rng.randrange(len(members))
     name, raw, method = members[i]
     end = raw.find(b"\n") + 1
@@ -62,20 +72,24 @@ def npy_header(data: bytes, rng: random.Random) -> bytes:
     if rng.random() < 0.3:
         text = text.replace("False", "True")
     members[i] = (name, text.encode("latin1") + raw[end:], method)
-    return _zip(members)
+    return members
 
 
-def npy_labels(data: bytes, rng: random.Random) -> bytes:
-    """A label array (y_*) in another integer dtype, as long, with one extreme value."""
-    members = _members(data)
-    labels = [i for i, m in enumerate(members or []) if m[0].startswith("y_")]
-    if not members or not labels:
-        return npy_header(data, rng)
-    i = rng.choice(labels)
+@on_members
+def npy_header(members: list[Member], rng: random.Random) -> list[Member]:
+    """A member's .npy header with another shape or dtype, or Fortran order."""
+    return _new_header(members, rng)
+
+
+@on_members
+def npy_labels(members: list[Member], rng: random.Random) -> list[Member]:
+    """A label array (y_*; else the first member) in another integer dtype, as long, with one
+    extreme value."""
+    i = rng.choice([i for i, m in enumerate(members) if m[0].startswith("y_")] or [0])
     try:
         n = len(np.load(io.BytesIO(members[i][1]), allow_pickle=False))
-    except Exception:  # an earlier mutation broke it: change its header instead
-        return npy_header(data, rng)
+    except Exception:  # no labels, or an earlier mutation broke them: a header instead
+        return _new_header(members, rng)
     dtype = np.dtype(rng.choice(INT_DTYPES))
     info = np.iinfo(dtype)
     values = [v for v in (info.max, info.min, 2**63, 10**12, 10**9, 256, 255, -1)
@@ -84,25 +98,21 @@ def npy_labels(data: bytes, rng: random.Random) -> bytes:
     if n:
         array[rng.randrange(n)] = rng.choice(values)
     members[i] = (members[i][0], npy(array), members[i][2])
-    return _zip(members)
+    return members
 
 
-def npz_member_bytes(data: bytes, rng: random.Random) -> bytes:
+@on_members
+def npz_member_bytes(members: list[Member], rng: random.Random) -> list[Member]:
     """A member's bytes flipped or cut, under a right CRC."""
-    members = _members(data)
-    if not members:
-        return flip_bits(data, rng)
     i = rng.randrange(len(members))
     name, raw, method = members[i]
     members[i] = (name, rng.choice([flip_bits, truncate])(raw, rng), method)
-    return _zip(members)
+    return members
 
 
-def npz_names(data: bytes, rng: random.Random) -> bytes:
+@on_members
+def npz_names(members: list[Member], rng: random.Random) -> list[Member]:
     """A member dropped, or a second one loading under its name (with or without .npy)."""
-    members = _members(data)
-    if not members:
-        return flip_bits(data, rng)
     i = rng.randrange(len(members))
     if rng.random() < 0.3:
         del members[i]
@@ -110,20 +120,18 @@ def npz_names(data: bytes, rng: random.Random) -> bytes:
         name, raw, method = members[i]
         alias = rng.choice([name.removesuffix(".npy"), name])
         members.insert(rng.randrange(len(members) + 1), (alias, raw, method))
-    return _zip(members)
+    return members
 
 
-def npz_codec(data: bytes, rng: random.Random) -> bytes:
+@on_members
+def npz_codec(members: list[Member], rng: random.Random) -> list[Member]:
     """Every member stored or deflated, or one under a codec numpy's npz never writes."""
-    members = _members(data)
-    if not members:
-        return flip_bits(data, rng)
     if rng.random() < 0.5:
         method = rng.choice([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
-        return _zip([(name, raw, method) for name, raw, _ in members])
+        return [(name, raw, method) for name, raw, _ in members]
     i = rng.randrange(len(members))
     members[i] = (members[i][0], members[i][1], rng.choice([zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]))
-    return _zip(members)
+    return members
 
 
 def zip_field(data: bytes, rng: random.Random) -> bytes:
