@@ -17,7 +17,7 @@ RUN pip install . && rm -rf /src/*
 # package is what gets compiled (numba keys its cache by the source file's path). numba reads a
 # cache only from a writable directory, so the entrypoint copies this one to $NUMBA_CACHE_DIR.
 WORKDIR /
-RUN NUMBA_CACHE_DIR=/opt/numba-cache python -m pipeline.nn.kernels \
+RUN NUMBA_CACHE_DIR=/opt/numba-cache python -m pipeline.nn.sparse_step \
     && chmod -R a+rX /opt/numba-cache \
     && mkdir -p /shards /runs && chown 1000:1000 /shards /runs
 COPY --chmod=755 deploy/entrypoint.sh /usr/local/bin/pipeline-entrypoint

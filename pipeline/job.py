@@ -20,9 +20,9 @@ from pipeline.errors import ConfigError
 from pipeline.training.config import TrainConfig
 
 if TYPE_CHECKING:
+    from pipeline.communicator import Comm
     from pipeline.data.shards import Manifest
     from pipeline.report.evaluate import Evaluation
-    from pipeline.training.distributed import Comm
     from pipeline.training.trainer import Reporter, TrainResult
 
 SHARDS = "shards"  # where a run keeps the shard set it made: RUN_DIR/shards
@@ -150,11 +150,11 @@ def run(job: Job, hooks: Hooks | None = None, *, comm: Comm | None = None) -> Jo
     """Prepare if needed, train (resuming the run if it exists), evaluate; or nothing, if the
     run is finished and its report is current. Under MPI (`comm`), every rank calls this: the
     first writes the shard set if needed, all train and evaluate together."""
+    from pipeline import communicator
     from pipeline.report.evaluate import evaluate
-    from pipeline.training import distributed
     from pipeline.training.trainer import train
 
-    hooks, comm = hooks or Hooks(), comm or distributed.LOCAL
+    hooks, comm = hooks or Hooks(), comm or communicator.LOCAL
     job.config.check()  # before anything is written
     if comm.rank == 0:
         manifest, prepared = shard_set(job, hooks)

@@ -34,9 +34,9 @@ def cache_files(root: Path) -> dict[Path, float]:
 
 
 def warm(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m pipeline.nn.kernels`: compiles (or loads) the kernel for both dtypes."""
+    """`python -m pipeline.nn.sparse_step`: compiles (or loads) the kernel for both dtypes."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.nn.kernels"],
+        [sys.executable, "-m", "pipeline.nn.sparse_step"],
         env=env,
         cwd=cwd,
         capture_output=True,

@@ -109,7 +109,7 @@ def numba_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The image's build step: compile the kernel into a cache outside the package."""
     seed = tmp_path_factory.mktemp("numba-cache")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(seed)}
-    subprocess.run([sys.executable, "-m", "pipeline.nn.kernels"], env=env, check=True, cwd="/")
+    subprocess.run([sys.executable, "-m", "pipeline.nn.sparse_step"], env=env, check=True, cwd="/")
     return seed
 
 
@@ -330,7 +330,7 @@ def test_dockerfile_pins_its_base_runs_unprivileged_and_warms_the_kernel() -> No
     assert instructions("ENTRYPOINT") == ['["pipeline-entrypoint"]']
     # the kernel is compiled from /, into a cache outside the package the entrypoint seeds from
     steps = logical()
-    [warm] = [i for i, (k, a) in enumerate(steps) if "python -m pipeline.nn.kernels" in a]
+    [warm] = [i for i, (k, a) in enumerate(steps) if "python -m pipeline.nn.sparse_step" in a]
     assert "NUMBA_CACHE_DIR=/opt/numba-cache" in steps[warm][1]
     assert [a for k, a in steps[:warm] if k == "WORKDIR"][-1] == "/"
     assert instructions("USER") == ["1000:1000"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.communicator import LOCAL, Comm
 from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
@@ -23,7 +24,6 @@ from pipeline.fsutil import atomic_write_bytes
 from pipeline.nn.network import Network
 from pipeline.report.metrics import ClassificationReport, classification_report, confusion_matrix
 from pipeline.training import checkpoint
-from pipeline.training.distributed import LOCAL, Comm
 from pipeline.training.rundir import (
     CONFUSION_PNG,
     CURVES_PNG,

@@ -3,9 +3,8 @@
 `Trainer` builds the network and the loaders from the config and the shard set; `run` trains
 epoch after epoch from the run's position (`resume` restores it from a checkpoint), each epoch
 in calls of many batches (`train_epoch`, `_steps`), scores it (`end_epoch`) and checkpoints
-(`save`). The original recipe steps through `Network.steps` (its compiled kernel), every other
-recipe through `pipeline.nn.recipe.RecipeStep`; under MPI each rank steps its share of every
-global batch and rank 0 alone writes.
+(`save`). Its step is `pipeline.training.step.make_step`'s choice; under MPI each rank steps
+its share of every global batch and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -20,19 +19,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.communicator import LOCAL, Comm
 from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest
 from pipeline.errors import CheckpointError, ConfigError, DivergedError, ShardSetError
 from pipeline.nn.network import Network
-from pipeline.nn.optimizers import Hyper
-from pipeline.nn.recipe import RecipeStep, Spec
 from pipeline.nn.schedules import Schedule
 from pipeline.report.evaluate import EVAL_BATCH, confusion_on
-from pipeline.training import checkpoint, distributed
+from pipeline.training import checkpoint
 from pipeline.training.checkpoint import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
-from pipeline.training.distributed import LOCAL, Comm
 from pipeline.training.rundir import RunDir, best_epoch
+from pipeline.training.step import make_step
 
 
 class Reporter(Protocol):
@@ -74,7 +72,6 @@ class Trainer:
     ) -> None:
         self.manifest, self.rundir, self.config, self.reporter = manifest, run, config, reporter
         self.comm, self.writer = comm, comm.rank == 0
-        self.reducer: distributed.GradientSum | None = None  # the Allreduce buffer, under MPI
         samples = manifest.split("train").samples
         if samples == 0:
             raise ShardSetError(
@@ -128,7 +125,7 @@ class Trainer:
             world_size=comm.size,
         )
         self.last: Path | None = None  # the newest checkpoint on disk
-        self.recipe = None if config.is_original else self.make_recipe(network)
+        self.step = make_step(config, network, comm)
         per_epoch = len(self.train_loader)
         self.schedule = Schedule(
             config.schedule,
@@ -139,15 +136,6 @@ class Trainer:
             step_epochs=config.step_epochs,
             gamma=config.step_gamma,
         )
-
-    def make_recipe(self, network: Network) -> RecipeStep:
-        """The step of a recipe other than the original: optimizer, dropout, its buffers."""
-        c = self.config
-        hyper = Hyper(c.optimizer, c.momentum, c.beta1, c.beta2, c.eps, c.weight_decay)
-        spec = Spec(c.activation, c.loss, c.dropout, c.input_dropout, c.max_norm, hyper)
-        # the dropout generator's key: from the seed, apart from the init's and the loader's
-        key = int(np.random.default_rng([c.seed, 1]).integers(2**63))
-        return RecipeStep(network, spec, batch_size=c.batch_size, dropout_key=key, comm=self.comm)
 
     def run(self) -> Path:
         """Train up to `config.epochs`; returns the final checkpoint."""
@@ -190,21 +178,12 @@ class Trainer:
     def _steps(self, x: np.ndarray, y: np.ndarray, batches: int, loss_sum: float) -> float:
         """`batches` consecutive steps over the global batches in x, y (locally, or each rank
         its share); returns loss_sum plus their losses, added one batch at a time."""
-        network, config = self.state.network, self.config
-        if self.recipe is not None:
-            x = np.ascontiguousarray(x, dtype=network.dtype)
-            y = np.ascontiguousarray(y, dtype=network.dtype)
-            first = self.state.epoch * len(self.train_loader) + self.state.step
-            lrs = [self.schedule.lr_at(first + k) for k in range(batches)]
-            return self.recipe.steps(x, y, lrs, config.batch_size, loss_sum=loss_sum)
-        if self.comm.size == 1:
-            return network.steps(x, y, config.lr, config.batch_size, loss_sum=loss_sum)
-        if self.reducer is None:
-            shapes = [p.shape for p in (*network.weights, *network.biases)]
-            self.reducer = distributed.GradientSum(shapes, network.dtype)
-        return distributed.network_steps(
-            self.comm, network, self.reducer, x, y, config.lr, config.batch_size, loss_sum
-        )
+        dtype = self.state.network.dtype
+        x = np.ascontiguousarray(x, dtype=dtype)  # (rows, n_0)
+        y = np.ascontiguousarray(y, dtype=dtype)  # (rows, n_L)
+        first = self.state.epoch * len(self.train_loader) + self.state.step
+        lrs = [self.schedule.lr_at(first + k) for k in range(batches)]
+        return self.step.steps(x, y, lrs, self.config.batch_size, loss_sum)
 
     def stop_early(self) -> bool:
         """`patience` epochs in a row without a better val accuracy than the best before."""
@@ -240,8 +219,7 @@ class Trainer:
         if not self.writer:  # rank 0 writes it; the name is the same on every rank
             self.last = path
             return
-        arrays = self.recipe.optimizer.state_arrays() if self.recipe else {}
-        checkpoint.save(path, state.network, self._meta(), state=arrays)
+        checkpoint.save(path, state.network, self._meta(), state=self.step.state().arrays)
         self.rundir.prune(newest=path)
         self.last = path
 
@@ -256,6 +234,7 @@ class Trainer:
 
     def _meta(self) -> CheckpointMeta:
         state, config, manifest = self.state, self.config, self.manifest
+        step = self.step.state()
         return CheckpointMeta(
             config=config,
             sizes=tuple(state.network.sizes),
@@ -272,9 +251,9 @@ class Trainer:
             optimizer={  # its buffers are the checkpoint's state arrays
                 "name": config.optimizer,
                 "lr": config.lr,
-                "step_count": self.recipe.optimizer.step_count if self.recipe else 0,
+                "step_count": step.step_count,
             },
             recipe=f"mlp-{config.activation}-{config.loss}-{config.optimizer}",
-            dropout_counter=self.recipe.dropout_counter if self.recipe else 0,
+            dropout_counter=step.dropout_counter,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )

@@ -12,12 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.communicator import digest
 from pipeline.data.loader import LoaderState
 from pipeline.data.shards import Manifest
 from pipeline.errors import CheckpointError, ConfigError
-from pipeline.training import checkpoint, distributed
+from pipeline.nn.step import StepState
+from pipeline.training import checkpoint
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import RunState, Trainer
+from pipeline.training.step import make_step
 
 
 def check_compatible(
@@ -57,10 +60,9 @@ def restore(trainer: Trainer, path: Path | None = None) -> Path | None:
     try:
         trainer.train_loader.check_state(LoaderState(**meta.loader), meta.epoch, meta.step)
         trainer.rng.bit_generator.state = meta.rng
-        if trainer.recipe is not None:
-            trainer.recipe = trainer.make_recipe(network)
-            trainer.recipe.optimizer.load_state(ckpt.state, int(meta.optimizer["step_count"]))
-            trainer.recipe.dropout_counter = meta.dropout_counter
+        trainer.step = make_step(trainer.config, network, trainer.comm)
+        step_count = int(meta.optimizer["step_count"])
+        trainer.step.load_state(StepState(ckpt.state, step_count, meta.dropout_counter))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: unusable loader or generator state ({exc})") from None
     except ConfigError as exc:
@@ -76,14 +78,13 @@ def restore(trainer: Trainer, path: Path | None = None) -> Path | None:
 
 def position(trainer: Trainer, resumed_from: Path | None) -> dict[str, Any]:
     """Where training starts: what every rank must agree on before the first step."""
-    network, recipe = trainer.state.network, trainer.recipe
-    state = [*network.weights, *network.biases]
-    if recipe is not None:  # the optimizer's buffers and the dropout generator too
-        state += [v for _, v in sorted(recipe.optimizer.state_arrays().items())]
+    network, step = trainer.state.network, trainer.step.state()
+    # the weights, the optimizer's buffers and the dropout generator's position
+    state = [*network.weights, *network.biases, *(v for _, v in sorted(step.arrays.items()))]
     return {
         "checkpoint": resumed_from.name if resumed_from else None,
         "epoch": trainer.state.epoch,
         "step": trainer.state.step,
-        "dropout_counter": recipe.dropout_counter if recipe is not None else 0,
-        "state_sha256": distributed.digest(state),
+        "dropout_counter": step.dropout_counter,
+        "state_sha256": digest(state),
     }

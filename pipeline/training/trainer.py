@@ -13,8 +13,8 @@ position too). A directory with no checkpoint yet holds no run: it starts afresh
 Under MPI (`comm`, see distributed.py) every rank trains its share of each global batch and
 rank 0 alone writes the run.
 
-The original recipe trains through `Network.steps` (its compiled kernel); every other recipe
-through `pipeline.nn.recipe.RecipeStep`. When the shard set has a "val" split, each epoch is
+The step (`step.make_step`) is the original recipe's compiled kernel where it is exact, the
+general step for every other recipe. When the shard set has a "val" split, each epoch is
 scored on it, the run's chosen checkpoint is the epoch with the best val accuracy (never the
 test accuracy), and `patience` epochs without a better one stop the run early.
 """
@@ -26,15 +26,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.communicator import LOCAL, Comm
 from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError
 from pipeline.nn.network import Network
-from pipeline.training import distributed
 from pipeline.training.config import TrainConfig
-from pipeline.training.distributed import LOCAL, Comm
 from pipeline.training.loop import Reporter, Silent, Trainer
 from pipeline.training.resume import check_compatible, position, restore
 from pipeline.training.rundir import RUN_FILE, RunDir, RunFile
+from pipeline.training.step import check_batch
 
 __all__ = ["Reporter", "Silent", "TrainResult", "train"]
 
@@ -60,7 +60,7 @@ def train(
     caller opened it (`integrity.open_set`: verified, under its reader lock), or its
     directory, opened here."""
     config.check()
-    distributed.check_batch(config.batch_size, comm)
+    check_batch(config.batch_size, comm)
     manifest = data if isinstance(data, Manifest) else load_manifest(data)
     run = RunDir(run_dir)
     if comm.rank != 0:  # a follower: trains its share, writes nothing
