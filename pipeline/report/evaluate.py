@@ -14,15 +14,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.communicator import LOCAL, Comm
 from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
 from pipeline.fsutil import atomic_write_bytes
-from pipeline.nn.network import Network
-from pipeline.report.metrics import ClassificationReport, classification_report, confusion_matrix
+from pipeline.metrics import (
+    EVAL_BATCH,
+    ClassificationReport,
+    classification_report,
+    confusion_on,
+)
 from pipeline.training import checkpoint
 from pipeline.training.rundir import (
     CONFUSION_PNG,
@@ -35,8 +37,7 @@ from pipeline.training.rundir import (
     epoch_accuracy,
 )
 
-__all__ = ["EVAL_BATCH", "REPORT_MD", "Evaluation", "confusion_on", "evaluate"]
-EVAL_BATCH = 1000  # rows per forward pass when scoring a split
+__all__ = ["REPORT_MD", "Evaluation", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,6 @@ class Evaluation:
     report: ClassificationReport
     doc: dict[str, Any]  # what report.json holds
     run_dir: Path
-
-
-def confusion_on(network: Network, loader: Loader) -> np.ndarray:
-    """(classes, classes) counts of (true, predicted) over one streamed pass of a split."""
-    n = network.sizes[-1]
-    confusion = np.zeros((n, n), np.int64)
-    for x, y in loader.epoch(0):  # x (batch, features), y (batch, classes) one-hot
-        confusion += confusion_matrix(y.argmax(axis=1), network.predict(x), n)
-    return confusion
 
 
 def _data_dir(run: RunDir, data_dir: Path | None) -> Path:
@@ -139,7 +131,8 @@ def evaluate(
         )
 
     part = Loader(manifest, split, batch_size=EVAL_BATCH, rank=comm.rank, world_size=comm.size)
-    confusion = confusion_on(ckpt.network, part)  # (classes, classes) int64, this rank's part
+    # (classes, classes) int64, this rank's part
+    confusion = confusion_on(ckpt.network, part, ckpt.network.sizes[-1])
     comm.allreduce_sum(confusion)
     report = classification_report(confusion)
     if comm.rank != 0:

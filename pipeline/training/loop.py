@@ -23,9 +23,9 @@ from pipeline.communicator import LOCAL, Comm
 from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest
 from pipeline.errors import CheckpointError, ConfigError, DivergedError, ShardSetError
+from pipeline.metrics import EVAL_BATCH, confusion_on
 from pipeline.nn.network import Network
 from pipeline.nn.schedules import Schedule
-from pipeline.report.evaluate import EVAL_BATCH, confusion_on
 from pipeline.training import checkpoint
 from pipeline.training.checkpoint import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
@@ -196,7 +196,8 @@ class Trainer:
     def end_epoch(self, seconds: float) -> None:
         """Score the val split (else test), log the epoch, checkpoint."""
         state = self.state
-        confusion = confusion_on(state.network, self.test_loader)  # this rank's part
+        n = self.manifest.n_classes
+        confusion = confusion_on(state.network, self.test_loader, n)  # this rank's part
         self.comm.allreduce_sum(confusion)
         total = state.history[-1]["seconds_total"] if state.history else 0.0
         record = {

@@ -1,16 +1,36 @@
-"""Classification metrics for the MNIST evaluator, in numpy only.
+"""Classification metrics, in numpy only: what training scores each epoch and the report shows.
 
-Everything is derived from one integer confusion matrix, so an evaluator can stream the test
-set batch by batch, add up `confusion_matrix` per batch, and call `classification_report` once
-at the end without ever holding all predictions in memory.
+Everything is derived from one integer confusion matrix, so a split is streamed batch by batch
+(`confusion_on`), `confusion_matrix` added up per batch, and `classification_report` called
+once at the end without ever holding all predictions in memory. Below both the trainer and
+the report, which share it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+
+EVAL_BATCH = 1000  # rows per forward pass when scoring a split
+
+
+class Classifier(Protocol):
+    def predict(self, x: np.ndarray) -> np.ndarray: ...  # (B, features) -> (B,) classes
+
+
+class Split(Protocol):
+    def epoch(self, epoch: int) -> Iterable[tuple[np.ndarray, np.ndarray]]: ...
+
+
+def confusion_on(model: Classifier, split: Split, n_classes: int) -> np.ndarray:
+    """(classes, classes) counts of (true, predicted) over one streamed pass of a split."""
+    confusion = np.zeros((n_classes, n_classes), np.int64)
+    for x, y in split.epoch(0):  # x (batch, features), y (batch, classes) one-hot
+        confusion += confusion_matrix(y.argmax(axis=1), model.predict(x), n_classes)
+    return confusion
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
