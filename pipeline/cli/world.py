@@ -22,7 +22,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _mode(text: str) -> str:
-    from pipeline.training.distributed import check_mode
+    from pipeline.communicator import check_mode
 
     return check_mode(text)
 
