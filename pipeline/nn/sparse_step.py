@@ -4,8 +4,6 @@ The compiled code (`sgd_kernel`: the sparse-input SGD step in numba, its design 
 determinism) does no bounds checks, so `SparseStep` checks the network's arrays when it is
 built (kind, dtype, layout, shapes that fit each other) and every batch and number it is
 handed: nothing a file says can make the kernel read or write outside an array.
-`python -m pipeline.nn.sparse_step` compiles it (or loads it from the on-disk cache,
-`compile_cache`) for both dtypes, e.g. at image build time.
 """
 
 from __future__ import annotations
@@ -98,10 +96,3 @@ def _check_arrays(arrays: dict[str, np.ndarray], w1: np.ndarray) -> None:
             )
     if min(n_in, n_hid, n_out) < 1:
         raise ArrayError("a layer has no units", param="w1", value=w1.shape)
-
-
-if __name__ == "__main__":  # warm the on-disk cache (e.g. at image build time)
-    for dtype in (np.float32, np.float64):
-        net = Network([np.zeros((4, 3), dtype), np.zeros((3, 2), dtype)],
-                      [np.zeros(3, dtype), np.zeros(2, dtype)])  # fmt: skip
-        SparseStep(net).steps(np.ones((2, 4), dtype), np.ones((2, 2), dtype), [0.1], 2)
