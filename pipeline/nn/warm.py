@@ -4,9 +4,9 @@
 anything, so a container starts training at once. numba compiles one specialization per
 argument-type signature (dtype, layout, bool or int flags), so the warm-up runs the real code
 paths rather than calling kernels by hand: the original recipe's SGD step (`sparse_step`), and
-the general step (`general_step`) twice, once with every part the presets use (dropout on input and hidden
-layers, cross-entropy, momentum, max-norm) and once with the others (MSE, Adam). A test holds it
-to leaving a cache entry for every kernel declared in the package.
+the general step (`general_step`) twice, once with every part the presets use (dropout on input
+and hidden layers, cross-entropy, momentum, max-norm) and once with the others (MSE, Adam). A
+test holds it to leaving a cache entry for every kernel declared in the package.
 """
 
 from __future__ import annotations
