@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.nn.network import inference
+
 EVAL_BATCH = 1000  # rows per forward pass when scoring a split
 
 
@@ -28,8 +30,9 @@ class Split(Protocol):
 def confusion_on(model: Classifier, split: Split, n_classes: int) -> np.ndarray:
     """(classes, classes) counts of (true, predicted) over one streamed pass of a split."""
     confusion = np.zeros((n_classes, n_classes), np.int64)
-    for x, y in split.epoch(0):  # x (batch, features), y (batch, classes) one-hot
-        confusion += confusion_matrix(y.argmax(axis=1), model.predict(x), n_classes)
+    with inference():  # the bits `predict` computes too
+        for x, y in split.epoch(0):  # x (batch, features), y (batch, classes) one-hot
+            confusion += confusion_matrix(y.argmax(axis=1), model.predict(x), n_classes)
     return confusion
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.bounded import READ_ERRORS, Npy, read_npz
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.fsutil import atomic_path, read_file
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
@@ -63,6 +64,7 @@ class CheckpointMeta:
     recipe: str = RECIPE
     dropout_counter: int = 0  # the dropout generator's position (pipeline.nn.recipe)
     created: str = ""
+    image_shape: tuple[int, ...] = ()  # (rows, cols[, 3]) of the data; () in older checkpoints
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +85,7 @@ class CheckpointMeta:
             "dataset": self.dataset,
             "classes": list(self.classes),
             "created": self.created,
+            "image_shape": list(self.image_shape),
         }
 
     @classmethod
@@ -106,6 +109,9 @@ class CheckpointMeta:
             if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
                 raise ValueError("field 'history': a record without its epoch number")
         classes = tuple(get("classes", list))
+        shape = tuple(doc.get("image_shape", ()))  # absent in checkpoints older than predict
+        if not all(isinstance(n, int) and n >= 1 for n in shape) or len(shape) not in (0, 2, 3):
+            raise ValueError(f"field 'image_shape': {shape!r} is not an image shape")
         if not all(isinstance(c, str) for c in classes):
             raise ValueError("field 'classes': not a list of names")
         return cls(
@@ -125,6 +131,7 @@ class CheckpointMeta:
             recipe=get("recipe", str),
             dropout_counter=get("dropout_counter", int) if "dropout_counter" in doc else 0,
             created=doc.get("created", "") if isinstance(doc.get("created"), str) else "",
+            image_shape=shape,
         )
 
 
@@ -178,33 +185,21 @@ def save(
         np.savez(f, allow_pickle=False, **arrays)
 
 
-def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
-    """Every member a stored .npy whose header fits its entry and our bounds, before any
-    array is read: no size a file claims is trusted further than its own bytes prove."""
+def _check_members(path: Path, headers: dict[str, Npy]) -> None:
+    """Every member a stored .npy of ours within our bounds, before any array is read
+    (`pipeline.bounded` has checked each header against its member's bytes)."""
     elements = 0
-    for info in archive.infolist():
-        name = info.filename.removesuffix(".npy")
+    for name, npy in headers.items():
+        info = npy.info
         if not info.filename.endswith(".npy") or info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(f"{path}: member {info.filename!r} is not a plain .npy array")
-        with archive.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            header = f.tell()
-        if dtype.hasobject:
-            raise CheckpointError(f"{path}: holds a pickled object array; refused")
-        count = math.prod(shape)
-        if header + count * dtype.itemsize != info.file_size:
-            raise CheckpointError(f"{path}: member {name!r} is not the size its header says")
         if name == "meta":
-            if dtype.kind != "U" or shape != () or dtype.itemsize > 4 * MAX_META_CHARS:
+            if npy.dtype.kind != "U" or npy.shape != () or npy.dtype.itemsize > 4 * MAX_META_CHARS:
                 raise CheckpointError(f"{path}: its meta is not a bounded JSON text")
-        elif dtype not in (np.float32, np.float64):
-            raise CheckpointError(f"{path}: member {name!r} is {dtype}, not float32 or float64")
+        elif npy.dtype not in (np.float32, np.float64):
+            raise CheckpointError(f"{path}: member {name!r} is {npy.dtype}, not float32 or float64")
         else:
-            elements += count
+            elements += math.prod(npy.shape)
     if elements > MAX_PARAMETERS * (1 + STATE_PER_PARAMETER):
         raise CheckpointError(
             f"{path}: {elements:,} numbers, more than any network this project builds holds"
@@ -225,15 +220,10 @@ def load(path: Path) -> Checkpoint:
     if not data.startswith(b"PK"):
         raise CheckpointError(f"{path}: not a checkpoint (.npz) file")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            _check_members(path, archive)
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            members = {name: npz[name] for name in npz.files}
-    except ValueError as exc:
-        if "allow_pickle=False" in str(exc):
-            raise CheckpointError(f"{path}: holds a pickled object array; refused") from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        check = functools.partial(_check_members, path)
+        members = read_npz(io.BytesIO(data), len(data), str(path), error=CheckpointError,
+                           check=check)  # fmt: skip
+    except READ_ERRORS as exc:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
     if "meta" not in members:
         raise CheckpointError(f"{path}: not a pipeline checkpoint (no meta member)")
