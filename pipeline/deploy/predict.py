@@ -19,9 +19,10 @@ import numpy as np
 
 from pipeline.deploy.inputs import Batch
 from pipeline.deploy.model import Model
+from pipeline.metrics import EVAL_BATCH
 from pipeline.nn.network import inference
 
-BATCH = 1000  # rows per forward pass: evaluate's (pipeline.report.evaluate.EVAL_BATCH)
+BATCH = EVAL_BATCH  # rows per forward pass: evaluate's, so the bits are evaluate's
 
 
 @dataclass(frozen=True)
