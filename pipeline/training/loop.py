@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -23,28 +23,15 @@ from pipeline.communicator import LOCAL, Comm
 from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest
 from pipeline.errors import CheckpointError, ConfigError, DivergedError, ShardSetError
+from pipeline.events import CHECKPOINT, EPOCH_ENDED, EPOCH_STARTED, STEP, Events
 from pipeline.metrics import EVAL_BATCH, confusion_on
 from pipeline.nn.network import Network
 from pipeline.nn.schedules import Schedule
 from pipeline.training import checkpoint
 from pipeline.training.checkpoint import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
-from pipeline.training.rundir import RunDir, best_epoch
+from pipeline.training.rundir import RunDir, best_epoch, stopped_early
 from pipeline.training.step import make_step
-
-
-class Reporter(Protocol):
-    """What the trainer tells a progress display; the CLI implements it with rich."""
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
-    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
-
-
-class Silent:
-    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
-    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -67,10 +54,10 @@ class Trainer:
         manifest: Manifest,
         run: RunDir,
         config: TrainConfig,
-        reporter: Reporter,
+        events: Events,
         comm: Comm = LOCAL,
     ) -> None:
-        self.manifest, self.rundir, self.config, self.reporter = manifest, run, config, reporter
+        self.manifest, self.rundir, self.config, self.events = manifest, run, config, events
         self.comm, self.writer = comm, comm.rank == 0
         samples = manifest.split("train").samples
         if samples == 0:
@@ -152,7 +139,10 @@ class Trainer:
         """The rest of the current epoch, from the shards, in calls of many batches each."""
         state, config = self.state, self.config
         size, every = config.batch_size, config.checkpoint_every
-        self.reporter.start_epoch(state.epoch, config.epochs, len(self.train_loader), state.step)
+        steps = len(self.train_loader)
+        self.events.emit(
+            EPOCH_STARTED, epoch=state.epoch, epochs=config.epochs, steps=steps, done=state.step
+        )
         # a block of rows per call: the step's call overhead is paid once per ~1,000 batches
         group = max(1, self.train_loader.block_rows // size)
         for x, y in self.train_loader.epoch(state.epoch, start_batch=state.step, group=group):
@@ -173,7 +163,7 @@ class Trainer:
                 state.loss_sum = loss_sum
                 if every and state.step % every == 0 and state.step < len(self.train_loader):
                     self.save()
-            self.reporter.advance(state.step, state.samples, state.loss_sum)
+            self.events.emit(STEP, step=state.step, samples=state.samples, loss_sum=state.loss_sum)
 
     def _steps(self, x: np.ndarray, y: np.ndarray, batches: int, loss_sum: float) -> float:
         """`batches` consecutive steps over the global batches in x, y (locally, or each rank
@@ -187,11 +177,7 @@ class Trainer:
 
     def stop_early(self) -> bool:
         """`patience` epochs in a row without a better val accuracy than the best before."""
-        patience, history = self.config.patience, self.state.history
-        if not patience or self.scored_split != "val" or len(history) <= patience:
-            return False
-        best = max(range(len(history)), key=lambda e: (history[e]["val_accuracy"], -e))
-        return len(history) - 1 - best >= patience
+        return stopped_early(self.state.history, self.config.patience)
 
     def end_epoch(self, seconds: float) -> None:
         """Score the val split (else test), log the epoch, checkpoint."""
@@ -208,11 +194,17 @@ class Trainer:
             "seconds_total": round(total + seconds, 3),
         }
         state.history.append(record)
+        # the lr of the epoch's last step; samples/s over this session's part of the epoch
+        lr = self.schedule.lr_at((state.epoch + 1) * len(self.train_loader) - 1)
+        rate = state.samples / seconds if seconds > 0 else 0.0
         state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
         self.save()
         if self.writer:
             self.rundir.write_metrics(state.history)
-        self.reporter.end_epoch(record)
+        metrics = {k: v for k, v in record.items() if k != "epoch"}
+        self.events.emit(
+            EPOCH_ENDED, epoch=record["epoch"], metrics={**metrics, "lr": lr, "samples_per_s": rate}
+        )
 
     def save(self) -> None:
         state = self.state
@@ -223,6 +215,7 @@ class Trainer:
         checkpoint.save(path, state.network, self._meta(), state=self.step.state().arrays)
         self.rundir.prune(newest=path)
         self.last = path
+        self.events.emit(CHECKPOINT, path=str(path), epoch=state.epoch, step=state.step)
 
     def _diverged(self, loss: float, steps: int) -> None:
         first = self.state.step + 1
