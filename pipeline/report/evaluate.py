@@ -25,13 +25,13 @@ from pipeline.report.metrics import ClassificationReport, classification_report,
 from pipeline.training import checkpoint
 from pipeline.training.distributed import LOCAL, Comm
 from pipeline.training.rundir import (
+    CHECKPOINT_DIR,
     CONFUSION_PNG,
     CURVES_PNG,
     REPORT_JSON,
     REPORT_MD,
     RUN_FILE,
     RunDir,
-    best_epoch,
     epoch_accuracy,
 )
 
@@ -66,6 +66,22 @@ def _data_dir(run: RunDir, data_dir: Path | None) -> Path:
             value=None,
         )
     return Path(saved.data)
+
+
+def _history(ckpt: checkpoint.Checkpoint, *, strict: bool) -> list[dict[str, Any]]:
+    """The records of the epochs `ckpt` has trained, from its run's metrics.jsonl (its lines,
+    proved by the sha256 the checkpoint carries). A run's own history must be there (`strict`);
+    a checkpoint named from elsewhere (or a copy kept for a report) may have none."""
+    where = ckpt.path.parent
+    metrics = RunDir(where.parent).metrics
+    if not strict and (where.name != CHECKPOINT_DIR or not metrics.path.is_file()):
+        return []
+    try:
+        return metrics.load(ckpt.meta.epoch, ckpt.meta.history_sha256, of=ckpt.path.name)
+    except ConfigError:
+        if strict:
+            raise
+        return []
 
 
 def _check_same_data(ckpt: checkpoint.Checkpoint, manifest: Manifest, allow: bool) -> None:
@@ -115,12 +131,12 @@ def evaluate(
     path = comm.broadcast(checkpoint_path or run.newest_checkpoint())
     if path is None:
         raise CheckpointError(f"{run_dir}: holds no checkpoint; train first")
-    ckpt = checkpoint.load(path)
-    run_history = list(ckpt.meta.history)  # every epoch the run has finished
-    best = best_epoch(run_history)
-    if checkpoint_path is None and best is not None and path != run.checkpoint_path(best, 0):
+    ckpt = checkpoint.load(path)  # every array finite, or one line naming the member
+    # the curves: the run's whole history (its newest checkpoint's), or the named checkpoint's
+    history = _history(ckpt, strict=checkpoint_path is None)
+    best = ckpt.meta.best_epoch
+    if checkpoint_path is None and best and path != run.checkpoint_path(best, 0):
         # a run with a val split reports the epoch it chose by val accuracy, not its last
-        # (the report's curves still show the whole run)
         ckpt = checkpoint.load(run.checkpoint_path(best, 0))
     if manifest is None:
         manifest = load_manifest(_data_dir(run, data_dir))
@@ -144,7 +160,6 @@ def evaluate(
     report = classification_report(confusion)
     if comm.rank != 0:
         return Evaluation(report, {}, run_dir)
-    history = run_history if checkpoint_path is None else list(ckpt.meta.history)
     from pipeline.report import plots  # matplotlib: only when a report is drawn
 
     try:

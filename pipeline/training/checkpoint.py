@@ -5,9 +5,16 @@ Members, each a plain array stored uncompressed (as `np.savez` writes them):
     state_<name>          the optimizer's buffers, if it keeps any (plain SGD keeps none)
     meta                  a `CheckpointMeta` as a JSON document in a 0-d unicode array
 A file is checked before it is read whole: its size, then every member's zip entry and npy
-header (dtype, shape, bytes), against the largest checkpoint this project writes. Storage
-only: no numba, no `Network` at import; a `Checkpoint` builds its network when asked.
-Naming, retention and where checkpoints live: `pipeline.training.rundir`.
+header (dtype, shape, bytes), against the largest checkpoint this project writes; then every
+array must hold finite numbers (a NaN or inf weight or optimizer buffer is refused, read or
+written, naming the member). Storage only: no numba, no `Network` at import; a `Checkpoint`
+builds its network when asked. Naming, retention and where checkpoints live:
+`pipeline.training.rundir`.
+
+A checkpoint's size does not grow with the run: the epochs' records live in the run's
+append-only metrics.jsonl (`rundir.Metrics`), and the checkpoint carries what training needs
+of them (the total seconds, the best val epoch) and the sha256 of their lines, which proves
+which lines of that file are its history. Format 1 carried the whole history; it is still read.
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 if TYPE_CHECKING:
     from pipeline.nn.network import Network
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMATS = (1, 2)  # read; format 1 carried the run's history (see _from_format_1)
 RECIPE = "mlp-sigmoid-mse-sgd"
 STATE_PREFIX = "state_"
-MAX_META_CHARS = 1 << 22  # 4 Mi characters: the history of ~20,000 epochs
+MAX_META_CHARS = 1 << 22  # 4 Mi characters: a format-1 meta with ~20,000 epochs of history
 STATE_PER_PARAMETER = 2  # the most buffers an optimizer keeps per weight (Adam's two moments)
 # the largest checkpoint: MAX_PARAMETERS float64 weights and their optimizer buffers, the meta
 # (UCS-4), and room for zip and npy headers
@@ -53,7 +61,6 @@ class CheckpointMeta:
     step: int  # batches done in the current epoch
     loss_sum: float  # the epoch's summed loss so far, added step by step
     samples: int  # samples seen in the current epoch
-    history: tuple[dict[str, Any], ...]  # one record per finished epoch (metrics.jsonl)
     loader: dict[str, Any]  # the loader's state (pipeline.data.loader.LoaderState)
     rng: dict[str, Any]  # the run's generator state (numpy bit_generator.state)
     data_identity: str  # the shard set's identity (stored as "manifest_sha256")
@@ -63,6 +70,11 @@ class CheckpointMeta:
     recipe: str = RECIPE
     dropout_counter: int = 0  # the dropout generator's position (pipeline.nn.recipe)
     created: str = ""
+    # of the finished epochs' records (metrics.jsonl): all the training needs of them
+    seconds_total: float = 0.0  # the last record's seconds_total
+    best_epoch: int = 0  # the epoch (1-based) of the best val accuracy, earliest on a tie; 0: none
+    best_accuracy: float = 0.0  # its val accuracy
+    history_sha256: str = hashlib.sha256().hexdigest()  # of metrics.jsonl's first `epoch` lines
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,7 +86,10 @@ class CheckpointMeta:
             "step": self.step,
             "loss_sum": self.loss_sum,
             "samples": self.samples,
-            "history": list(self.history),
+            "seconds_total": self.seconds_total,
+            "best_epoch": self.best_epoch,
+            "best_accuracy": self.best_accuracy,
+            "history_sha256": self.history_sha256,
             "loader": self.loader,
             "optimizer": self.optimizer,
             "dropout_counter": self.dropout_counter,
@@ -90,8 +105,10 @@ class CheckpointMeta:
         """Validate every field; raises ValueError naming the first one at fault."""
         if not isinstance(doc, dict):
             raise ValueError("meta is not a JSON object")
-        if doc.get("format") != FORMAT_VERSION:
+        if type(doc.get("format")) is not int or doc["format"] not in FORMATS:
             raise ValueError(f"format {doc.get('format')!r}, not {FORMAT_VERSION}")
+        if doc["format"] == 1:
+            doc = _from_format_1(doc)
         get = functools.partial(_field, doc)
         try:
             config = TrainConfig.from_json(get("config", dict))
@@ -99,23 +116,24 @@ class CheckpointMeta:
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ValueError(f"field 'config': not a training config ({exc})") from None
         sizes = tuple(get("sizes", list))
-        history = tuple(get("history", list))
         if not all(isinstance(n, int) and n >= 1 for n in sizes) or len(sizes) < 2:
             raise ValueError(f"field 'sizes': {sizes!r} are not layer widths")
-        for record in history:
-            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-                raise ValueError("field 'history': a record without its epoch number")
+        epoch, best_epoch = get("epoch", int), get("best_epoch", int)
+        if best_epoch > epoch:
+            raise ValueError(f"field 'best_epoch': {best_epoch} is beyond epoch {epoch}")
+        history_sha256 = get("history_sha256", str)
+        if len(history_sha256) != 64 or not set(history_sha256) <= set("0123456789abcdef"):
+            raise ValueError(f"field 'history_sha256': {history_sha256[:40]!r} is not a sha256")
         classes = tuple(get("classes", list))
         if not all(isinstance(c, str) for c in classes):
             raise ValueError("field 'classes': not a list of names")
         return cls(
             config=config,
             sizes=sizes,
-            epoch=get("epoch", int),
+            epoch=epoch,
             step=get("step", int),
             loss_sum=get("loss_sum", float),
             samples=get("samples", int),
-            history=history,
             loader=get("loader", dict),
             rng=get("rng", dict),
             data_identity=get("manifest_sha256", str),
@@ -125,7 +143,31 @@ class CheckpointMeta:
             recipe=get("recipe", str),
             dropout_counter=get("dropout_counter", int) if "dropout_counter" in doc else 0,
             created=doc.get("created", "") if isinstance(doc.get("created"), str) else "",
+            seconds_total=get("seconds_total", float),
+            best_epoch=best_epoch,
+            best_accuracy=get("best_accuracy", float),
+            history_sha256=history_sha256,
         )
+
+
+def _from_format_1(doc: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 meta (the whole history inside) as format 2: its summary, and the sha256 of
+    the metrics.jsonl lines that format wrote from it."""
+    history = _field(doc, "history", list)
+    if not all(isinstance(r, dict) and type(r.get("epoch")) is int for r in history):
+        raise ValueError("field 'history': a record without its epoch number")
+    scored = [(r["val_accuracy"], -r["epoch"]) for r in history if "val_accuracy" in r]
+    if not all(type(accuracy) is float for accuracy, _ in scored):
+        raise ValueError("field 'history': a val accuracy that is not a number")
+    best = max(scored) if scored else (0.0, 0)
+    lines = "".join(json.dumps(record) + "\n" for record in history).encode()
+    return {
+        **doc,
+        "seconds_total": history[-1].get("seconds_total", 0.0) if history else 0.0,
+        "best_epoch": -best[1],
+        "best_accuracy": best[0],
+        "history_sha256": hashlib.sha256(lines).hexdigest(),
+    }
 
 
 def _field(doc: dict[str, Any], name: str, kind: type) -> Any:
@@ -170,12 +212,27 @@ def save(
     *,
     state: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta.to_json()))}
-    arrays.update({STATE_PREFIX + name: a for name, a in (state or {}).items()})
+    arrays: dict[str, np.ndarray] = {STATE_PREFIX + name: a for name, a in (state or {}).items()}
     for i, (w, b) in enumerate(zip(network.weights, network.biases, strict=True)):
         arrays[f"w{i}"], arrays[f"b{i}"] = w, b
+    check_finite(path, arrays, "refusing to write it")
+    arrays["meta"] = np.array(json.dumps(meta.to_json()))
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez(f, allow_pickle=False, **arrays)
+
+
+def check_finite(path: Path, arrays: Mapping[str, np.ndarray], consequence: str) -> None:
+    """Every number of every array finite: a NaN or inf weight or optimizer buffer would be
+    trained on, scored and saved again without a word. Names the first member that is not."""
+    for name, array in arrays.items():
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            kinds = " and ".join(
+                k for k, test in (("NaN", np.isnan), ("inf", np.isinf)) if test(array).any()
+            )
+            raise CheckpointError(
+                f"{path}: member {name!r} holds {bad:,} non-finite values ({kinds}); {consequence}"
+            )
 
 
 def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
@@ -258,6 +315,8 @@ def load(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: not a pipeline checkpoint (no layer {exc})") from None
     if members:
         raise CheckpointError(f"{path}: not a pipeline checkpoint (unknown {sorted(members)})")
+    named = {f"w{i}": w for i, w in enumerate(weights)} | {f"b{i}": b for i, b in enumerate(biases)}
+    check_finite(path, named | {STATE_PREFIX + k: a for k, a in state.items()}, "refused")
     for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
         if w.shape != meta.sizes[i : i + 2] or b.shape != (w.shape[1],) or b.dtype != w.dtype:
             raise CheckpointError(

@@ -41,6 +41,8 @@ def restore(trainer: Trainer, path: Path | None = None) -> Path | None:
     returns it."""
     path = path or trainer.rundir.newest_checkpoint()
     if path is None:
+        if trainer.writer:  # a run starting afresh: whatever a killed first try logged goes
+            trainer.metrics.load(0, trainer.metrics.sha256, of="a new run", cut=True)
         return None
     ckpt = checkpoint.load(path)
     meta = ckpt.meta
@@ -65,11 +67,20 @@ def restore(trainer: Trainer, path: Path | None = None) -> Path | None:
         raise CheckpointError(f"{path}: unusable loader or generator state ({exc})") from None
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    trainer.state = RunState(
-        network, meta.epoch, meta.step, meta.loss_sum, meta.samples, list(meta.history)
-    )
+    history = []  # the writer's: metrics.jsonl's lines of this checkpoint, what follows cut
     if trainer.writer:
-        trainer.rundir.write_metrics(trainer.state.history)
+        history = trainer.metrics.load(meta.epoch, meta.history_sha256, of=path.name, cut=True)
+    trainer.state = RunState(
+        network,
+        meta.epoch,
+        meta.step,
+        meta.loss_sum,
+        meta.samples,
+        history,
+        meta.seconds_total,
+        meta.best_epoch,
+        meta.best_accuracy,
+    )
     trainer.last = path
     return path
 

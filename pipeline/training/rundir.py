@@ -1,7 +1,7 @@
 """The run directory: the one module that knows its layout, naming, retention and locks.
 
     run.json          the config and the data it trains on (rewritten while no checkpoint exists)
-    metrics.jsonl     one line per finished epoch (rewritten from the newest checkpoint)
+    metrics.jsonl     one line per finished epoch, only ever appended (`Metrics`)
     checkpoints/
       checkpoint-e{epochs done:04d}-s{steps into the next epoch:07d}.npz
                       epoch ends are kept for good; of the mid-epoch ones only the newest
@@ -19,6 +19,7 @@ removes: only temporaries of the names that lock guards, so nobody deletes anoth
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, OutputError
-from pipeline.fsutil import TMP_SUFFIX, atomic_write_bytes, dir_lock
+from pipeline.fsutil import TMP_SUFFIX, atomic_write_bytes, dir_lock, fsync, open_regular
 from pipeline.training.config import TrainConfig
 
 RUN_FILE = "run.json"
@@ -39,6 +40,7 @@ CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
 REPORT_FILES = (REPORT_JSON, REPORT_MD, CONFUSION_PNG, CURVES_PNG)
 CHECKPOINT_NAME = re.compile(r"^checkpoint-e(?P<epoch>\d{4})-s(?P<step>\d{7})\.npz$")
 EVALUATED_NAME = re.compile(r"^evaluated-[0-9a-f]{16}\.npz$")
+MAX_RECORD_BYTES = 1 << 16  # a metrics.jsonl line: one epoch's few numbers
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
@@ -49,13 +51,6 @@ def is_kept(path: Path) -> bool:
     """Epoch-end checkpoints stay for good; mid-epoch ones are replaced by the next."""
     match = CHECKPOINT_NAME.match(path.name)
     return match is not None and int(match["step"]) == 0
-
-
-def best_epoch(history: Sequence[dict[str, Any]]) -> int | None:
-    """The epoch (1-based) with the best val accuracy, the earliest on a tie; None when the
-    run has no val split. Test accuracy never chooses."""
-    scored = [(r["val_accuracy"], -r["epoch"]) for r in history if "val_accuracy" in r]
-    return -max(scored)[1] if scored else None
 
 
 def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
@@ -176,9 +171,9 @@ class RunDir:
             self.path / RUN_FILE, (json.dumps(run.to_json(), indent=2) + "\n").encode()
         )
 
-    def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
-        lines = "".join(json.dumps(record) + "\n" for record in history)
-        atomic_write_bytes(self.path / METRICS_FILE, lines.encode())
+    @property
+    def metrics(self) -> Metrics:
+        return Metrics(self.path / METRICS_FILE)
 
     # --- checkpoints: naming and retention ------------------------------------------------------
 
@@ -210,3 +205,69 @@ class RunDir:
         self.checkpoints.mkdir(exist_ok=True)
         atomic_write_bytes(kept, data)
         return kept
+
+
+class Metrics:
+    """metrics.jsonl: one JSON line per finished epoch, only ever appended, so a run writes
+    each record once (a checkpoint carries none: its size does not grow with the epochs).
+
+    Each checkpoint carries the sha256 of the lines written before it, which proves which of
+    the file's lines are its history. A record is on disk (fsynced) before its epoch's
+    checkpoint is written, so those lines are always there; what lies beyond them (an epoch
+    logged just before a kill took its checkpoint, a line a kill left half-written) is cut when
+    a run resumes from that checkpoint (`load(..., cut=True)`), and its epoch logged again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sha256 = hashlib.sha256()  # of the lines so far
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    def load(self, epochs: int, sha256: str, *, of: str, cut: bool = False) -> list[dict[str, Any]]:
+        """The records of epochs 1..`epochs`: the file's first lines, which must hash to
+        `sha256` (the claim of the checkpoint `of`); the running sha256 goes on from them.
+        With `cut`, the file ends after them. ConfigError naming the file if it does not hold
+        them."""
+        records: list[dict[str, Any]] = []
+        self._sha256 = hashlib.sha256()
+        if not epochs and not self.path.exists():
+            return records
+        damaged = f"does not hold the {epochs} epochs' history of {of}"
+        with open_regular(self.path, error=ConfigError, missing=damaged) as f:
+            for epoch in range(1, epochs + 1):
+                line = f.readline(MAX_RECORD_BYTES)  # bounded: a line is a few numbers
+                self._sha256.update(line)
+                try:
+                    record = json.loads(line) if line.endswith(b"\n") else None
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict) or record.get("epoch") != epoch:
+                    raise ConfigError(
+                        f"{self.path}: line {epoch} is not epoch {epoch}'s record: {damaged}"
+                    )
+                records.append(record)
+            end = f.tell()
+        if self.sha256 != sha256:
+            raise ConfigError(f"{self.path}: its first {epochs} lines are other records: {damaged}")
+        if cut:
+            os.truncate(self.path, end)
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one epoch's record, on disk before the caller writes its checkpoint."""
+        line = (json.dumps(record) + "\n").encode()
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync(self.path.parent)  # its name too
+        self._sha256.update(line)
