@@ -152,7 +152,7 @@ def run(job: Job, hooks: Hooks | None = None, *, comm: Comm | None = None) -> Jo
     first writes the shard set if needed, all train and evaluate together."""
     from pipeline.report.evaluate import evaluate
     from pipeline.training import distributed
-    from pipeline.training.trainer import train
+    from pipeline.training.trainer import agree, train
 
     hooks, comm = hooks or Hooks(), comm or distributed.LOCAL
     job.config.check()  # before anything is written
@@ -161,6 +161,7 @@ def run(job: Job, hooks: Hooks | None = None, *, comm: Comm | None = None) -> Jo
     comm.barrier()  # the others wait for its shards, then read the same set
     if comm.rank != 0:
         manifest, prepared = shard_set(job, Hooks())
+    agree(comm, job.config, manifest)  # under MPI: every rank the same recipe and data
     samples = manifest.split("train").samples
     if job.config.batch_size > samples:  # refused: clamping would change the recipe silently
         raise ConfigError(
@@ -168,7 +169,9 @@ def run(job: Job, hooks: Hooks | None = None, *, comm: Comm | None = None) -> Jo
             param="batch_size",
             value=job.config.batch_size,
         )
-    if (doc := standing_report(job, manifest)) is not None:
+    # rank 0's answer for all: a rank left training while the others return would wait forever
+    doc = comm.broadcast(standing_report(job, manifest) if comm.rank == 0 else None)
+    if doc is not None:
         hooks.say(
             f"up to date: {job.run_dir} has trained {job.config.epochs} epochs and its report "
             "is of the last checkpoint; nothing written"

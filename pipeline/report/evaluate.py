@@ -22,7 +22,7 @@ from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetE
 from pipeline.fsutil import atomic_write_bytes
 from pipeline.nn.network import Network
 from pipeline.report.metrics import ClassificationReport, classification_report, confusion_matrix
-from pipeline.training import checkpoint
+from pipeline.training import checkpoint, distributed
 from pipeline.training.distributed import LOCAL, Comm
 from pipeline.training.rundir import (
     CHECKPOINT_DIR,
@@ -140,6 +140,9 @@ def evaluate(
         ckpt = checkpoint.load(run.checkpoint_path(best, 0))
     if manifest is None:
         manifest = load_manifest(_data_dir(run, data_dir))
+    claims: dict[str, object] = {"split": split, "data_dir": f"shard set {manifest.identity}"}
+    claims |= {"checkpoint_path": f"sha256 {ckpt.sha256}", "allow_other_data": allow_other_data}
+    distributed.agree(comm, claims)  # under MPI: every rank scores the same model and data
     sizes = ckpt.network.sizes
     if (sizes[0], sizes[-1]) != (manifest.features, manifest.n_classes):
         raise CheckpointError(
