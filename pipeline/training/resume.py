@@ -41,8 +41,8 @@ def restore(trainer: Trainer, path: Path | None = None) -> Path | None:
     returns it."""
     path = path or trainer.rundir.newest_checkpoint()
     if path is None:
-        if trainer.writer:  # a run starting afresh: whatever a killed first try logged goes
-            trainer.metrics.load(0, trainer.metrics.sha256, of="a new run", cut=True)
+        if trainer.writer:
+            trainer.metrics.start()
         return None
     ckpt = checkpoint.load(path)
     meta = ckpt.meta
@@ -67,7 +67,7 @@ def restore(trainer: Trainer, path: Path | None = None) -> Path | None:
         raise CheckpointError(f"{path}: unusable loader or generator state ({exc})") from None
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    history = []  # the writer's: metrics.jsonl's lines of this checkpoint, what follows cut
+    history: list[dict[str, Any]] = []  # the writer's: the checkpoint's lines; beyond them, cut
     if trainer.writer:
         history = trainer.metrics.load(meta.epoch, meta.history_sha256, of=path.name, cut=True)
     trainer.state = RunState(
@@ -76,10 +76,10 @@ def restore(trainer: Trainer, path: Path | None = None) -> Path | None:
         meta.step,
         meta.loss_sum,
         meta.samples,
-        history,
-        meta.seconds_total,
-        meta.best_epoch,
-        meta.best_accuracy,
+        history=history,
+        seconds_total=meta.seconds_total,
+        best_epoch=meta.best_epoch,
+        best_accuracy=meta.best_accuracy,
     )
     trainer.last = path
     return path

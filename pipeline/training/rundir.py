@@ -256,6 +256,10 @@ class Metrics:
             os.truncate(self.path, end)
         return records
 
+    def start(self) -> None:
+        """A run starting afresh (no checkpoint): whatever a killed first try logged goes."""
+        self.load(0, hashlib.sha256().hexdigest(), of="a new run", cut=True)
+
     def append(self, record: dict[str, Any]) -> None:
         """Add one epoch's record, on disk before the caller writes its checkpoint."""
         line = (json.dumps(record) + "\n").encode()
