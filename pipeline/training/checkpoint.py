@@ -231,7 +231,7 @@ def check_finite(path: Path, arrays: Mapping[str, np.ndarray], consequence: str)
                 k for k, test in (("NaN", np.isnan), ("inf", np.isinf)) if test(array).any()
             )
             raise CheckpointError(
-                f"{path}: member {name!r} holds {bad:,} non-finite values ({kinds}); {consequence}"
+                f"{path}: member {name!r} holds non-finite values ({bad:,} {kinds}); {consequence}"
             )
 
 
