@@ -19,7 +19,8 @@ from pipeline.data.shards import Manifest
 from pipeline.errors import CheckpointError
 from pipeline.training import checkpoint
 from pipeline.training import trainer as train
-from pipeline.training.checkpoint import MAX_FILE_BYTES, CheckpointMeta
+from pipeline.training.checkpoint import MAX_FILE_BYTES
+from pipeline.training.checkpoint_meta import CheckpointMeta
 from pipeline.training.config import TrainConfig
 
 TINY = TrainConfig(hidden=(4,), epochs=1, lr=1.0)

@@ -29,7 +29,7 @@ from pipeline.nn.recipe import RecipeStep, Spec
 from pipeline.nn.schedules import Schedule
 from pipeline.report.evaluate import EVAL_BATCH, confusion_on
 from pipeline.training import checkpoint, distributed
-from pipeline.training.checkpoint import CheckpointMeta
+from pipeline.training.checkpoint_meta import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 from pipeline.training.distributed import LOCAL, Comm
 from pipeline.training.rundir import RunDir
