@@ -201,3 +201,14 @@ def run_size_limited(limit: int, *args: str) -> subprocess.CompletedProcess[str]
         check=False,
         timeout=300,
     )
+
+
+@pytest.fixture(scope="session")
+def warm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's build step, once per session: `python -m pipeline.nn.warm` compiles every
+    kernel into a cache outside the package (from /, as the Dockerfile runs it). Read-only for
+    the tests: copy it to load from it (numba loads a cache only from a writable directory)."""
+    cache = tmp_path_factory.mktemp("numba-cache")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    subprocess.run([sys.executable, "-m", "pipeline.nn.warm"], env=env, check=True, cwd="/")
+    return cache
