@@ -25,6 +25,7 @@ PLAIN = {  # event -> its plain line
     "claimed": "run {path}",
     "trained": "trained: {checkpoint}{resumed}",
     "evaluated": "gate: accuracy {accuracy:.4f}, min {min_accuracy}: {verdict}",
+    "exported": "exported: {path}",
     "promoted": "promoted: {latest} -> {run}",
     "pruned": "pruned: {path}",
 }
@@ -48,6 +49,7 @@ def trigger(
     min_accuracy: float | None,
     keep: int,
     train_only: bool = False,
+    export: str | None = None,
 ) -> None:
     """One trigger: the set in `data` (an empty one prepared from `source` unless
     `train_only`), then its run."""
@@ -56,6 +58,10 @@ def trigger(
     from pipeline.data.shards import MANIFEST, load_manifest
 
     with friendly_errors(), views.display() as progress:
+        if export is not None:  # a missing extra is found before training, not after
+            from pipeline.deploy.onnx_export import require_onnx
+
+            require_onnx()
         if train_only or (data / MANIFEST).exists():  # a set there is used whatever its source
             manifest = load_manifest(data)
         else:
@@ -74,6 +80,7 @@ def trigger(
             min_accuracy=min_accuracy,
             keep=keep,
             train_only=train_only,
+            export=export,
             reporter=views.TrainView(progress, config.batch_size),
             on_event=_on_event,
         )

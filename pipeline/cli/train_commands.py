@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import views
+from pipeline.cli.deploy_commands import ScheduledExport
 from pipeline.cli.errors import EXIT_GATE, fail, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import (
@@ -166,6 +167,7 @@ def run(
     keep: Keep = 0,
     distributed_mode: Distributed = "auto",
     log_format: Logs = LogFormat.plain,
+    export: ScheduledExport = None,
     *,
     config: TrainConfig,
 ) -> None:
@@ -182,8 +184,11 @@ def run(
         from pipeline.cli.scheduled import trigger
 
         assert runs is not None
-        trigger(runs, data or runs / "shards", source, config, min_accuracy=min_accuracy, keep=keep)
+        shards = data or runs / "shards"
+        trigger(runs, shards, source, config, min_accuracy=min_accuracy, keep=keep, export=export)
         return
+    if export is not None:
+        raise fail("--export needs --runs (export a single run with pipeline export)", 2)
     assert run_dir is not None
 
     with friendly_errors():  # a bad --image-shape is one line

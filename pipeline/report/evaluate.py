@@ -20,12 +20,11 @@ from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
 from pipeline.fsutil import atomic_write_bytes
-from pipeline.nn.network import Network
+from pipeline.nn.network import Network, inference
 from pipeline.report.metrics import ClassificationReport, classification_report, confusion_matrix
 from pipeline.training import checkpoint, distributed
 from pipeline.training.distributed import LOCAL, Comm
 from pipeline.training.rundir import (
-    CHECKPOINT_DIR,
     CONFUSION_PNG,
     CURVES_PNG,
     REPORT_JSON,
@@ -33,6 +32,7 @@ from pipeline.training.rundir import (
     RUN_FILE,
     RunDir,
     epoch_accuracy,
+    history_of,
 )
 
 __all__ = ["EVAL_BATCH", "REPORT_MD", "Evaluation", "confusion_on", "evaluate"]
@@ -50,8 +50,9 @@ def confusion_on(network: Network, loader: Loader) -> np.ndarray:
     """(classes, classes) counts of (true, predicted) over one streamed pass of a split."""
     n = network.sizes[-1]
     confusion = np.zeros((n, n), np.int64)
-    for x, y in loader.epoch(0):  # x (batch, features), y (batch, classes) one-hot
-        confusion += confusion_matrix(y.argmax(axis=1), network.predict(x), n)
+    with inference():
+        for x, y in loader.epoch(0):  # x (batch, features), y (batch, classes) one-hot
+            confusion += confusion_matrix(y.argmax(axis=1), network.predict(x), n)
     return confusion
 
 
@@ -66,22 +67,6 @@ def _data_dir(run: RunDir, data_dir: Path | None) -> Path:
             value=None,
         )
     return Path(saved.data)
-
-
-def _history(ckpt: checkpoint.Checkpoint, *, strict: bool) -> list[dict[str, Any]]:
-    """The records of the epochs `ckpt` has trained, from its run's metrics.jsonl (its lines,
-    proved by the sha256 the checkpoint carries). A run's own history must be there (`strict`);
-    a checkpoint named from elsewhere (or a copy kept for a report) may have none."""
-    where = ckpt.path.parent
-    metrics = RunDir(where.parent).metrics
-    if not strict and (where.name != CHECKPOINT_DIR or not metrics.path.is_file()):
-        return []
-    try:
-        return metrics.load(ckpt.meta.epoch, ckpt.meta.history_sha256, of=ckpt.path.name)
-    except ConfigError:
-        if strict:
-            raise
-        return []
 
 
 def _check_same_data(ckpt: checkpoint.Checkpoint, manifest: Manifest, allow: bool) -> None:
@@ -133,7 +118,7 @@ def evaluate(
         raise CheckpointError(f"{run_dir}: holds no checkpoint; train first")
     ckpt = checkpoint.load(path)  # every array finite, or one line naming the member
     # the curves: the run's whole history (its newest checkpoint's), or the named checkpoint's
-    history = _history(ckpt, strict=checkpoint_path is None)
+    history = history_of(ckpt.path, ckpt.meta, strict=checkpoint_path is None)
     best = ckpt.meta.best_epoch
     if checkpoint_path is None and best and path != run.checkpoint_path(best, 0):
         # a run with a val split reports the epoch it chose by val accuracy, not its last

@@ -43,6 +43,7 @@ class CheckpointMeta:
     recipe: str = RECIPE
     dropout_counter: int = 0  # the dropout generator's position (pipeline.nn.recipe)
     created: str = ""
+    image_shape: tuple[int, ...] = ()  # (rows, cols[, 3]) of the data; () in older checkpoints
     # of the finished epochs' records (metrics.jsonl): all the training needs of them
     seconds_total: float = 0.0  # the last record's seconds_total
     best_epoch: int = 0  # the epoch (1-based) of the best val accuracy, earliest on a tie; 0: none
@@ -71,6 +72,7 @@ class CheckpointMeta:
             "dataset": self.dataset,
             "classes": list(self.classes),
             "created": self.created,
+            "image_shape": list(self.image_shape),
         }
 
     @classmethod
@@ -98,6 +100,9 @@ class CheckpointMeta:
         if len(history_sha256) != 64 or not set(history_sha256) <= set("0123456789abcdef"):
             raise ValueError(f"field 'history_sha256': {history_sha256[:40]!r} is not a sha256")
         classes = tuple(get("classes", list))
+        shape = tuple(doc.get("image_shape", ()))  # absent in checkpoints older than predict
+        if not all(isinstance(n, int) and n >= 1 for n in shape) or len(shape) not in (0, 2, 3):
+            raise ValueError(f"field 'image_shape': {shape!r} is not an image shape")
         if not all(isinstance(c, str) for c in classes):
             raise ValueError("field 'classes': not a list of names")
         return cls(
@@ -116,6 +121,7 @@ class CheckpointMeta:
             recipe=get("recipe", str),
             dropout_counter=get("dropout_counter", int) if "dropout_counter" in doc else 0,
             created=doc.get("created", "") if isinstance(doc.get("created"), str) else "",
+            image_shape=shape,
             seconds_total=get("seconds_total", float),
             best_epoch=best_epoch,
             best_accuracy=get("best_accuracy", float),

@@ -26,11 +26,14 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError, OutputError
 from pipeline.fsutil import TMP_SUFFIX, atomic_write_bytes, dir_lock, fsync, open_regular
 from pipeline.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from pipeline.training.checkpoint_meta import CheckpointMeta
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -275,3 +278,20 @@ class Metrics:
         if created:
             fsync(self.path.parent)  # its name too
         self._sha256.update(line)
+
+
+def history_of(path: Path, meta: CheckpointMeta, *, strict: bool) -> list[dict[str, Any]]:
+    """The records of the epochs the checkpoint at `path` has trained, from its run's
+    metrics.jsonl (the lines its sha256 vouches for). A run's own history must be there
+    (`strict`: else ConfigError naming the file); a checkpoint from elsewhere (a copy, one kept
+    for a report) may have none."""
+    where = path.parent
+    metrics = RunDir(where.parent).metrics
+    if not strict and (where.name != CHECKPOINT_DIR or not metrics.path.is_file()):
+        return []
+    try:
+        return metrics.load(meta.epoch, meta.history_sha256, of=path.name)
+    except ConfigError:
+        if strict:
+            raise
+        return []
