@@ -1,7 +1,7 @@
 """The training commands: `train` a run, `evaluate` it, `run` the whole job.
 
 Each translates its options into one library call (`pipeline.training.trainer.train`,
-`pipeline.report.evaluate.evaluate`, `pipeline.job.run`) and shows the result; with `--runs`,
+`pipeline.report.evaluate.evaluate`, `pipeline.runs.flow.run`) and shows the result; with `--runs`,
 `train` and `run` hand over to the scheduled mode (`scheduled.trigger`).
 """
 
@@ -28,7 +28,9 @@ from pipeline.cli.options import (
     command_line,
     train_options,
 )
+from pipeline.cli.watch import Terminal
 from pipeline.cli.world import Distributed, world
+from pipeline.events import Events
 from pipeline.training.config import TrainConfig
 
 
@@ -69,11 +71,13 @@ def train(
     from pipeline.training.rundir import epoch_accuracy
 
     views.log.use(log_format)
-    if _one_of(run_dir, runs) is None:  # the scheduled mode trains in one process
+    if _one_of(run_dir, runs) is None:
         from pipeline.cli.scheduled import trigger
+        from pipeline.runs import flow
 
         assert runs is not None
-        trigger(runs, data, None, config, min_accuracy=None, keep=0, train_only=True)
+        spec = flow.Job(run_dir=runs, config=config, data_dir=data)
+        trigger(runs, spec, keep=0, train_only=True, distributed_mode=distributed_mode)
         return
     assert run_dir is not None
 
@@ -82,8 +86,8 @@ def train(
         friendly_errors("rerun the same command with --resume"),
         views.display(comm) as progress,
     ):
-        view = views.TrainView(progress, config.batch_size)
-        result = trainer.train(data, run_dir, config, resume=resume, reporter=view, comm=comm)
+        events = Events(Terminal(progress)) if comm.rank == 0 else Events()
+        result = trainer.train(data, run_dir, config, resume=resume, events=events, comm=comm)
         if result.resumed_from is not None and comm.rank == 0:
             views.say(f"resumed from {result.resumed_from}")
     if comm.rank != 0:
@@ -175,39 +179,37 @@ def run(
 
     With --runs (the scheduled mode): the run of the data and recipe, up to date or brought up
     to date; a run passing the gate becomes RUNS/latest."""
-    from pipeline import job
     from pipeline.data import sources
     from pipeline.report.evaluate import REPORT_MD
+    from pipeline.runs import flow
 
     views.log.use(log_format)
-    if _one_of(run_dir, runs) is None:
-        from pipeline.cli.scheduled import trigger
-
-        assert runs is not None
-        shards = data or runs / "shards"
-        trigger(runs, shards, source, config, min_accuracy=min_accuracy, keep=keep, export=export)
-        return
-    if export is not None:
+    home = _one_of(run_dir, runs) or runs  # the run, or with --runs the directory of runs
+    assert home is not None
+    if runs is not None and data is None:
+        data = runs / "shards"
+    if runs is None and export is not None:
         raise fail("--export needs --runs (export a single run with pipeline export)", 2)
-    assert run_dir is not None
-
     with friendly_errors():  # a bad --image-shape is one line
-        spec = job.Job(
-            run_dir=run_dir,
+        spec = flow.Job(
+            run_dir=home,
             config=config,
             data_dir=data,
             source=source,
             image_shape=sources.parse_shape(image_shape) if image_shape else None,
             val_fraction=val_fraction,
+            min_accuracy=min_accuracy,
             command=command_line(),
         )
+    if runs is not None:
+        from pipeline.cli.scheduled import trigger
+
+        trigger(runs, spec, keep=keep, export=export, distributed_mode=distributed_mode)
+        return
+    assert run_dir is not None
     with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
-        hooks = job.Hooks(
-            say=views.say if comm.rank == 0 else job.Hooks.say,
-            prepare_progress=lambda totals: views.PrepareView(progress, totals),
-            reporter=views.TrainView(progress, config.batch_size),
-        )
-        result = job.run(spec, hooks, comm=comm)
+        events = Events(Terminal(progress)) if comm.rank == 0 else Events()
+        result = flow.run(spec, events, comm=comm)
     if comm.rank != 0:
         return
     if result.evaluation is not None:

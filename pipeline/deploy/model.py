@@ -23,7 +23,8 @@ from pipeline.data.pixels import NORMALIZATION, normalize
 from pipeline.errors import CheckpointError
 from pipeline.nn.losses import log_softmax
 from pipeline.training import checkpoint
-from pipeline.training.rundir import REPORT_JSON, RunDir, history_of
+from pipeline.training.history import history_of
+from pipeline.training.rundir import REPORT_JSON, RunDir
 
 LATEST = "latest"  # a runs directory's promoted run (pipeline.runs.LATEST)
 

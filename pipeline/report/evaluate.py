@@ -24,6 +24,7 @@ from pipeline.nn.network import Network, inference
 from pipeline.report.metrics import ClassificationReport, classification_report, confusion_matrix
 from pipeline.training import checkpoint, distributed
 from pipeline.training.distributed import LOCAL, Comm
+from pipeline.training.history import history_of
 from pipeline.training.rundir import (
     CONFUSION_PNG,
     CURVES_PNG,
@@ -32,7 +33,6 @@ from pipeline.training.rundir import (
     RUN_FILE,
     RunDir,
     epoch_accuracy,
-    history_of,
 )
 
 __all__ = ["EVAL_BATCH", "REPORT_MD", "Evaluation", "confusion_on", "evaluate"]

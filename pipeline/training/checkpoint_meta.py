@@ -1,7 +1,7 @@
 """What a checkpoint says about itself besides its arrays: `CheckpointMeta`, its `meta` member.
 
 Every field is validated on reading (`from_json`). A checkpoint's size does not grow with the
-run: the epochs' records live in the run's append-only metrics.jsonl (`rundir.Metrics`), and
+run: the epochs' records live in the run's append-only metrics.jsonl (`history.Metrics`), and
 the meta carries what training needs of them (the total seconds, the best val epoch) and the
 sha256 of their lines, which proves which lines of that file are its history. Format 1
 carried the whole history; it is still read (`_from_format_1`).

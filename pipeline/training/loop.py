@@ -16,13 +16,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest
 from pipeline.errors import CheckpointError, ConfigError, DivergedError, ShardSetError
+from pipeline.events import CHECKPOINT, EPOCH_ENDED, EPOCH_STARTED, STEP, Events
 from pipeline.nn.network import Network
 from pipeline.nn.optimizers import Hyper
 from pipeline.nn.recipe import RecipeStep, Spec
@@ -32,21 +33,8 @@ from pipeline.training import checkpoint, distributed
 from pipeline.training.checkpoint_meta import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 from pipeline.training.distributed import LOCAL, Comm
-from pipeline.training.rundir import RunDir
-
-
-class Reporter(Protocol):
-    """What the trainer tells a progress display; the CLI implements it with rich."""
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
-    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
-
-
-class Silent:
-    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
-    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
+from pipeline.training.history import Metrics
+from pipeline.training.rundir import METRICS_FILE, RunDir, stopped_early
 
 
 @dataclass
@@ -72,10 +60,10 @@ class Trainer:
         manifest: Manifest,
         run: RunDir,
         config: TrainConfig,
-        reporter: Reporter,
+        events: Events,
         comm: Comm = LOCAL,
     ) -> None:
-        self.manifest, self.rundir, self.config, self.reporter = manifest, run, config, reporter
+        self.manifest, self.rundir, self.config, self.events = manifest, run, config, events
         self.comm, self.writer = comm, comm.rank == 0
         self.reducer: distributed.GradientSum | None = None  # the Allreduce buffer, under MPI
         samples = manifest.split("train").samples
@@ -131,7 +119,7 @@ class Trainer:
             world_size=comm.size,
         )
         self.last: Path | None = None  # the newest checkpoint on disk
-        self.metrics = run.metrics  # metrics.jsonl, appended by rank 0 (see resume.restore)
+        self.metrics = Metrics(run.path / METRICS_FILE)  # appended by rank 0 (resume.restore)
         self.recipe = None if config.is_original else self.make_recipe(network)
         per_epoch = len(self.train_loader)
         self.schedule = Schedule(
@@ -168,7 +156,10 @@ class Trainer:
         """The rest of the current epoch, from the shards, in calls of many batches each."""
         state, config = self.state, self.config
         size, every = config.batch_size, config.checkpoint_every
-        self.reporter.start_epoch(state.epoch, config.epochs, len(self.train_loader), state.step)
+        steps = len(self.train_loader)
+        self.events.emit(
+            EPOCH_STARTED, epoch=state.epoch, epochs=config.epochs, steps=steps, done=state.step
+        )
         # a block of rows per call: the step's call overhead is paid once per ~1,000 batches
         group = max(1, self.train_loader.block_rows // size)
         for x, y in self.train_loader.epoch(state.epoch, start_batch=state.step, group=group):
@@ -189,7 +180,7 @@ class Trainer:
                 state.loss_sum = loss_sum
                 if every and state.step % every == 0 and state.step < len(self.train_loader):
                     self.save()
-            self.reporter.advance(state.step, state.samples, state.loss_sum)
+            self.events.emit(STEP, step=state.step, samples=state.samples, loss_sum=state.loss_sum)
 
     def _steps(self, x: np.ndarray, y: np.ndarray, batches: int, loss_sum: float) -> float:
         """`batches` consecutive steps over the global batches in x, y (locally, or each rank
@@ -212,8 +203,8 @@ class Trainer:
 
     def stop_early(self) -> bool:
         """`patience` epochs in a row without a better val accuracy than the best before."""
-        patience, state = self.config.patience, self.state
-        return bool(patience and state.best_epoch) and state.epoch - state.best_epoch >= patience
+        state = self.state  # every rank's (its history is rank 0's alone)
+        return stopped_early(state.epoch, state.best_epoch, self.config.patience)
 
     def end_epoch(self, seconds: float) -> None:
         """Score the val split (else test), log the epoch (before its checkpoint, which
@@ -233,11 +224,17 @@ class Trainer:
             state.best_epoch, state.best_accuracy = state.epoch + 1, accuracy
         state.history.append(record)
         state.seconds_total = record["seconds_total"]
+        # the lr of the epoch's last step; samples/s over this session's part of the epoch
+        lr = self.schedule.lr_at((state.epoch + 1) * len(self.train_loader) - 1)
+        rate = state.samples / seconds if seconds > 0 else 0.0
         state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
         if self.writer:
             self.metrics.append(record)
         self.save()
-        self.reporter.end_epoch(record)
+        metrics = {k: v for k, v in record.items() if k != "epoch"}
+        self.events.emit(
+            EPOCH_ENDED, epoch=record["epoch"], metrics={**metrics, "lr": lr, "samples_per_s": rate}
+        )
 
     def save(self) -> None:
         state = self.state
@@ -249,6 +246,7 @@ class Trainer:
         checkpoint.save(path, state.network, self._meta(), state=arrays)
         self.rundir.prune(newest=path)
         self.last = path
+        self.events.emit(CHECKPOINT, path=str(path), epoch=state.epoch, step=state.step)
 
     def _diverged(self, loss: float, steps: int) -> None:
         first = self.state.step + 1

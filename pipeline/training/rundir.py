@@ -1,7 +1,7 @@
 """The run directory: the one module that knows its layout, naming, retention and locks.
 
     run.json          the config and the data it trains on (rewritten while no checkpoint exists)
-    metrics.jsonl     one line per finished epoch, only ever appended (`Metrics`)
+    metrics.jsonl     one line per finished epoch, only ever appended (history.py)
     checkpoints/
       checkpoint-e{epochs done:04d}-s{steps into the next epoch:07d}.npz
                       epoch ends are kept for good; of the mid-epoch ones only the newest
@@ -19,21 +19,17 @@ removes: only temporaries of the names that lock guards, so nobody deletes anoth
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError, OutputError
-from pipeline.fsutil import TMP_SUFFIX, atomic_write_bytes, dir_lock, fsync, open_regular
+from pipeline.fsutil import TMP_SUFFIX, atomic_write_bytes, dir_lock
 from pipeline.training.config import TrainConfig
-
-if TYPE_CHECKING:
-    from pipeline.training.checkpoint_meta import CheckpointMeta
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -43,7 +39,7 @@ CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
 REPORT_FILES = (REPORT_JSON, REPORT_MD, CONFUSION_PNG, CURVES_PNG)
 CHECKPOINT_NAME = re.compile(r"^checkpoint-e(?P<epoch>\d{4})-s(?P<step>\d{7})\.npz$")
 EVALUATED_NAME = re.compile(r"^evaluated-[0-9a-f]{16}\.npz$")
-MAX_RECORD_BYTES = 1 << 16  # a metrics.jsonl line: one epoch's few numbers
+T = TypeVar("T")
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
@@ -56,10 +52,44 @@ def is_kept(path: Path) -> bool:
     return match is not None and int(match["step"]) == 0
 
 
+def best_epoch(history: Sequence[dict[str, Any]]) -> int | None:
+    """The epoch (1-based) with the best val accuracy, the earliest on a tie; None when the
+    run has no val split. Test accuracy never chooses. (Training keeps it as it goes: the
+    checkpoint's `best_epoch`.)"""
+    scored = [(r["val_accuracy"], -r["epoch"]) for r in history if "val_accuracy" in r]
+    return -max(scored)[1] if scored else None
+
+
+def stopped_early(epochs: int, best: int | None, patience: int) -> bool:
+    """`patience` epochs in a row without a better val accuracy than the best (epoch `best`,
+    None or 0: no val split) before them, after `epochs` epochs."""
+    return patience > 0 and bool(best) and epochs - (best or 0) >= patience
+
+
 def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
     """The split an epoch record was scored on ("val" when the set has one) and its accuracy."""
     split = "val" if "val_accuracy" in record else "test"
     return split, float(record[f"{split}_accuracy"])
+
+
+def read_json(path: Path, parse: Callable[[object], T], what: str, hint: str = "") -> T | None:
+    """A JSON file of the run, parsed by `parse` (which raises ValueError naming the field at
+    fault); None if there is none. Strict JSON: NaN and Infinity are not numbers here.
+    Raises ConfigError naming the file for one that cannot be read or is not `what`."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return parse(json.loads(text, parse_constant=_not_a_number))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not {what} ({exc}){hint}") from None
+
+
+def _not_a_number(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
 
 
 @dataclass(frozen=True)
@@ -157,26 +187,12 @@ class RunDir:
     # --- run.json and metrics.jsonl -----------------------------------------------------------
 
     def read_run_file(self) -> RunFile | None:
-        path = self.path / RUN_FILE
-        try:
-            text = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-        try:
-            return RunFile.from_json(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}: not a readable run file ({exc})") from None
+        return read_json(self.path / RUN_FILE, RunFile.from_json, "a readable run file")
 
     def write_run_file(self, run: RunFile) -> None:
         atomic_write_bytes(
             self.path / RUN_FILE, (json.dumps(run.to_json(), indent=2) + "\n").encode()
         )
-
-    @property
-    def metrics(self) -> Metrics:
-        return Metrics(self.path / METRICS_FILE)
 
     # --- checkpoints: naming and retention ------------------------------------------------------
 
@@ -208,90 +224,3 @@ class RunDir:
         self.checkpoints.mkdir(exist_ok=True)
         atomic_write_bytes(kept, data)
         return kept
-
-
-class Metrics:
-    """metrics.jsonl: one JSON line per finished epoch, only ever appended, so a run writes
-    each record once (a checkpoint carries none: its size does not grow with the epochs).
-
-    Each checkpoint carries the sha256 of the lines written before it, which proves which of
-    the file's lines are its history. A record is on disk (fsynced) before its epoch's
-    checkpoint is written, so those lines are always there; what lies beyond them (an epoch
-    logged just before a kill took its checkpoint, a line a kill left half-written) is cut when
-    a run resumes from that checkpoint (`load(..., cut=True)`), and its epoch logged again.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._sha256 = hashlib.sha256()  # of the lines so far
-
-    @property
-    def sha256(self) -> str:
-        return self._sha256.hexdigest()
-
-    def load(self, epochs: int, sha256: str, *, of: str, cut: bool = False) -> list[dict[str, Any]]:
-        """The records of epochs 1..`epochs`: the file's first lines, which must hash to
-        `sha256` (the claim of the checkpoint `of`); the running sha256 goes on from them.
-        With `cut`, the file ends after them. ConfigError naming the file if it does not hold
-        them."""
-        records: list[dict[str, Any]] = []
-        self._sha256 = hashlib.sha256()
-        if not epochs and not self.path.exists():
-            return records
-        damaged = f"does not hold the {epochs} epochs' history of {of}"
-        with open_regular(self.path, error=ConfigError, missing=damaged) as f:
-            for epoch in range(1, epochs + 1):
-                line = f.readline(MAX_RECORD_BYTES)  # bounded: a line is a few numbers
-                self._sha256.update(line)
-                try:
-                    record = json.loads(line) if line.endswith(b"\n") else None
-                except ValueError:
-                    record = None
-                if not isinstance(record, dict) or record.get("epoch") != epoch:
-                    raise ConfigError(
-                        f"{self.path}: line {epoch} is not epoch {epoch}'s record: {damaged}"
-                    )
-                records.append(record)
-            end = f.tell()
-        if self.sha256 != sha256:
-            raise ConfigError(f"{self.path}: its first {epochs} lines are other records: {damaged}")
-        if cut:
-            os.truncate(self.path, end)
-        return records
-
-    def start(self) -> None:
-        """A run starting afresh (no checkpoint): whatever a killed first try logged goes."""
-        self.load(0, hashlib.sha256().hexdigest(), of="a new run", cut=True)
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Add one epoch's record, on disk before the caller writes its checkpoint."""
-        line = (json.dumps(record) + "\n").encode()
-        created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            written = 0
-            while written < len(line):
-                written += os.write(fd, line[written:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if created:
-            fsync(self.path.parent)  # its name too
-        self._sha256.update(line)
-
-
-def history_of(path: Path, meta: CheckpointMeta, *, strict: bool) -> list[dict[str, Any]]:
-    """The records of the epochs the checkpoint at `path` has trained, from its run's
-    metrics.jsonl (the lines its sha256 vouches for). A run's own history must be there
-    (`strict`: else ConfigError naming the file); a checkpoint from elsewhere (a copy, one kept
-    for a report) may have none."""
-    where = path.parent
-    metrics = RunDir(where.parent).metrics
-    if not strict and (where.name != CHECKPOINT_DIR or not metrics.path.is_file()):
-        return []
-    try:
-        return metrics.load(meta.epoch, meta.history_sha256, of=path.name)
-    except ConfigError:
-        if strict:
-            raise
-        return []
