@@ -42,9 +42,11 @@ Distributed = Annotated[
 def world(mode: str) -> Iterator[Comm]:
     """The MPI world for `--distributed MODE` (one process unless launched under MPI). Under
     MPI, SIGTERM or SIGINT stops every rank after the same step (communicator.request_stop);
-    a rank that fails alone stops cleanly (its files are atomic) and then aborts the job, so
-    no rank waits forever for it in a collective."""
+    ranks given different arguments all refuse together, rank 0 alone saying why
+    (communicator.agree); a rank that fails alone stops cleanly (its files are atomic) and then
+    aborts the job, so no rank waits forever for it in a collective."""
     from pipeline import communicator
+    from pipeline.cli.errors import exit_code
 
     with friendly_errors():
         comm = communicator.connect(mode)
@@ -58,6 +60,8 @@ def world(mode: str) -> Iterator[Comm]:
         if exc.exit_code and not communicator.stop_agreed():
             comm.abort(exc.exit_code)
         raise
+    except communicator.Refused as exc:  # rank 0 says why; this rank ends as it does
+        raise typer.Exit(exit_code(exc.error)) from None
     except BaseException:  # a bug: show it, then end the other ranks too
         traceback.print_exc()
         comm.abort(EXIT_ERROR)

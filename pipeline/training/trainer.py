@@ -1,7 +1,8 @@
 """The train stage: stream batches from the shards through the network, checkpointing as it goes.
 
-    train()          open the run directory (its lock), refuse what cannot be resumed,
-                     write run.json, agree on the start under MPI, run the loop
+    train()          agree on the arguments under MPI, open the run directory (its lock),
+                     refuse what cannot be resumed, write run.json, agree on the start, run
+                     the loop
     resume.py        what must match to continue a checkpoint; restoring it; the start position
     loop.py          `Trainer`: the network, the loaders, the epoch loop, the checkpoints
 
@@ -10,7 +11,7 @@ file is replaced atomically, so a run killed at any instant resumes from its new
 checkpoint and ends bit-identical to a run that was never interrupted, every recorded
 number included (a checkpoint holds the optimizer's state and the dropout generator's
 position too). A directory with no checkpoint yet holds no run: it starts afresh.
-Under MPI (`comm`, see distributed.py) every rank trains its share of each global batch and
+Under MPI (`comm`, pipeline/communicator.py) every rank trains its share of each global batch and
 rank 0 alone writes the run.
 
 The step (`step.make_step`) is the original recipe's compiled kernel where it is exact, the
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline import communicator
 from pipeline.communicator import LOCAL, Comm
 from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError
@@ -61,8 +63,9 @@ def train(
     caller opened it (`integrity.open_set`: verified, under its reader lock), or its
     directory, opened here. `events` hears RUN_STARTED, then each epoch, step and checkpoint."""
     config.check()
-    check_batch(config.batch_size, comm)
     manifest = data if isinstance(data, Manifest) else load_manifest(data)
+    agree(comm, config, manifest)
+    check_batch(config.batch_size, comm)
     run = RunDir(run_dir)
     if comm.rank != 0:  # a follower: trains its share, writes nothing
         return _train_follower(manifest, run, config, comm)
@@ -72,6 +75,13 @@ def train(
             return _train_locked(manifest, run, config, resume, events or Events(), comm)
     except OSError as exc:  # a full disk, a read-only volume: whatever the OS refused
         raise OutputError(f"{run_dir}: cannot write the run ({exc})") from None
+
+
+def agree(comm: Comm, config: TrainConfig, manifest: Manifest) -> None:
+    """Under MPI, before the first step: every rank trains the same resolved config (every
+    field, `epochs` too: ranks that differ there would leave one waiting forever) on data of
+    the same identity (node-local copies of a set may sit at other paths)."""
+    communicator.agree(comm, {**config.to_json(), "data_dir": f"shard set {manifest.identity}"})
 
 
 def _train_locked(
