@@ -63,7 +63,7 @@ class Optimizer:
         self, params: list[np.ndarray], grads: list[np.ndarray], lr: float, half: int | None = None
     ) -> None:
         """Update every parameter's elements, or `half` of them (two threads update one half
-        each: `pipeline.nn.recipe`); element by element, so the split never changes a bit."""
+        each: `pipeline.nn.general_step`); element by element, so the split never changes a bit."""
         h = self.settings
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             wd = h.weight_decay if p.ndim == 2 else 0.0  # weights decay, biases do not
