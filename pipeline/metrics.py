@@ -8,15 +8,26 @@ the report, which share it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from pipeline.nn.network import inference
-
 EVAL_BATCH = 1000  # rows per forward pass when scoring a split
+
+
+@contextlib.contextmanager
+def inference() -> Iterator[None]:
+    """Scoring and predicting run their products on one BLAS thread: on a shared machine
+    OpenBLAS's threads wait on each other's cores (README, "Using the model": measured).
+    One rule for `evaluate` and `predict`, so the two compute the same bits for the same
+    batches."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
 
 
 class Classifier(Protocol):

@@ -21,8 +21,8 @@ from pipeline.data.shards import Manifest
 from pipeline.deploy import inputs
 from pipeline.deploy.model import Model
 from pipeline.errors import CheckpointError, SourceError
-from pipeline.metrics import EVAL_BATCH, classification_report, confusion_on
-from pipeline.nn.network import Network, inference
+from pipeline.metrics import EVAL_BATCH, classification_report, confusion_on, inference
+from pipeline.nn.network import Network
 from pipeline.training import checkpoint
 from tests.conftest import one_line_error
 

@@ -19,8 +19,7 @@ import numpy as np
 
 from pipeline.deploy.inputs import Batch
 from pipeline.deploy.model import Model
-from pipeline.metrics import EVAL_BATCH
-from pipeline.nn.network import inference
+from pipeline.metrics import EVAL_BATCH, inference
 
 BATCH = EVAL_BATCH  # rows per forward pass: evaluate's, so the bits are evaluate's
 

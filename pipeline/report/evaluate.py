@@ -111,10 +111,10 @@ def evaluate(
     ckpt = checkpoint.load(path)  # every array finite, or one line naming the member
     # the curves: the run's whole history (its newest checkpoint's), or the named checkpoint's
     history = history_of(ckpt.path, ckpt.meta, strict=checkpoint_path is None)
-    best = ckpt.meta.best_epoch
-    if checkpoint_path is None and best and path != run.checkpoint_path(best, 0):
+    chosen = run.chosen_checkpoint(ckpt.meta.best_epoch, path)
+    if checkpoint_path is None and chosen != path:
         # a run with a val split reports the epoch it chose by val accuracy, not its last
-        ckpt = checkpoint.load(run.checkpoint_path(best, 0))
+        ckpt = checkpoint.load(chosen)
     if manifest is None:
         manifest = load_manifest(_data_dir(run, data_dir))
     claims: dict[str, object] = {"split": split, "data_dir": f"shard set {manifest.identity}"}

@@ -149,7 +149,7 @@ def standing_report(
         doc: dict[str, Any] = json.loads((run_dir / REPORT_JSON).read_bytes())
         history, saved = doc["history"], TrainConfig.from_json(doc["model"]["config"]).to_json()
         best = best_epoch(history)
-        chosen = run.checkpoint_path(best or epoch, 0)
+        chosen = run.chosen_checkpoint(best, run.checkpoint_path(epoch, 0))
         standing = (
             doc["split"] == "test"
             and doc["dataset"]["manifest_sha256"] == manifest.identity

@@ -20,26 +20,28 @@ from typing import Any
 import numpy as np
 
 from pipeline.communicator import LOCAL, Comm
-from pipeline.data.loader import Loader
+from pipeline.data.loader import Loader, LoaderState
 from pipeline.data.shards import Manifest
 from pipeline.errors import CheckpointError, ConfigError, DivergedError, ShardSetError
 from pipeline.events import CHECKPOINT, EPOCH_ENDED, EPOCH_STARTED, STEP, Events
 from pipeline.metrics import EVAL_BATCH, confusion_on
 from pipeline.nn.network import Network
 from pipeline.nn.schedules import Schedule
+from pipeline.nn.step import StepState
 from pipeline.training import checkpoint
 from pipeline.training.checkpoint_meta import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 from pipeline.training.history import Metrics
-from pipeline.training.rundir import METRICS_FILE, RunDir, stopped_early
+from pipeline.training.rundir import METRICS_FILE, RunDir, improves, stopped_early
 from pipeline.training.step import make_step
 
 
 @dataclass
 class RunState:
-    """The mutable part of a run, saved in every checkpoint."""
+    """The mutable part of a run: what every checkpoint saves and a run starts from."""
 
     network: Network
+    rng: dict[str, Any]  # the run's generator state (numpy bit_generator.state)
     epoch: int = 0  # epochs finished
     step: int = 0  # batches done in the current epoch
     loss_sum: float = 0.0  # summed loss over those batches
@@ -48,56 +50,73 @@ class RunState:
     seconds_total: float = 0.0  # the finished epochs' training time
     best_epoch: int = 0  # of the best val accuracy (earliest on a tie); 0: none (no val split)
     best_accuracy: float = 0.0
+    step_state: StepState = field(default_factory=StepState)  # optimizer buffers, dropout
+    # loaded from a checkpoint: where the loader stood, the history's sha256, the file itself
+    loader: dict[str, Any] | None = None
+    history_sha256: str = ""
+    checkpoint: Path | None = None
+
+
+def check_fits(config: TrainConfig, manifest: Manifest) -> list[int]:
+    """The layer sizes of `config`'s network on `manifest`, refused if they cannot train:
+    before any array is allocated for them."""
+    samples = manifest.split("train").samples
+    if samples == 0:
+        raise ShardSetError(f"{manifest.directory}: the train split is empty: nothing to train on")
+    if config.batch_size > samples:  # refused, not clamped: the config is what runs
+        raise ConfigError(
+            f"larger than the {samples} samples of {manifest.name}'s train split",
+            param="batch_size",
+            value=config.batch_size,
+        )
+    sizes = [manifest.features, *config.hidden, manifest.n_classes]
+    if sum(a * b + b for a, b in itertools.pairwise(sizes)) > MAX_PARAMETERS:
+        raise ConfigError(
+            f"a {'-'.join(map(str, sizes))} network has more than the "
+            f"{MAX_PARAMETERS:,} parameters this project builds",
+            param="hidden",
+            value=list(config.hidden),
+        )
+    return sizes
+
+
+def fresh_state(config: TrainConfig, manifest: Manifest) -> RunState:
+    """A new run: weights drawn from the seed, at epoch 0."""
+    sizes = check_fits(config, manifest)
+    rng = np.random.default_rng(config.seed)
+    try:
+        network = Network.initialize(
+            sizes,
+            rng=rng,
+            std=config.init_std,
+            dtype=config.dtype,
+            init=config.init,
+            activation=config.activation,
+            loss=config.loss,
+        )
+    except MemoryError:
+        raise ConfigError(
+            "the network does not fit in memory", param="hidden", value=list(config.hidden)
+        ) from None
+    return RunState(network, dict(rng.bit_generator.state))
 
 
 class Trainer:
-    """One run: the network and its position, the loaders, and the checkpoints they go to."""
+    """One run from its state (`fresh_state`, or `resume.load_state`): the network and its
+    position, its step, the loaders, and the checkpoints they go to."""
 
     def __init__(
         self,
         manifest: Manifest,
         run: RunDir,
         config: TrainConfig,
+        state: RunState,
         events: Events,
         comm: Comm = LOCAL,
     ) -> None:
         self.manifest, self.rundir, self.config, self.events = manifest, run, config, events
         self.comm, self.writer = comm, comm.rank == 0
-        samples = manifest.split("train").samples
-        if samples == 0:
-            raise ShardSetError(
-                f"{manifest.directory}: the train split is empty: nothing to train on"
-            )
-        if config.batch_size > samples:  # refused, not clamped: the config is what runs
-            raise ConfigError(
-                f"larger than the {samples} samples of {manifest.name}'s train split",
-                param="batch_size",
-                value=config.batch_size,
-            )
-        sizes = [manifest.features, *config.hidden, manifest.n_classes]
-        if sum(a * b + b for a, b in itertools.pairwise(sizes)) > MAX_PARAMETERS:
-            raise ConfigError(
-                f"a {'-'.join(map(str, sizes))} network has more than the "
-                f"{MAX_PARAMETERS:,} parameters this project builds",
-                param="hidden",
-                value=list(config.hidden),
-            )
-        self.rng = np.random.default_rng(config.seed)
-        try:
-            network = Network.initialize(
-                sizes,
-                rng=self.rng,
-                std=config.init_std,
-                dtype=config.dtype,
-                init=config.init,
-                activation=config.activation,
-                loss=config.loss,
-            )
-        except MemoryError:
-            raise ConfigError(
-                "the network does not fit in memory", param="hidden", value=list(config.hidden)
-            ) from None
-        self.state = RunState(network)
+        check_fits(config, manifest)
         self.train_loader = Loader(
             manifest,
             "train",
@@ -115,9 +134,6 @@ class Trainer:
             rank=comm.rank,
             world_size=comm.size,
         )
-        self.last: Path | None = None  # the newest checkpoint on disk
-        self.metrics = Metrics(run.path / METRICS_FILE)  # appended by rank 0 (resume.restore)
-        self.step = make_step(config, network, comm)
         per_epoch = len(self.train_loader)
         self.schedule = Schedule(
             config.schedule,
@@ -128,6 +144,33 @@ class Trainer:
             step_epochs=config.step_epochs,
             gamma=config.step_gamma,
         )
+        self.state = state
+        self.step = make_step(config, state.network, comm)
+        self.last = state.checkpoint  # the newest checkpoint on disk
+        self.metrics = Metrics(run.path / METRICS_FILE)  # appended by rank 0
+        if state.checkpoint is not None:
+            self._continue(state.checkpoint)
+        elif self.writer:
+            self.metrics.start()
+
+    def _continue(self, path: Path) -> None:
+        """Take up a loaded state: its loader position, its step's state and (rank 0) the
+        history its checkpoint proves, cutting whatever a killed run logged beyond it."""
+        state, steps = self.state, len(self.train_loader)
+        if state.step > steps:
+            raise CheckpointError(f"{path}: step {state.step} of a {steps}-step epoch")
+        try:
+            loader = LoaderState(**state.loader or {})
+            self.train_loader.check_state(loader, state.epoch, state.step)
+            self.step.load_state(state.step_state)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: unusable loader or generator state ({exc})") from None
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        if self.writer:
+            state.history = self.metrics.load(
+                state.epoch, state.history_sha256, of=path.name, cut=True
+            )
 
     def run(self) -> Path:
         """Train up to `config.epochs`; returns the final checkpoint."""
@@ -137,8 +180,7 @@ class Trainer:
             self.end_epoch(time.perf_counter() - started)
         if self.last is None:
             raise CheckpointError(f"{self.rundir.checkpoints}: no checkpoint written")
-        best = self.state.best_epoch  # by val accuracy, when there is a val split
-        return self.rundir.checkpoint_path(best, 0) if best else self.last
+        return self.rundir.chosen_checkpoint(self.state.best_epoch, self.last)
 
     def train_epoch(self) -> None:
         """The rest of the current epoch, from the shards, in calls of many batches each."""
@@ -200,7 +242,7 @@ class Trainer:
             "seconds": round(seconds, 3),
             "seconds_total": round(state.seconds_total + seconds, 3),
         }
-        if self.scored_split == "val" and (not state.best_epoch or accuracy > state.best_accuracy):
+        if self.scored_split == "val" and improves(accuracy, state.best_epoch, state.best_accuracy):
             state.best_epoch, state.best_accuracy = state.epoch + 1, accuracy
         state.history.append(record)
         state.seconds_total = record["seconds_total"]
@@ -247,7 +289,7 @@ class Trainer:
             loss_sum=state.loss_sum,
             samples=state.samples,
             loader=asdict(self.train_loader.state(state.epoch, state.step)),
-            rng=dict(self.rng.bit_generator.state),
+            rng=state.rng,
             data_identity=manifest.identity,
             dataset=manifest.name,
             classes=tuple(manifest.classes),

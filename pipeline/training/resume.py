@@ -2,9 +2,9 @@
 
 A checkpoint is continued only on the shard set it was trained on and with the same config
 (but for `TrainConfig.RESUMABLE` fields, as `epochs`): run.json and the checkpoint itself are
-both checked. `restore` then puts the network, the loader's and the dropout generator's
-positions and the optimizer's buffers back into a `Trainer`; `position` is what every rank
-must agree on before the first step (the followers compare it with rank 0's).
+both checked. `load_state` reads the state a `Trainer` is built from (the network, the
+loader's and the dropout generator's positions, the optimizer's buffers); `position` is what
+every rank must agree on before the first step (the followers compare it with rank 0's).
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.communicator import digest
-from pipeline.data.loader import LoaderState
 from pipeline.data.shards import Manifest
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.nn.step import StepState
 from pipeline.training import checkpoint
 from pipeline.training.config import TrainConfig
-from pipeline.training.loop import RunState, Trainer
-from pipeline.training.step import make_step
+from pipeline.training.loop import RunState, Trainer, check_fits, fresh_state
 
 
 def check_compatible(
@@ -39,61 +39,53 @@ def check_compatible(
         raise ConfigError(f"{where}: cannot resume with a different config ({diffs})")
 
 
-def restore(trainer: Trainer, path: Path | None = None) -> Path | None:
-    """Continue `trainer` from `path` [default: the newest checkpoint, if there is one];
-    returns it."""
-    path = path or trainer.rundir.newest_checkpoint()
-    if path is None:
-        if trainer.writer:
-            trainer.metrics.start()
-        return None
-    ckpt = checkpoint.load(path)
+def start_state(path: Path | None, config: TrainConfig, manifest: Manifest) -> RunState:
+    """Where a run starts: the checkpoint at `path` (`load_state`), or afresh (None)."""
+    return fresh_state(config, manifest) if path is None else load_state(path, config, manifest)
+
+
+def load_state(path: Path, config: TrainConfig, manifest: Manifest) -> RunState:
+    """The state the checkpoint at `path` saved, for a run of `config` on `manifest`: its own
+    config and data must match (not only run.json's), its network must be the one `config`
+    builds on `manifest`."""
+    sizes = check_fits(config, manifest)
+    ckpt = checkpoint.load(path)  # every array finite, or one line naming it
     meta = ckpt.meta
-    # the checkpoint's own config and data, not only run.json's, must match
-    check_compatible(path, meta.data_identity, meta.config, trainer.config, trainer.manifest)
-    network, fresh = ckpt.network, trainer.state.network
-    if network.sizes != fresh.sizes or network.dtype != fresh.dtype:
+    check_compatible(path, meta.data_identity, meta.config, config, manifest)
+    network = ckpt.network
+    if network.sizes != sizes or str(network.dtype) != config.dtype:
         raise CheckpointError(
-            f"{path}: layers {network.sizes} {network.dtype} do not fit {fresh.sizes} {fresh.dtype}"
+            f"{path}: layers {network.sizes} {network.dtype} do not fit {sizes} {config.dtype}"
         )
-    steps = len(trainer.train_loader)
-    if meta.step > steps:
-        raise CheckpointError(f"{path}: step {meta.step} of a {steps}-step epoch")
     try:
-        trainer.train_loader.check_state(LoaderState(**meta.loader), meta.epoch, meta.step)
-        trainer.rng.bit_generator.state = meta.rng
-        trainer.step = make_step(trainer.config, network, trainer.comm)
         step_count = int(meta.optimizer["step_count"])
-        trainer.step.load_state(StepState(ckpt.state, step_count, meta.dropout_counter))
+        np.random.default_rng().bit_generator.state = meta.rng  # a state numpy accepts
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unusable loader or generator state ({exc})") from None
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    history: list[dict[str, Any]] = []  # the writer's: the checkpoint's lines; beyond them, cut
-    if trainer.writer:
-        history = trainer.metrics.load(meta.epoch, meta.history_sha256, of=path.name, cut=True)
-    trainer.state = RunState(
+        raise CheckpointError(f"{path}: unusable optimizer or generator state ({exc})") from None
+    return RunState(
         network,
+        meta.rng,
         meta.epoch,
         meta.step,
         meta.loss_sum,
         meta.samples,
-        history=history,
         seconds_total=meta.seconds_total,
         best_epoch=meta.best_epoch,
         best_accuracy=meta.best_accuracy,
+        step_state=StepState(ckpt.state, step_count, meta.dropout_counter),
+        loader=meta.loader,
+        history_sha256=meta.history_sha256,
+        checkpoint=path,
     )
-    trainer.last = path
-    return path
 
 
-def position(trainer: Trainer, resumed_from: Path | None) -> dict[str, Any]:
+def position(trainer: Trainer) -> dict[str, Any]:
     """Where training starts: what every rank must agree on before the first step."""
     network, step = trainer.state.network, trainer.step.state()
     # the weights, the optimizer's buffers and the dropout generator's position
     state = [*network.weights, *network.biases, *(v for _, v in sorted(step.arrays.items()))]
     return {
-        "checkpoint": resumed_from.name if resumed_from else None,
+        "checkpoint": trainer.state.checkpoint.name if trainer.state.checkpoint else None,
         "epoch": trainer.state.epoch,
         "step": trainer.state.step,
         "dropout_counter": step.dropout_counter,

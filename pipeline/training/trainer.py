@@ -35,7 +35,7 @@ from pipeline.events import RUN_STARTED, Events
 from pipeline.nn.network import Network
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import Trainer
-from pipeline.training.resume import check_compatible, position, restore
+from pipeline.training.resume import check_compatible, position, start_state
 from pipeline.training.rundir import RUN_FILE, RunDir, RunFile
 from pipeline.training.step import check_batch
 
@@ -101,15 +101,15 @@ def _train_locked(
         )
     if newest is not None and saved is not None:
         check_compatible(run.path / RUN_FILE, saved.data_identity, saved.config, config, manifest)
-    # before run.json: bad input leaves none
-    trainer = Trainer(manifest, run, config, events, comm)
-    resumed_from = restore(trainer)  # the checkpoint's own config and data are checked too
+    # before run.json: bad input leaves none; the checkpoint's own config and data are checked
+    trainer = Trainer(manifest, run, config, start_state(newest, config, manifest), events, comm)
+    resumed_from = newest
     if newest is None or saved is None:  # a new run, one that failed before its first
         # checkpoint (started again with this config), or one whose run.json was lost
         created = datetime.now(UTC).isoformat(timespec="seconds")
         data = str(manifest.directory.resolve())
         run.write_run_file(RunFile(config, manifest.identity, data, manifest.name, created))
-    comm.broadcast(position(trainer, resumed_from))  # the followers start from here
+    comm.broadcast(position(trainer))  # the followers start from here
     events.emit(
         RUN_STARTED,
         run=run.path.name,
@@ -131,11 +131,12 @@ def _train_follower(
 ) -> TrainResult:
     """Rank > 0: start where rank 0 starts (its checkpoint, read from the shared run
     directory), prove it by comparing positions and weight digests, then train in step."""
-    trainer = Trainer(manifest, run, config, Events(), comm)
     expected = comm.broadcast(None)
     name = expected["checkpoint"]
-    resumed_from = restore(trainer, run.checkpoints / name if name else None)
-    mine = position(trainer, resumed_from)
+    resumed_from = run.checkpoints / name if name else None
+    state = start_state(resumed_from, config, manifest)
+    trainer = Trainer(manifest, run, config, state, Events(), comm)
+    mine = position(trainer)
     if mine != expected:
         raise CheckpointError(
             f"{run.path}: rank {comm.rank} would start from {mine} but rank 0 from {expected}; "
