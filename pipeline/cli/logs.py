@@ -51,6 +51,13 @@ class Log:
         else:
             print(f"error: {message}" if event == "error" else message, file=sys.stderr, flush=True)
 
+    def warning(self, message: str) -> None:
+        """One line on stderr: `warning: ...`, or a JSON warning event; the work goes on."""
+        if self.json:
+            self._json("warning", {"message": message}, sys.stderr)
+        else:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+
     def _json(self, event: str, fields: dict[str, Any], stream: Any) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         doc = {"event": event, "time": now, **self.context, **fields}

@@ -27,6 +27,15 @@ from pipeline.cli.options import (
     command_line,
     train_options,
 )
+from pipeline.cli.tracking import (
+    Mlflow,
+    MlflowExperiment,
+    MlflowRequired,
+    TrackedView,
+    Tracking,
+    evaluated,
+    tracker,
+)
 from pipeline.cli.world import Distributed, world
 from pipeline.training.config import TrainConfig
 
@@ -58,6 +67,9 @@ def train(
     ] = False,
     distributed_mode: Distributed = "auto",
     log_format: Logs = LogFormat.plain,
+    mlflow: Mlflow = None,
+    mlflow_experiment: MlflowExperiment = None,
+    mlflow_required: MlflowRequired = False,
     *,
     config: TrainConfig,
 ) -> None:
@@ -79,9 +91,11 @@ def train(
     with (
         world(distributed_mode) as comm,
         friendly_errors("rerun the same command with --resume"),
+        tracker(Tracking(mlflow, mlflow_experiment, mlflow_required), comm.rank) as listener,
         views.display(comm) as progress,
     ):
-        view = views.TrainView(progress, config.batch_size)
+        shown = views.TrainView(progress, config.batch_size)
+        view = TrackedView(shown, listener, run_dir, config)
         result = trainer.train(data, run_dir, config, resume=resume, reporter=view, comm=comm)
         if result.resumed_from is not None and comm.rank == 0:
             views.say(f"resumed from {result.resumed_from}")
@@ -166,6 +180,9 @@ def run(
     keep: Keep = 0,
     distributed_mode: Distributed = "auto",
     log_format: Logs = LogFormat.plain,
+    mlflow: Mlflow = None,
+    mlflow_experiment: MlflowExperiment = None,
+    mlflow_required: MlflowRequired = False,
     *,
     config: TrainConfig,
 ) -> None:
@@ -196,13 +213,22 @@ def run(
             val_fraction=val_fraction,
             command=command_line(),
         )
-    with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
+    tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
+    with (
+        world(distributed_mode) as comm,
+        friendly_errors(),
+        tracker(tracking, comm.rank) as listener,
+        views.display(comm) as progress,
+    ):
+        shown = views.TrainView(progress, config.batch_size)
         hooks = job.Hooks(
             say=views.say if comm.rank == 0 else job.Hooks.say,
             prepare_progress=lambda totals: views.PrepareView(progress, totals),
-            reporter=views.TrainView(progress, config.batch_size),
+            reporter=TrackedView(shown, listener, run_dir, config),
         )
         result = job.run(spec, hooks, comm=comm)
+        if result.evaluation is not None:
+            evaluated(listener, result.evaluation)
     if comm.rank != 0:
         return
     if result.evaluation is not None:
