@@ -93,7 +93,7 @@ class MlflowTracker:
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise TrackingError(f"needs the mlflow extra: {EXTRA}", param="mlflow") from None
+            raise TrackingError(f"mlflow is not installed: {EXTRA}") from None
         for name, value in HTTP_LIMITS.items():
             os.environ.setdefault(name, value)
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines among ours
