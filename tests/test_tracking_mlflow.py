@@ -205,7 +205,8 @@ def test_kill_then_resume_gives_the_metric_history_of_an_uninterrupted_run(
     ):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL  # killed, not ended
     resumed = _pipeline(
         *_train_args(data, killed, 4), "--resume", cwd=tmp_path, MLFLOW_TRACKING_URI=store
     )
