@@ -39,7 +39,7 @@ LATEST = "latest"
 OUTCOME = "outcome.json"
 RUN_NAME = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})-(?P<id>[0-9a-f]{12})$")
 # config fields that do not change the weights: a trigger differing only in them is the same run
-NOT_RECIPE = ("checkpoint_every",)
+NOT_RECIPE = TrainConfig.NOT_RECIPE
 
 
 def recipe(config: TrainConfig) -> dict[str, Any]:

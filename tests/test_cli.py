@@ -7,24 +7,28 @@ test_evaluate); this file holds what every command shares.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
 from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
-from pipeline import __version__
+from pipeline import __version__, runs
 from pipeline.cli import app
 from pipeline.cli.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, FLAGS
 from pipeline.cli.options import HELP, NOT_OPTIONS
 from pipeline.data.shards import Manifest
+from pipeline.errors import ConfigError
 from pipeline.training import checkpoint
-from pipeline.training.config import TrainConfig
+from pipeline.training.config import TrainConfig, field_metas
 from pipeline.training.rundir import RunDir
 
 runner = CliRunner()
@@ -90,6 +94,40 @@ def test_train_and_run_options_are_the_config_fields_with_its_defaults() -> None
             assert field in FLAGS  # a bad value names the option and exits 2
 
 
+def test_each_config_field_declares_its_choices_recipe_and_resume_rules() -> None:
+    """The fields' Specs drive the checks, `runs`' recipe, the resume rules, is_original."""
+    original = TrainConfig()
+    assert original.is_original and set(field_metas()) == set(TrainConfig.__dataclass_fields__)
+    for name, spec in field_metas().items():
+        for value in spec.choices:
+            _with(original, name, value).check()
+        if spec.choices:
+            with pytest.raises(ConfigError) as refused:
+                _with(original, name, "nonsense").check()
+            assert refused.value.param == name
+        changed = _with(original, name, _another(getattr(original, name), spec.choices))
+        assert changed.is_original != spec.original_only, name
+        same_run = runs.run_id("d", changed) == runs.run_id("d", original)
+        assert same_run != spec.recipe, name
+        assert (name in TrainConfig.RESUMABLE) == spec.resumable, name
+
+
+def _with(config: TrainConfig, name: str, value: Any) -> TrainConfig:
+    changes: dict[str, Any] = {name: value}
+    return replace(config, **changes)
+
+
+def _another(value: object, choices: tuple[str, ...]) -> object:
+    """A value of the same type other than `value`."""
+    if choices:
+        return next(c for c in choices if c != value)
+    if isinstance(value, tuple):
+        return (*value, 10)
+    if isinstance(value, bool):
+        return not value
+    return value + 1 if isinstance(value, int | float) else f"{value}-other"
+
+
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
@@ -135,6 +173,89 @@ def test_an_option_out_of_range_is_bad_usage_and_writes_nothing(
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {flag} "), lines
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        *[
+            (["prepare", "--val-fraction", f], "--val-fraction")
+            for f in ("1", "-0.1", "nan", "inf")
+        ],
+        (["run", "--val-fraction", "1"], "--val-fraction"),
+        (["prepare", "--val-fraction", "abc"], "--val-fraction"),
+        (["prepare", "--source", "csv:a.csv,b.csv", "--image-shape", "0x28"], "--image-shape"),
+        (["prepare", "--image-shape", "abc"], "--image-shape"),
+        (["run", "--image-shape", "abc"], "--image-shape"),
+        *[([c, "--distributed", "bogus"], "--distributed") for c in ("train", "evaluate", "run")],
+    ],
+)
+def test_a_malformed_value_is_bad_usage_before_anything_runs(
+    tmp_path: Path, args: list[str], flag: str
+) -> None:
+    """Refused as the command line is read (issue 19): exit 2, not 1, and nothing read first."""
+    out = tmp_path / "out"
+    where = ["--out", str(out)] if args[0] == "prepare" else ["--run-dir", str(out)]
+    data = ["--data", str(tmp_path / "shards")] if args[0] == "train" else []
+    result = runner.invoke(app, [*args, *where, *data])
+    assert result.exit_code == EXIT_USAGE, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag} {args[-1]}"), lines
+    assert not out.exists()
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    docs = [json.loads(line) for line in text.splitlines()]
+    assert all(isinstance(doc, dict) for doc in docs), text
+    return docs
+
+
+@pytest.mark.parametrize("command", sorted(GROUP.commands))
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--bogus"], {"PIPELINE_LOG_FORMAT": "json"}),
+        (["--bogus", "--log-format", "json"], {}),  # given after the error: still JSON
+        (["--bogus", "--log-format=json"], {"PIPELINE_LOG_FORMAT": "plain"}),
+    ],
+)
+def test_a_usage_error_is_one_json_object_with_json_logs(
+    command: str, args: list[str], env: dict[str, str]
+) -> None:
+    """Every command: with JSON logs every line is JSON, usage errors included (issue 19)."""
+    result = runner.invoke(app, [command, *args], env=env)
+    assert result.exit_code == EXIT_USAGE
+    assert result.stdout == ""
+    [error] = _json_lines(result.stderr)
+    assert error["event"] == "error" and "--bogus" in str(error["error"]), error
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+@pytest.mark.parametrize(
+    ("args", "env", "flag"),
+    [
+        (["--epochs", "0", "--log-format", "json"], {}, "--epochs 0"),
+        (["--lr", "-1"], {"PIPELINE_LOG_FORMAT": "json"}, "--lr -1"),
+        ([], {"PIPELINE_LOG_FORMAT": "json", "PIPELINE_EPOCHS": "abc"}, "--epochs"),
+    ],
+)
+def test_a_value_out_of_range_is_one_json_object_with_json_logs(
+    tmp_path: Path, command: str, args: list[str], env: dict[str, str], flag: str
+) -> None:
+    """A process of its own each: nothing logged before in the same process sets the format."""
+    where = ["--data", str(tmp_path / "shards"), "--run-dir", str(tmp_path / "run")]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", command, *where, *args],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")} | env,
+        check=False,
+    )
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert done.stdout == ""
+    [error] = _json_lines(done.stderr)
+    assert error["event"] == "error" and flag in str(error["error"]), error
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_bad_file_stays_exit_1(tmp_path: Path) -> None:

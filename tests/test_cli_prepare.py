@@ -102,6 +102,20 @@ def test_prepare_and_verify(tmp_path: Path, small_idx: Path) -> None:
     assert rows == expected
 
 
+def test_a_warning_is_a_json_object_with_json_logs(tmp_path: Path, small_idx: Path) -> None:
+    """Every line is JSON with --log-format json, a warning too (issue 19)."""
+    out = tmp_path / "shards"
+    args: list[str | Path] = ["prepare", "--out", out, "--source", f"idx:{small_idx}"]
+    assert invoke(*args).exit_code == 0
+    (out / "train-00007-0123abcd.h5").write_bytes(b"a user's shard")  # left alone, with a warning
+    plain = invoke(*args)
+    assert plain.stderr.startswith("warning: ") and "left alone" in plain.stderr
+    result = invoke(*args, "--log-format", "json")
+    assert result.exit_code == 0 and result.stdout == ""
+    [warning] = [json.loads(line) for line in result.stderr.splitlines()]
+    assert warning["event"] == "warning" and "train-00007-0123abcd.h5" in warning["message"]
+
+
 def manifest(out: Path, split: str) -> list[shards.ShardInfo]:
     return shards.load_manifest(out).split(split).shards
 

@@ -141,12 +141,6 @@ BROKEN: dict[str, Callable[[Path], Broken]] = {
         "only a csv",
         "--image-shape",
     ),
-    "shape-unreadable": lambda d: (
-        csv_pair(d, good_rows())[0],
-        ["--image-shape", "6by6"],
-        "ROWSxCOLS",
-        "--image-shape",
-    ),
     # --- idx
     "idx-gz-bomb": gz_bomb,
     # --- npz

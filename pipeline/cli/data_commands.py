@@ -89,7 +89,7 @@ def prepare(
         )
         view.finish()
     for warning in result.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        views.log.warning(warning)
     views.prepare_summary(result)
 
 

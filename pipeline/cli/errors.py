@@ -3,16 +3,21 @@
 Exit codes (the README lists them too):
     0    success
     1    bad input or environment: a file, a directory, the disk, memory
-    2    bad usage: an unknown option, or an option's value out of range (`--lr 0`)
+    2    bad usage: an unknown option, or an option's value out of range or malformed
     3    the `--min-accuracy` quality gate failed (the report is still written)
     75   another trigger holds the run (`--runs`; EX_TEMPFAIL: try again later)
     130  interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM): every file written is
          complete; the line printed says how to continue
 
 The library raises `PipelineError`s naming the *parameter* at fault (`batch_size`); `FLAGS` maps
-each parameter to the option that sets it. A `ConfigError` about a value the library checks for
-range (`VALUE_PARAMS`) is bad usage (2); every other error is about files, data or the
-environment (1).
+each parameter to the option that sets it. Bad usage (2) is found two ways and ends one way:
+- as the command line is read: click's errors (an unknown option, a value of the wrong type)
+  and a value the library's own check refuses there (`checked_by`: `--image-shape`,
+  `--val-fraction`, `--distributed`); `OneLineErrors` logs them;
+- as the command runs: a `ConfigError` about a value the library checks for range
+  (`VALUE_PARAMS`: the training options, `--shard-size`...); `friendly_errors` logs it.
+Every other error is about files, data or the environment (1). Each is one line on stderr,
+`error: ...`, or one JSON object with --log-format json (`log.error`).
 """
 
 from __future__ import annotations
@@ -21,15 +26,18 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from typer.core import TyperGroup
 
-from pipeline.cli.options import HELP
+from pipeline.cli.logs import LogFormat, requested
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.training.config import option_help
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_BUSY = 0, 1, 2, 3, 75
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143
@@ -38,13 +46,7 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  #
 FLAGS = {
     name: "--" + name.replace("_", "-")
     for name in (
-        "lr",
-        "epochs",
-        "batch_size",
-        "hidden",
-        "seed",
-        "shuffle",
-        "checkpoint_every",
+        *option_help(),  # the training options: TrainConfig's fields (their Specs)
         "shard_size",
         "compression",
         "source",
@@ -62,9 +64,29 @@ FLAGS = {
     "allow_other_data": "--allow-other-data",
     "distributed": "--distributed",
 }
-FLAGS |= {name: "--" + name.replace("_", "-") for name in HELP}  # the recipe's too
 # the parameters whose values the library checks for range: a bad one is bad usage (2)
-VALUE_PARAMS = frozenset(HELP) | {"shard_size", "compression"}
+VALUE_PARAMS = frozenset(option_help()) | {"shard_size", "compression"}
+
+
+class BadValue(typer.BadParameter):
+    """A value the library's own check refuses as the command line is read: bad usage (2),
+    before anything runs, in the library's words with the flag (`--image-shape abc: ...`)."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def checked_by(check: Callable[[str], T]) -> Callable[[str], T]:
+    """An option's parser: the library's `check` (which raises a PipelineError naming its
+    parameter), run while the command line is read."""
+
+    def parse(text: str) -> T:
+        try:
+            return check(text)
+        except PipelineError as exc:
+            raise BadValue(exc.render(FLAGS)) from None
+
+    return parse
 
 
 class Terminated(KeyboardInterrupt):
@@ -120,11 +142,15 @@ def friendly_errors(how_to_continue: str = "rerun the same command") -> Iterator
 
 
 class OneLineErrors(TyperGroup):
-    """Report usage errors as one `error:` line, like every other error (typer draws a box),
-    and stop on SIGTERM as on Ctrl-C."""
+    """Report usage errors as one `error:` line (a JSON object with --log-format json), like
+    every other error (typer draws a box), and stop on SIGTERM as on Ctrl-C."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        from pipeline.cli.views import log
+
         kwargs["standalone_mode"] = False  # errors come back to us instead of being printed
+        argv = list(kwargs.get("args") or sys.argv[1:])
+        log.use(LogFormat.plain)  # until the command reads its --log-format (an eager option)
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
@@ -133,11 +159,12 @@ class OneLineErrors(TyperGroup):
             message = exc.format_message()  # empty when the help was shown instead
             if type(exc).__name__ == "NoArgsIsHelpError":  # `pipeline` alone: the help
                 typer.echo(message, err=True)
-            elif message:
-                typer.echo(f"error: {message}", err=True)
+            elif message:  # maybe found before --log-format was read: ask the command line
+                log.use(requested(argv))
+                log.error(message)
             code = exc.exit_code
         except typer.Abort:
-            typer.echo("error: aborted", err=True)
+            log.error("aborted")
             code = EXIT_INTERRUPTED
         finally:
             if main_thread:  # signal handlers belong to the main thread only

@@ -9,17 +9,36 @@ paths (`path`, `report`, `checkpoint`, `latest`), `error`.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from rich.console import Console
 
+FLAG, ENVVAR = "--log-format", "PIPELINE_LOG_FORMAT"
+
 
 class LogFormat(StrEnum):
     plain = "plain"
     json = "json"
+
+
+def requested(args: Sequence[str]) -> LogFormat:
+    """The format the command line asks for, read without parsing it: for an error found
+    while parsing (an unknown option), before the command's own `--log-format` is read.
+    The last `--log-format` given wins, as in click; then PIPELINE_LOG_FORMAT; else plain."""
+    asked = os.environ.get(ENVVAR)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == FLAG and i + 1 < len(args):
+            asked = args[i + 1]
+        elif arg.startswith(FLAG + "="):
+            asked = arg.partition("=")[2]
+    return LogFormat.json if asked == LogFormat.json else LogFormat.plain
 
 
 class Log:
@@ -52,7 +71,7 @@ class Log:
             print(f"error: {message}" if event == "error" else message, file=sys.stderr, flush=True)
 
     def warning(self, message: str) -> None:
-        """One line on stderr: `warning: ...`, or a JSON warning event; the work goes on."""
+        """One line on stderr: `warning: ...`, or a JSON warning event (its `message`)."""
         if self.json:
             self._json("warning", {"message": message}, sys.stderr)
         else:

@@ -1,11 +1,12 @@
 """The options several commands share, each written once.
 
 The training options are made from the `TrainConfig` dataclass: its fields are the options, its
-defaults their defaults, and `HELP` their help. `train` and `run` get them all through
-`@train_options`, which hands the command one `config: TrainConfig` instead of seven values.
-Their ranges are checked by `TrainConfig.check`, and a bad value exits 2 (bad usage) like
-typer's own checks. `--preset NAME` starts from a named recipe (pipeline/training/presets.py);
-only the options given on the command line override it (typer's parameter source tells).
+defaults their defaults, and each field's `FieldMeta` (pipeline/training/config.py) their help.
+`train` and `run` get them all through `@train_options`, which hands the command one
+`config: TrainConfig` instead of seven values. Their ranges are checked by `TrainConfig.check`,
+and a bad value exits 2 (bad usage) like typer's own checks. `--preset NAME` starts from a
+named recipe (pipeline/training/presets.py); only the options given on the command line
+override it (typer's parameter source tells).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 import typer
 
-from pipeline.cli.logs import LogFormat
-from pipeline.training.config import TrainConfig
+from pipeline.cli.errors import checked_by, friendly_errors
+from pipeline.cli.logs import ENVVAR, FLAG, LogFormat
+from pipeline.errors import ConfigError
+from pipeline.training.config import TrainConfig, option_help
 
 RunDir = Annotated[
     Path,
@@ -66,11 +69,23 @@ Keep = Annotated[
         help="With --runs: keep the newest N finished runs (and latest), delete older (0: all).",
     ),
 ]
+
+
+def _use_log_format(log_format: LogFormat) -> LogFormat:
+    """Read first (eager), so that an error in any other option is logged in this format."""
+    from pipeline.cli.views import log
+
+    log.use(log_format)
+    return log_format
+
+
 Logs = Annotated[
     LogFormat,
     typer.Option(
-        "--log-format",
-        envvar="PIPELINE_LOG_FORMAT",
+        FLAG,
+        envvar=ENVVAR,
+        is_eager=True,
+        callback=_use_log_format,
         help="plain: lines (a live display on a terminal); json: one JSON object per line.",
     ),
 ]
@@ -82,13 +97,38 @@ Source = Annotated[
         "images:DIR (README: Data sources).",
     ),
 ]
+
+
+def _image_shape(text: str) -> str:
+    from pipeline.data.sources import parse_shape
+
+    parse_shape(text)
+    return text  # the commands parse it again where they use it
+
+
+def _val_fraction(text: str) -> float:
+    from pipeline.data.sources.split import check_fraction
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError("not a number", param="val_fraction", value=text) from None
+    return check_fraction(value)
+
+
 ImageShape = Annotated[
     str | None,
-    typer.Option(help="ROWSxCOLS[xCHANNELS] of a csv source's rows [default: square, grey]."),
+    typer.Option(
+        parser=checked_by(_image_shape),
+        help="ROWSxCOLS[xCHANNELS] of a csv source's rows [default: square, grey].",
+    ),
 ]
 ValFraction = Annotated[
     float | None,
-    typer.Option(help="Carve this share of each class of train into a 'val' split (0-1)."),
+    typer.Option(
+        parser=checked_by(_val_fraction),
+        help="Carve this share of each class of train into a 'val' split (0-1).",
+    ),
 ]
 
 
@@ -97,38 +137,12 @@ def command_line() -> str:
     return shlex.join(["pipeline", *sys.argv[1:]])
 
 
-# the TrainConfig fields offered as options, with their help; the others keep their defaults.
-# The defaults shown are the original recipe's; `--preset NAME` (pipeline/training/presets.py)
-# replaces them, and an option given on the command line overrides the preset.
-HELP = {
-    "preset": "Named recipe (original, fast, best); any option given overrides its values.",
-    "hidden": "Hidden layer size; repeat for more layers.",
-    "epochs": "Epochs to train.",
-    "batch_size": "Mini-batch size.",
-    "lr": "Peak learning rate (positive).",
-    "seed": "Seed of the initial weights (and of shuffling).",
-    "shuffle": "Shuffle each epoch; off trains in file order, as the original recipe.",
-    "checkpoint_every": "Also checkpoint every N steps (0: at epoch ends only).",
-    "activation": "Hidden units: sigmoid, tanh, relu.",
-    "loss": "Loss: mse or cross_entropy (softmax).",
-    "init": "Weight init: normal (N(0, --init-std)), he, xavier.",
-    "init_std": "Std of the normal init.",
-    "optimizer": "Optimizer: sgd, momentum, nesterov, adam, adamw.",
-    "momentum": "Momentum (momentum, nesterov), in [0, 1).",
-    "beta1": "Adam's beta1.",
-    "beta2": "Adam's beta2.",
-    "eps": "Adam's epsilon.",
-    "weight_decay": "Weight decay of the weights (decoupled under adamw).",
-    "schedule": "LR schedule: constant, step, cosine.",
-    "warmup_epochs": "Linear LR warmup, in epochs.",
-    "step_epochs": "Step schedule: epochs between decays.",
-    "step_gamma": "Step schedule: the decay factor.",
-    "dropout": "Dropout of hidden units, in [0, 1).",
-    "input_dropout": "Dropout of input pixels, in [0, 1).",
-    "max_norm": "Max norm of each unit's incoming weights (0: off).",
-    "patience": "With a val split: stop after N epochs without a better val accuracy.",
-}
-NOT_OPTIONS = {"dtype"}  # fixed
+# the TrainConfig fields offered as options, with their help (the fields' Specs); the others
+# keep their defaults. The defaults shown are the original recipe's; `--preset NAME`
+# (pipeline/training/presets.py) replaces them, and an option given on the command line
+# overrides the preset.
+HELP = option_help()
+NOT_OPTIONS = {f.name for f in fields(TrainConfig)} - set(HELP)  # fixed (dtype)
 
 
 def _parameters() -> list[inspect.Parameter]:
@@ -166,7 +180,6 @@ def train_options(command: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def with_config(**kwargs: Any) -> None:
-        from pipeline.cli.errors import friendly_errors
         from pipeline.training import presets
 
         ctx: typer.Context = kwargs.pop("ctx")

@@ -13,17 +13,25 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.cli.errors import EXIT_ERROR, friendly_errors
+from pipeline.cli.errors import EXIT_ERROR, checked_by, friendly_errors
 
 if TYPE_CHECKING:  # numpy and mpi4py load only when a command runs
     from pipeline.training.distributed import Comm
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+
+def _mode(text: str) -> str:
+    from pipeline.training.distributed import check_mode
+
+    return check_mode(text)
+
+
 Distributed = Annotated[
     str,
     typer.Option(
         "--distributed",
+        parser=checked_by(_mode),
         help="Data-parallel over MPI: 'auto' (when started by mpiexec/srun with several ranks), "
         "'mpi' (always; needs the mpi extra) or 'off'.",
     ),

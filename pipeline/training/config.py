@@ -3,78 +3,144 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError
 
-CHOICES = {
-    "activation": ("sigmoid", "tanh", "relu"),
-    "loss": ("mse", "cross_entropy"),
-    "init": ("normal", "he", "xavier"),
-    "optimizer": ("sgd", "momentum", "nesterov", "adam", "adamw"),
-    "schedule": ("constant", "step", "cosine"),
-}
-# the fields whose values make the original recipe's arithmetic (see TrainConfig.is_original)
-ORIGINAL: dict[str, object] = {
-    "activation": "sigmoid",
-    "loss": "mse",
-    "init": "normal",
-    "optimizer": "sgd",
-    "weight_decay": 0.0,
-    "schedule": "constant",
-    "warmup_epochs": 0.0,
-    "dropout": 0.0,
-    "input_dropout": 0.0,
-    "max_norm": 0.0,
-}
+META = "pipeline"  # the metadata key of each field's FieldMeta
 # the largest network this project builds (weights and biases): a config beyond it is refused,
 # and so is a checkpoint file that claims more (before it is read whole)
 MAX_PARAMETERS = 1 << 26
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FieldMeta:
+    """What a TrainConfig field is, beside its type and default: the CLI's options and help,
+    `runs`' recipe and the resume rules are read from these."""
+
+    help: str | None  # the option's help; None: not an option (fixed)
+    choices: tuple[str, ...]  # the values it may take (TrainConfig.check); (): any
+    recipe: bool  # shapes the weights: part of the recipe (a scheduled run's id)
+    resumable: bool  # a resumed run may change it: the epochs run so far stay valid
+    original_only: bool  # off its default, the arithmetic is not the original recipe's
+
+
+def setting(
+    default: T,
+    help: str | None,
+    *,
+    choices: tuple[str, ...] = (),
+    recipe: bool = True,
+    resumable: bool = False,
+    original_only: bool = False,
+) -> T:
+    """A TrainConfig field: its default, and its FieldMeta."""
+    meta = FieldMeta(help, choices, recipe, resumable, original_only)
+    return field(default=default, metadata={META: meta})
+
+
+def field_metas() -> dict[str, FieldMeta]:
+    """Every TrainConfig field's FieldMeta, in field order (the order of `--help`)."""
+    return {f.name: f.metadata[META] for f in fields(TrainConfig)}
+
+
+def option_help() -> dict[str, str]:
+    """The fields offered as command-line options, with their help, in field order."""
+    return {name: spec.help for name, spec in field_metas().items() if spec.help is not None}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a run. The defaults are the original recipe."""
 
-    hidden: tuple[int, ...] = (500,)
-    epochs: int = 10
-    batch_size: int = 3
-    lr: float = 0.1
-    seed: int = 0
-    shuffle: bool = False
-    init_std: float = 0.01
-    dtype: str = "float32"
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at epoch ends only
+    hidden: tuple[int, ...] = setting((500,), "Hidden layer size; repeat for more layers.")
+    epochs: int = setting(10, "Epochs to train.", resumable=True)
+    batch_size: int = setting(3, "Mini-batch size.")
+    lr: float = setting(0.1, "Peak learning rate (positive).")
+    seed: int = setting(0, "Seed of the initial weights (and of shuffling).")
+    shuffle: bool = setting(
+        False, "Shuffle each epoch; off trains in file order, as the original recipe."
+    )
+    init_std: float = setting(0.01, "Std of the normal init.")
+    dtype: str = setting("float32", None, choices=("float32", "float64"))
+    checkpoint_every: int = setting(  # steps between mid-epoch checkpoints
+        0, "Also checkpoint every N steps (0: at epoch ends only).", recipe=False, resumable=True
+    )
     # ---- the recipe (pipeline.training.presets names sets of these); defaults: the original
-    preset: str = "original"  # the name the values started from; the values below decide
-    activation: str = "sigmoid"  # sigmoid, tanh, relu
-    loss: str = "mse"  # mse (sum |a - y|^2 / 2 per sample) or cross_entropy (softmax)
-    init: str = "normal"  # normal: N(0, init_std); he; xavier
-    optimizer: str = "sgd"  # sgd, momentum, nesterov, adam, adamw
-    momentum: float = 0.9  # momentum and nesterov
-    beta1: float = 0.9  # adam and adamw
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0  # of the weights (not biases); decoupled under adamw
-    schedule: str = "constant"  # constant, step, cosine
-    warmup_epochs: float = 0.0  # linear warmup, in epochs (may be a fraction)
-    step_epochs: int = 10  # step schedule: lr *= step_gamma every step_epochs epochs
-    step_gamma: float = 0.1
-    dropout: float = 0.0  # hidden units dropped (inverted dropout)
-    input_dropout: float = 0.0  # input pixels dropped
-    max_norm: float = 0.0  # each unit's incoming weight vector kept within this norm; 0: off
-    patience: int = 0  # stop after this many epochs without a better val accuracy; 0: never
+    preset: str = setting(  # the name the values started from; the values below decide
+        "original", "Named recipe (original, fast, best); any option given overrides its values."
+    )
+    activation: str = setting(
+        "sigmoid",
+        "Hidden units: sigmoid, tanh, relu.",
+        choices=("sigmoid", "tanh", "relu"),
+        original_only=True,
+    )
+    loss: str = setting(  # mse: sum |a - y|^2 / 2 per sample
+        "mse",
+        "Loss: mse or cross_entropy (softmax).",
+        choices=("mse", "cross_entropy"),
+        original_only=True,
+    )
+    init: str = setting(
+        "normal",
+        "Weight init: normal (N(0, --init-std)), he, xavier.",
+        choices=("normal", "he", "xavier"),
+        original_only=True,
+    )
+    optimizer: str = setting(
+        "sgd",
+        "Optimizer: sgd, momentum, nesterov, adam, adamw.",
+        choices=("sgd", "momentum", "nesterov", "adam", "adamw"),
+        original_only=True,
+    )
+    momentum: float = setting(0.9, "Momentum (momentum, nesterov), in [0, 1).")
+    beta1: float = setting(0.9, "Adam's beta1.")
+    beta2: float = setting(0.999, "Adam's beta2.")
+    eps: float = setting(1e-8, "Adam's epsilon.")
+    weight_decay: float = setting(  # of the weights, not the biases
+        0.0, "Weight decay of the weights (decoupled under adamw).", original_only=True
+    )
+    schedule: str = setting(
+        "constant",
+        "LR schedule: constant, step, cosine.",
+        choices=("constant", "step", "cosine"),
+        original_only=True,
+    )
+    warmup_epochs: float = setting(  # may be a fraction
+        0.0, "Linear LR warmup, in epochs.", original_only=True
+    )
+    step_epochs: int = setting(10, "Step schedule: epochs between decays.")
+    step_gamma: float = setting(0.1, "Step schedule: the decay factor.")
+    dropout: float = setting(  # inverted dropout
+        0.0, "Dropout of hidden units, in [0, 1).", original_only=True
+    )
+    input_dropout: float = setting(0.0, "Dropout of input pixels, in [0, 1).", original_only=True)
+    max_norm: float = setting(  # each unit's incoming weight vector kept within it
+        0.0, "Max norm of each unit's incoming weights (0: off).", original_only=True
+    )
+    patience: int = setting(
+        0,
+        "With a val split: stop after N epochs without a better val accuracy.",
+        resumable=True,
+    )
 
-    # fields a resumed run may change: they do not alter the weights of the epochs run so far
-    RESUMABLE = ("epochs", "checkpoint_every", "patience")
+    # the fields a resumed run may change, and those not part of the recipe: read from the
+    # Specs once the class is made (below it); unannotated, so not fields
+    RESUMABLE = frozenset[str]()
+    NOT_RECIPE = frozenset[str]()
 
     @property
     def is_original(self) -> bool:
         """The original recipe's arithmetic (sigmoid, MSE, plain SGD at a constant rate): it
         trains through Network.steps and its compiled kernel, exactly as before recipes."""
-        recipe = {f: getattr(self, f) for f in ORIGINAL}
-        return recipe == ORIGINAL
+        return all(
+            getattr(self, f.name) == f.default
+            for f in fields(self)
+            if f.metadata[META].original_only
+        )
 
     def check(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -93,12 +159,10 @@ class TrainConfig:
             raise ConfigError(
                 "must be a positive finite number", param="init_std", value=self.init_std
             )
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError("float32 or float64", param="dtype", value=self.dtype)
-        for param, choices in CHOICES.items():
-            if getattr(self, param) not in choices:
+        for param, spec in field_metas().items():
+            if spec.choices and getattr(self, param) not in spec.choices:
                 raise ConfigError(
-                    f"one of {', '.join(choices)}", param=param, value=getattr(self, param)
+                    f"one of {', '.join(spec.choices)}", param=param, value=getattr(self, param)
                 )
         for param in ("dropout", "input_dropout", "momentum", "beta1", "beta2"):
             value = getattr(self, param)
@@ -143,3 +207,7 @@ class TrainConfig:
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return config
+
+
+TrainConfig.RESUMABLE = frozenset(name for name, spec in field_metas().items() if spec.resumable)
+TrainConfig.NOT_RECIPE = frozenset(name for name, spec in field_metas().items() if not spec.recipe)

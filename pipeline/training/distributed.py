@@ -122,12 +122,17 @@ def launched_by_mpi(environ: dict[str, str] | None = None) -> bool:
     return any(var in env for var in _RANK_ONLY_VARS)
 
 
+def check_mode(mode: str) -> str:
+    """One of MODES."""
+    if mode not in MODES:
+        raise ConfigError("auto, mpi or off", param="distributed", value=mode)
+    return mode
+
+
 def connect(mode: str) -> Comm:
     """The communicator for `--distributed MODE`: off (one process), mpi (always MPI), auto
     (MPI when a launcher started several ranks, else one process without importing mpi4py)."""
-    if mode not in MODES:
-        raise ConfigError("auto, mpi or off", param="distributed", value=mode)
-    if mode == "off" or (mode == "auto" and not launched_by_mpi()):
+    if check_mode(mode) == "off" or (mode == "auto" and not launched_by_mpi()):
         return LOCAL
     try:
         return MPIComm()

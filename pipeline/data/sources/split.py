@@ -30,10 +30,16 @@ def val_mask(labels: np.ndarray, fraction: float, n_classes: int) -> np.ndarray:
     return mask
 
 
-def carve_val(raw: RawDataset, fraction: float) -> RawDataset:
-    """`raw` with a "val" split taken from its train split (`fraction` of each class)."""
+def check_fraction(fraction: float) -> float:
+    """A val fraction in (0, 1): nan and inf are not."""
     if not 0.0 < fraction < 1.0:
         raise ConfigError("must lie strictly between 0 and 1", param="val_fraction", value=fraction)
+    return fraction
+
+
+def carve_val(raw: RawDataset, fraction: float) -> RawDataset:
+    """`raw` with a "val" split taken from its train split (`fraction` of each class)."""
+    check_fraction(fraction)
     if "val" in raw.splits:
         raise ConfigError(
             "the source already has a val split", param="val_fraction", value=fraction
