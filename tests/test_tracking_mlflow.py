@@ -63,7 +63,7 @@ def _history(client: Any, run_id: str) -> dict[str, list[tuple[int, float]]]:
 
 
 def _started(run_dir: Path, config: TrainConfig, epoch: int = 0, **more: Any) -> Event:
-    fields = {
+    fields: dict[str, Any] = {
         "path": str(run_dir),
         "run": None,
         "config": config.to_json(),
