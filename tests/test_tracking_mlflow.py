@@ -296,21 +296,32 @@ def server(migrated: Path, tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def test_run_against_a_real_mlflow_server(
+def test_scheduled_runs_against_a_real_mlflow_server(
     server: str, tmp_path: Path, slice_shards: Manifest
 ) -> None:
-    run_dir = tmp_path / "run"
-    args = ["run", "--run-dir", str(run_dir), "--data", str(slice_shards.directory)]
+    runs = tmp_path / "runs"
+    args = ["run", "--runs", str(runs), "--data", str(slice_shards.directory)]
     recipe = ["--hidden", "30", "--epochs", "2", "--batch-size", "100", "--lr", "3"]
-    proc = _pipeline(
-        *args, *recipe, "--mlflow-experiment", "nightly", cwd=tmp_path, MLFLOW_TRACKING_URI=server
-    )
-    _, err = proc.communicate()
-    assert proc.returncode == 0, err
+    for _ in range(2):  # the second trigger is "up to date": nothing new is tracked
+        proc = _pipeline(
+            *args,
+            *recipe,
+            "--mlflow-experiment",
+            "nightly",
+            cwd=tmp_path,
+            MLFLOW_TRACKING_URI=server,
+        )
+        _, err = proc.communicate()
+        assert proc.returncode == 0, err
+    (run_dir,) = [
+        p for p in runs.iterdir() if p.name != "latest" and p.is_dir() and not p.is_symlink()
+    ]
     client = MlflowClient(server)
     run = client.get_run(_tracked_run(run_dir, server))
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "nightly"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert run.data.tags["pipeline.run_id"] == run_dir.name
     config = json.loads((run_dir / "run.json").read_text())["config"]
     assert run.data.params["hidden"] == "[30]" and run.data.params["epochs"] == "2"
     assert set(run.data.params) == set(config)

@@ -14,6 +14,7 @@ from pipeline.cli import views
 from pipeline.cli.errors import EXIT_GATE, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import Logs
+from pipeline.cli.tracking import TrackedView, Tracking, evaluated, tracker
 from pipeline.cli.views import log, out
 from pipeline.training.config import TrainConfig
 
@@ -48,6 +49,7 @@ def trigger(
     min_accuracy: float | None,
     keep: int,
     train_only: bool = False,
+    tracking: Tracking | None = None,
 ) -> None:
     """One trigger: the set in `data` (an empty one prepared from `source` unless
     `train_only`), then its run."""
@@ -55,7 +57,17 @@ def trigger(
     from pipeline import runs as runs_lib
     from pipeline.data.shards import MANIFEST, load_manifest
 
-    with friendly_errors(), views.display() as progress:
+    with (
+        friendly_errors(),
+        tracker(tracking or Tracking()) as listener,
+        views.display() as progress,
+    ):
+        view = TrackedView(views.TrainView(progress, config.batch_size), listener, None, config)
+
+        def on_event(event: str, fields: dict[str, Any]) -> None:
+            view.claimed(event, fields)
+            _on_event(event, fields)
+
         if train_only or (data / MANIFEST).exists():  # a set there is used whatever its source
             manifest = load_manifest(data)
         else:
@@ -74,9 +86,11 @@ def trigger(
             min_accuracy=min_accuracy,
             keep=keep,
             train_only=train_only,
-            reporter=views.TrainView(progress, config.batch_size),
-            on_event=_on_event,
+            reporter=view,
+            on_event=on_event,
         )
+        if outcome.evaluation is not None:
+            evaluated(listener, outcome.evaluation)
     if outcome.evaluation is not None:
         views.report_table(outcome.evaluation)
     if outcome.passed is False and not outcome.up_to_date:

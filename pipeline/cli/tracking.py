@@ -108,14 +108,20 @@ class TrackedView:
     """A trainer Reporter that draws as `view` and tells `listener` the run's events."""
 
     def __init__(
-        self, view: Reporter, listener: Listener | None, run_dir: Path, config: TrainConfig
+        self, view: Reporter, listener: Listener | None, run_dir: Path | None, config: TrainConfig
     ) -> None:
         self.view, self.listener, self.run_dir, self.config = view, listener, run_dir, config
+        self.run: str | None = None  # the scheduled mode's run id (its directory's name)
         self.started = False
+
+    def claimed(self, event: str, fields: dict[str, Any]) -> None:
+        """Hears the scheduled mode's events: the run directory is known once claimed."""
+        if event == "claimed":
+            self.run_dir, self.run = Path(fields["path"]), str(fields["run"])
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
         self.view.start_epoch(epoch, epochs, steps, done)
-        if self.started or self.listener is None:
+        if self.started or self.listener is None or self.run_dir is None:
             return
         import json
 
@@ -134,7 +140,7 @@ class TrackedView:
                 RUN_STARTED,
                 {
                     "path": str(self.run_dir),
-                    "run": None,
+                    "run": self.run,
                     "config": self.config.to_json(),
                     "preset": self.config.preset,
                     "identity": saved.data_identity if saved else None,

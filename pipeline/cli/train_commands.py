@@ -84,7 +84,10 @@ def train(
         from pipeline.cli.scheduled import trigger
 
         assert runs is not None
-        trigger(runs, data, None, config, min_accuracy=None, keep=0, train_only=True)
+        tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
+        trigger(
+            runs, data, None, config, min_accuracy=None, keep=0, train_only=True, tracking=tracking
+        )
         return
     assert run_dir is not None
 
@@ -199,7 +202,15 @@ def run(
         from pipeline.cli.scheduled import trigger
 
         assert runs is not None
-        trigger(runs, data or runs / "shards", source, config, min_accuracy=min_accuracy, keep=keep)
+        trigger(
+            runs,
+            data or runs / "shards",
+            source,
+            config,
+            min_accuracy=min_accuracy,
+            keep=keep,
+            tracking=Tracking(mlflow, mlflow_experiment, mlflow_required),
+        )
         return
     assert run_dir is not None
 
