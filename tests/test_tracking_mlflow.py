@@ -247,6 +247,26 @@ def test_a_closed_port_is_one_warning_and_training_goes_on(
     assert not (tmp_path / "required").exists()  # refused before training started
 
 
+def test_a_silent_server_is_one_warning_and_training_goes_on(
+    tmp_path: Path, slice_shards: Manifest
+) -> None:
+    """A server that accepts connections (the kernel's backlog) and never answers: the client's
+    timeout (1 s here, 10 s by default) and its 2 retries bound the wait, once."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        args = _train_args(slice_shards.directory, tmp_path / "run", 2)
+        proc = _pipeline(
+            *args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_TIMEOUT="1"
+        )
+        _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: mlflow tracking stopped"), err
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_without_the_extra_asking_is_one_line_naming_it(
     tmp_path: Path, slice_shards: Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -62,7 +62,9 @@ def trigger(
         tracker(tracking or Tracking()) as listener,
         views.display() as progress,
     ):
-        view = TrackedView(views.TrainView(progress, config.batch_size), listener, None, config)
+        view = TrackedView(
+            views.TrainView(progress, config.batch_size), listener, None, config, world_size=1
+        )
 
         def on_event(event: str, fields: dict[str, Any]) -> None:
             view.claimed(event, fields)

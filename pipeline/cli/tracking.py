@@ -108,9 +108,16 @@ class TrackedView:
     """A trainer Reporter that draws as `view` and tells `listener` the run's events."""
 
     def __init__(
-        self, view: Reporter, listener: Listener | None, run_dir: Path | None, config: TrainConfig
+        self,
+        view: Reporter,
+        listener: Listener | None,
+        run_dir: Path | None,
+        config: TrainConfig,
+        *,
+        world_size: int,
     ) -> None:
         self.view, self.listener, self.run_dir, self.config = view, listener, run_dir, config
+        self.world_size = world_size
         self.run: str | None = None  # the scheduled mode's run id (its directory's name)
         self.started = False
 
@@ -145,7 +152,7 @@ class TrackedView:
                     "preset": self.config.preset,
                     "identity": saved.data_identity if saved else None,
                     "dataset": saved.dataset if saved else None,
-                    "world_size": 1,
+                    "world_size": self.world_size,
                     "epoch": epoch,
                     "history": history,
                 },

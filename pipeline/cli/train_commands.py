@@ -98,7 +98,7 @@ def train(
         views.display(comm) as progress,
     ):
         shown = views.TrainView(progress, config.batch_size)
-        view = TrackedView(shown, listener, run_dir, config)
+        view = TrackedView(shown, listener, run_dir, config, world_size=comm.size)
         result = trainer.train(data, run_dir, config, resume=resume, reporter=view, comm=comm)
         if result.resumed_from is not None and comm.rank == 0:
             views.say(f"resumed from {result.resumed_from}")
@@ -235,7 +235,7 @@ def run(
         hooks = job.Hooks(
             say=views.say if comm.rank == 0 else job.Hooks.say,
             prepare_progress=lambda totals: views.PrepareView(progress, totals),
-            reporter=TrackedView(shown, listener, run_dir, config),
+            reporter=TrackedView(shown, listener, run_dir, config, world_size=comm.size),
         )
         result = job.run(spec, hooks, comm=comm)
         if result.evaluation is not None:
