@@ -213,10 +213,16 @@ def test_kill_then_resume_gives_the_metric_history_of_an_uninterrupted_run(
     _, err = resumed.communicate()
     assert resumed.returncode == 0, err
     assert "warning" not in err
+    for name in ("whole", "killed"):  # `evaluate` adds the test metrics to the same run
+        evaluate = _pipeline("evaluate", "--run-dir", name, cwd=tmp_path, MLFLOW_TRACKING_URI=store)
+        assert evaluate.communicate()[1] == "" and evaluate.returncode == 0
     client = MlflowClient(store)
     one, two = (_history(client, _tracked_run(tmp_path / n, store)) for n in ("whole", "killed"))
     assert one == two
     assert [step for step, _ in one["train_loss"]] == [1, 2, 3, 4]
+    report = json.loads((killed / "report.json").read_text())
+    assert one["test/accuracy"] == [(4, report["accuracy"])]
+    assert len(client.search_runs(["1"])) == 2  # one MLflow run per pipeline run
 
 
 def test_a_closed_port_is_one_warning_and_training_goes_on(

@@ -14,7 +14,7 @@ from pipeline.cli import views
 from pipeline.cli.errors import EXIT_GATE, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import Logs
-from pipeline.cli.tracking import TrackedView, Tracking, evaluated, tracker
+from pipeline.cli.tracking import TrackedView, Tracking, tracker
 from pipeline.cli.views import log, out
 from pipeline.training.config import TrainConfig
 
@@ -92,7 +92,7 @@ def trigger(
             on_event=on_event,
         )
         if outcome.evaluation is not None:
-            evaluated(listener, outcome.evaluation)
+            view.evaluated(outcome.evaluation)
     if outcome.evaluation is not None:
         views.report_table(outcome.evaluation)
     if outcome.passed is False and not outcome.up_to_date:

@@ -128,6 +128,10 @@ class TrackedView:
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
         self.view.start_epoch(epoch, epochs, steps, done)
+        self._start(epoch)
+
+    def _start(self, epoch: int) -> None:
+        """RUN_STARTED, once, with the `epoch` epochs done and their records."""
         if self.started or self.listener is None or self.run_dir is None:
             return
         import json
@@ -137,27 +141,19 @@ class TrackedView:
         self.started = True
         saved = RunDir(self.run_dir).read_run_file()
         metrics = self.run_dir / METRICS_FILE
-        history = (
-            [json.loads(line) for line in metrics.read_text().splitlines()[:epoch]]
-            if (metrics.is_file())
-            else []
-        )
-        self.listener(
-            Event(
-                RUN_STARTED,
-                {
-                    "path": str(self.run_dir),
-                    "run": self.run,
-                    "config": self.config.to_json(),
-                    "preset": self.config.preset,
-                    "identity": saved.data_identity if saved else None,
-                    "dataset": saved.dataset if saved else None,
-                    "world_size": self.world_size,
-                    "epoch": epoch,
-                    "history": history,
-                },
-            )
-        )
+        lines = metrics.read_text().splitlines()[:epoch] if metrics.is_file() else []
+        fields = {
+            "path": str(self.run_dir),
+            "run": self.run,
+            "config": self.config.to_json(),
+            "preset": self.config.preset,
+            "identity": saved.data_identity if saved else None,
+            "dataset": saved.dataset if saved else None,
+            "world_size": self.world_size,
+            "epoch": epoch,
+            "history": [json.loads(line) for line in lines],
+        }
+        self.listener(Event(RUN_STARTED, fields))
 
     def advance(self, step: int, samples: int, loss_sum: float) -> None:
         self.view.advance(step, samples, loss_sum)
@@ -167,26 +163,23 @@ class TrackedView:
         if self.listener is not None:
             self.listener(Event(EPOCH_ENDED, {"epoch": record["epoch"], "metrics": record}))
 
+    def evaluated(self, evaluation: Evaluation) -> None:
+        """EVALUATED: the headline metrics, per class, the report's files (after RUN_STARTED,
+        when no epoch was left to train)."""
+        from pipeline.training.rundir import REPORT_FILES, RUN_FILE
 
-def evaluated(listener: Listener | None, evaluation: Evaluation) -> None:
-    """Tell `listener` of an evaluation: its headline metrics, per class, the report's files."""
-    from pipeline.training.rundir import REPORT_FILES, RUN_FILE
-
-    if listener is None:
-        return
-    doc, run_dir = evaluation.doc, evaluation.run_dir
-    per_class = {row["class"]: row for row in doc["per_class"]}
-    listener(
-        Event(
-            EVALUATED,
-            {
-                "run": run_dir.name,
-                "report": str(run_dir / "report.json"),
-                "split": doc["split"],
-                "accuracy": evaluation.report.accuracy,
-                "macro_f1": evaluation.report.macro_f1,
-                "per_class": per_class,
-                "artifacts": [str(run_dir / name) for name in (*REPORT_FILES, RUN_FILE)],
-            },
-        )
-    )
+        if self.listener is None:
+            return
+        doc, run_dir = evaluation.doc, evaluation.run_dir
+        self.run_dir = self.run_dir or run_dir
+        self._start(len(doc["history"]))
+        fields = {
+            "run": run_dir.name,
+            "report": str(run_dir / "report.json"),
+            "split": doc["split"],
+            "accuracy": evaluation.report.accuracy,
+            "macro_f1": evaluation.report.macro_f1,
+            "per_class": {row["class"]: row for row in doc["per_class"]},
+            "artifacts": [str(run_dir / name) for name in (*REPORT_FILES, RUN_FILE)],
+        }
+        self.listener(Event(EVALUATED, fields))

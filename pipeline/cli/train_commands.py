@@ -33,7 +33,6 @@ from pipeline.cli.tracking import (
     MlflowRequired,
     TrackedView,
     Tracking,
-    evaluated,
     tracker,
 )
 from pipeline.cli.world import Distributed, world
@@ -134,13 +133,22 @@ def evaluate(
             "or another shard set); the report's headline then names both.",
         ),
     ] = False,
+    mlflow: Mlflow = None,
+    mlflow_experiment: MlflowExperiment = None,
+    mlflow_required: MlflowRequired = False,
 ) -> None:
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
     from pipeline.report import evaluate as evaluate_stage
+    from pipeline.training.loop import Silent
 
     views.log.use(log_format)
 
-    with world(distributed_mode) as comm, friendly_errors():
+    tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
+    with (
+        world(distributed_mode) as comm,
+        friendly_errors(),
+        tracker(tracking, comm.rank) as listener,
+    ):
         evaluation = evaluate_stage.evaluate(
             run_dir,
             data_dir=data,
@@ -149,6 +157,10 @@ def evaluate(
             allow_other_data=allow_other_data,
             comm=comm,
         )
+        if listener is not None:  # into the run's MLflow run (a new one if it has none)
+            config = TrainConfig.from_json(evaluation.doc["model"]["config"])
+            view = TrackedView(Silent(), listener, run_dir, config, world_size=comm.size)
+            view.evaluated(evaluation)
     if comm.rank != 0:
         return
     views.report_table(evaluation)
@@ -232,14 +244,15 @@ def run(
         views.display(comm) as progress,
     ):
         shown = views.TrainView(progress, config.batch_size)
+        view = TrackedView(shown, listener, run_dir, config, world_size=comm.size)
         hooks = job.Hooks(
             say=views.say if comm.rank == 0 else job.Hooks.say,
             prepare_progress=lambda totals: views.PrepareView(progress, totals),
-            reporter=TrackedView(shown, listener, run_dir, config, world_size=comm.size),
+            reporter=view,
         )
         result = job.run(spec, hooks, comm=comm)
         if result.evaluation is not None:
-            evaluated(listener, result.evaluation)
+            view.evaluated(result.evaluation)
     if comm.rank != 0:
         return
     if result.evaluation is not None:
