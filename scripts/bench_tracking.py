@@ -44,6 +44,7 @@ def _sending(
     measured with nothing else running in the process (what it takes from the training)."""
     from pipeline.events import EPOCH_ENDED
 
+    run_dir.mkdir()
     tracker = MlflowTracker(uri, warn=print)
     TrackedView(Silent(), tracker, run_dir, config, world_size=1).start_epoch(0, 1, 1, 0)
     record = {"train_loss": 0.1, "test_accuracy": 0.98, "lr": 0.1, "seconds": 1.7}
