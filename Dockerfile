@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # The pipeline as a scheduled batch job (README "Scheduled runs"). Runs as uid 1000 on a read-only
 # root file system: everything it writes goes to /shards, /runs (volumes) or /tmp (a tmpfs).
 # The base is pinned to a patch release; pin its digest too where you build (FROM ...@sha256:...).
@@ -13,11 +14,12 @@ COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 RUN pip install . && rm -rf /src/*
 
-# Compile the training kernel once, into a cache outside the package. From /, so that the installed
-# package is what gets compiled (numba keys its cache by the source file's path). numba reads a
-# cache only from a writable directory, so the entrypoint copies this one to $NUMBA_CACHE_DIR.
+# Compile every kernel (every preset's: the original recipe's and the general step's, both dtypes)
+# once, into a cache outside the package. From /, so that the installed package is what gets
+# compiled (numba keys its cache by the source file's path). numba reads a cache only from a
+# writable directory, so the entrypoint copies this one to $NUMBA_CACHE_DIR.
 WORKDIR /
-RUN NUMBA_CACHE_DIR=/opt/numba-cache python -m pipeline.nn.kernels \
+RUN NUMBA_CACHE_DIR=/opt/numba-cache python -m pipeline.nn.warm \
     && chmod -R a+rX /opt/numba-cache \
     && mkdir -p /shards /runs && chown 1000:1000 /shards /runs
 COPY --chmod=755 deploy/entrypoint.sh /usr/local/bin/pipeline-entrypoint

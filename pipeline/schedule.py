@@ -47,10 +47,13 @@ def trigger(
     min_accuracy: float | None = None,
     keep: int = 0,
     train_only: bool = False,
+    export: str | None = None,
     reporter: train_stage.Reporter | None = None,
     on_event: OnEvent = _quiet,
 ) -> Outcome:
-    """Bring the run of (manifest, config) in `runs_dir` up to date; `keep` 0 keeps every run."""
+    """Bring the run of (manifest, config) in `runs_dir` up to date; `keep` 0 keeps every run.
+    `export` "onnx": every evaluated run gets RUN/model.onnx before it is finished, so before
+    it can become `latest`."""
     config.check()
     rid = runs.run_id(manifest.identity, config)
     done = runs.finished(runs_dir, manifest, config)
@@ -73,6 +76,12 @@ def trigger(
         evaluation = evaluate_stage.evaluate(run, manifest=manifest)
         accuracy = evaluation.report.accuracy
         seconds = result.history[-1]["seconds_total"] + time.perf_counter() - started
+        if export is not None:  # before the run is finished (and so before promotion): a
+            # failed export leaves it unfinished, and the next trigger exports again
+            from pipeline.deploy.onnx_export import export_onnx
+
+            onnx_file = export_onnx(run, run / "model.onnx")
+            on_event("exported", {"run": run.name, "path": str(onnx_file), "format": export})
         passed = runs.finish(run, accuracy=accuracy, min_accuracy=min_accuracy, seconds=seconds)
         fields = {"run": run.name, "accuracy": accuracy, "min_accuracy": min_accuracy}
         on_event("evaluated", {**fields, "passed": passed, "report": str(run / "report.json")})

@@ -133,6 +133,20 @@ def slice_shards(
     return prepare.prepare(out, raw, shard_size=1000).manifest
 
 
+def one_line_error(args: list[str], code: int) -> str:
+    """`pipeline ARGS` through typer's runner: exit `code`, one `error:` line, no traceback."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
 def snapshot(directory: Path) -> dict[str, tuple[int, int, int]]:
     """Every entry of `directory`: name -> (inode, mtime_ns, size). Equal snapshots: untouched."""
     return {
@@ -201,3 +215,43 @@ def run_size_limited(limit: int, *args: str) -> subprocess.CompletedProcess[str]
         check=False,
         timeout=300,
     )
+
+
+@pytest.fixture(scope="session")
+def warm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's build step, once per session: `python -m pipeline.nn.warm` compiles every
+    kernel into a cache outside the package (from /, as the Dockerfile runs it). Read-only for
+    the tests: copy it to load from it (numba loads a cache only from a writable directory)."""
+    cache = tmp_path_factory.mktemp("numba-cache")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    subprocess.run([sys.executable, "-m", "pipeline.nn.warm"], env=env, check=True, cwd="/")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def deploy_runs(
+    tmp_path_factory: pytest.TempPathFactory, slice_shards: shards.Manifest
+) -> dict[str, Path]:
+    """Three briefly trained models (one epoch on the 3,000-image slice) for predict and
+    export: the original recipe (sigmoid, MSE), `fast` (ReLU, softmax) and a 3-layer tanh."""
+    from pipeline.training import presets, trainer
+    from pipeline.training.config import TrainConfig
+
+    configs = {
+        "original": TrainConfig(epochs=1),
+        "fast": presets.resolve("fast", epochs=1),
+        "tanh": TrainConfig(
+            hidden=(64, 32),
+            activation="tanh",
+            init="xavier",
+            loss="cross_entropy",
+            lr=0.1,
+            batch_size=32,
+            epochs=1,
+        ),
+    }
+    runs = {}
+    for name, config in configs.items():
+        runs[name] = tmp_path_factory.mktemp(f"deploy-{name}")
+        trainer.train(slice_shards.directory, runs[name], config)
+    return runs

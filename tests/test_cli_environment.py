@@ -24,7 +24,6 @@ from typer.testing import CliRunner
 
 import pipeline
 from pipeline.cli import app
-from tests.conftest import REPO
 
 PACKAGE = Path(pipeline.__file__).parent
 
@@ -33,10 +32,13 @@ def cache_files(root: Path) -> dict[Path, float]:
     return {p: p.stat().st_mtime for p in (*root.rglob("*.nbi"), *root.rglob("*.nbc"))}
 
 
+WARM_ORIGINAL = "from pipeline.nn import warm\nfor dt in ('float32', 'float64'): warm.original(dt)"
+
+
 def warm(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m pipeline.nn.kernels`: compiles (or loads) the kernel for both dtypes."""
+    """Compiles (or loads) the original recipe's kernel for both dtypes."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.nn.kernels"],
+        [sys.executable, "-c", WARM_ORIGINAL],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -108,27 +110,40 @@ def test_no_writable_cache_compiles_in_process_and_says_so_once(
     assert cache_files(PACKAGE) == before
 
 
-# As user nobody, with no writable home or cache: the commands that do not train must work and
-# must not even import numba. The interpreter may live where nobody cannot read (under /root),
-# so the child first runs every command as root on copies (every module it needs gets
-# imported), then gives up root and runs them again on the originals.
+# As user nobody, with no writable home, cache or temp dir, from a root-owned copy of the package
+# (as `pip install` by root into a system location leaves it): the commands that do not train
+# must work without even importing numba, and `train` (the original recipe and `fast`) must work,
+# its kernels compiled in the process. The interpreter may live where nobody cannot read (under
+# /root), so the child first runs every command as root on copies (every module it needs gets
+# imported), then forgets the package's modules, gives up root and runs them again: the package
+# is imported afresh as nobody, its kernels declared and compiled as nobody.
 AS_NOBODY = textwrap.dedent(
     """
     import json, os, shutil, sys
-    from pipeline.cli import app
     work = sys.argv[1]
+    sys.path.insert(0, f"{work}/site")
+    from pipeline.cli import app
+
+    FAST = ["--preset", "fast", "--batch-size", "32"]  # 250 samples: smaller batches
 
     def commands(tag):
+        train = ["train", "--data", f"{work}/trained", "--epochs", "1", "--hidden", "8"]
         return {
             "help": ["--help"],
             "prepare": ["prepare", "--out", f"{work}/shards{tag}", "--source", f"idx:{work}/raw"],
             "verify": ["verify", f"{work}/shards{tag}"],
             "evaluate": ["evaluate", "--run-dir", f"{work}/run{tag}", "--data", f"{work}/trained"],
+            **({"numba": None} if tag else {}),  # as root: numba not loaded so far
+            "train": [*train, "--run-dir", f"{work}/original{tag}"],
+            "train-fast": [*train, "--run-dir", f"{work}/fast{tag}", *FAST],
         }
 
     def run_all(tag):
         codes = {}
         for name, args in commands(tag).items():
+            if args is None:
+                codes[name] = name in sys.modules
+                continue
             try:
                 app(args, prog_name="pipeline")
             except SystemExit as exc:
@@ -137,9 +152,12 @@ AS_NOBODY = textwrap.dedent(
 
     shutil.copytree(f"{work}/run", f"{work}/run-root")
     as_root = run_all("-root")
+    for name in [m for m in sys.modules if m == "pipeline" or m.startswith("pipeline.")]:
+        del sys.modules[name]
     os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    from pipeline.cli import app
     as_nobody = run_all("")
-    print(json.dumps({"root": as_root, "nobody": as_nobody, "numba": "numba" in sys.modules}))
+    print(json.dumps({"root": as_root, "nobody": as_nobody}))
     """
 )
 
@@ -153,8 +171,8 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(directory)
 
 
-def test_commands_that_do_not_train_work_as_nobody_without_numba(
-    small_idx: Path, shared_dir: Path
+def test_every_command_works_as_nobody_from_a_root_owned_install(
+    small_idx: Path, shared_dir: Path, read_only: Path
 ) -> None:
     shutil.copytree(small_idx, shared_dir / "raw")
     trained_on, run = str(shared_dir / "trained"), str(shared_dir / "run")
@@ -166,19 +184,32 @@ def test_commands_that_do_not_train_work_as_nobody_without_numba(
         assert ready.exit_code == 0, ready.output
     for path in (shared_dir, *shared_dir.rglob("*")):
         path.chmod(0o777 if path.is_dir() else 0o666)
-    unwritable = shared_dir / "home"
-    unwritable.mkdir(mode=0o555)
+    site = shared_dir / "site"  # root's, read-only to others: nobody can cache nothing there
+    shutil.copytree(PACKAGE, site / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in (site, *site.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    root_only = shared_dir / "tmp"  # root may write here, nobody may not
+    root_only.mkdir(mode=0o755)
     done = subprocess.run(
         [sys.executable, "-c", AS_NOBODY, str(shared_dir)],
-        env=base_env(HOME=str(unwritable), XDG_CACHE_HOME=str(unwritable / "cache")),
-        cwd=REPO,
+        env=base_env(
+            NUMBA_CACHE_DIR=str(read_only / "numba"),
+            XDG_CACHE_HOME=str(read_only / "cache"),
+            HOME=str(read_only / "home"),
+            TMPDIR=str(root_only),
+            MPLCONFIGDIR=str(shared_dir / "matplotlib"),
+        ),
+        cwd=shared_dir,
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
-    ok = {"help": 0, "prepare": 0, "verify": 0, "evaluate": 0}
-    assert result == {"root": ok, "nobody": ok, "numba": False}, done.stdout + done.stderr
+    ok = {"help": 0, "prepare": 0, "verify": 0, "evaluate": 0, "train": 0, "train-fast": 0}
+    assert result == {"root": ok | {"numba": False}, "nobody": ok}, done.stdout + done.stderr
     assert (shared_dir / "run" / "report.json").exists()
+    for name in ("original", "fast"):  # trained as nobody
+        assert list((shared_dir / name / "checkpoints").glob("*.npz")), name
     assert "Traceback" not in done.stderr
+    assert not list(site.rglob("*.nbi")), "a kernel cached inside the package"

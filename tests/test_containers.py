@@ -8,6 +8,7 @@ The validators (hadolint, the Compose spec schema, the Kubernetes schemas) run i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -29,7 +30,9 @@ from tests.test_runs import tree
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 CRONJOB = yaml.safe_load((REPO / "deploy" / "kubernetes" / "cronjob.yaml").read_text())
+MPIJOB = yaml.safe_load((REPO / "deploy" / "kubernetes" / "mpijob.yaml").read_text())
 DOCKERFILE = (REPO / "Dockerfile").read_text()
+MPI_DOCKERFILE = (REPO / "deploy" / "kubernetes" / "mpi.Dockerfile").read_text()
 ENTRYPOINT = REPO / "deploy" / "entrypoint.sh"
 # what a user's .env would set: a recipe that learns the slice in seconds, a gate it passes
 SETTINGS = {
@@ -72,14 +75,24 @@ def interpolate(value: str, env: dict[str, str]) -> str:
 
 
 class Host:
-    """Runs containers' commands on this machine: the image's entrypoint and environment, each
-    container with a fresh /tmp (its tmpfs or emptyDir), its volumes at temporary directories."""
+    """Runs containers' commands on this machine: the image's entrypoint (or the container's
+    `command`) and environment, each container with a fresh /tmp (its tmpfs or emptyDir), its
+    volumes at temporary directories. The entrypoint is on PATH under its name in the image."""
 
     def __init__(self, root: Path, numba_seed: Path, extra: dict[str, Path] | None = None) -> None:
         self.root, self.seed, self.extra, self.started = root, numba_seed, extra or {}, 0
+        self.bin = root / "bin"
+        self.bin.mkdir()
+        entrypoint = self.bin / "pipeline-entrypoint"  # where COPY puts it (its PATH name)
+        entrypoint.write_text(f'#!/bin/sh\nexec sh {shlex.quote(str(ENTRYPOINT))} "$@"\n')
+        entrypoint.chmod(0o755)
 
     def run(
-        self, args: list[str], env: dict[str, str], mounts: dict[str, Path]
+        self,
+        args: list[str],
+        env: dict[str, str],
+        mounts: dict[str, Path],
+        command: list[str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         self.started += 1
         tmp = self.root / f"tmp-{self.started}"
@@ -94,9 +107,10 @@ class Host:
 
         declared = {**image_env(), **env}
         environment = {k: host(v) for k, v in declared.items()}
-        environment["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+        environment["PATH"] = f"{self.bin}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+        command = command or json.loads(instructions("ENTRYPOINT")[0])
         return subprocess.run(
-            ["sh", str(ENTRYPOINT), *(host(a) for a in args)],
+            [*command, *(host(a) for a in args)],
             env=environment,
             cwd=tmp,
             capture_output=True,
@@ -104,13 +118,10 @@ class Host:
         )
 
 
-@pytest.fixture(scope="module")
-def numba_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The image's build step: compile the kernel into a cache outside the package."""
-    seed = tmp_path_factory.mktemp("numba-cache")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(seed)}
-    subprocess.run([sys.executable, "-m", "pipeline.nn.kernels"], env=env, check=True, cwd="/")
-    return seed
+@pytest.fixture
+def numba_seed(warm_cache: Path) -> Path:
+    """The image's build step: every kernel compiled into a cache outside the package."""
+    return warm_cache
 
 
 @pytest.fixture
@@ -317,6 +328,14 @@ def test_cronjob_containers_run_once_then_are_up_to_date_then_take_a_swapped_dat
 # --- the Dockerfile -----------------------------------------------------------------------
 
 
+def test_dockerfiles_declare_the_syntax_their_options_need() -> None:
+    """`COPY --chmod` (and --link, RUN --mount) need the BuildKit frontend the syntax line names:
+    the classic builder rejects them."""
+    for text in (DOCKERFILE, MPI_DOCKERFILE):
+        if re.search(r"^(COPY|ADD|RUN)\s.*--(chmod|link|mount)", text, re.MULTILINE):
+            assert re.match(r"# syntax=docker/dockerfile:1(\.\d+)*\n", text), text[:80]
+
+
 def test_dockerfile_pins_its_base_runs_unprivileged_and_warms_the_kernel() -> None:
     python = re.fullmatch(r"python:(\d+\.\d+)\.\d+-slim-\w+", instructions("FROM")[0])
     assert python is not None
@@ -330,7 +349,7 @@ def test_dockerfile_pins_its_base_runs_unprivileged_and_warms_the_kernel() -> No
     assert instructions("ENTRYPOINT") == ['["pipeline-entrypoint"]']
     # the kernel is compiled from /, into a cache outside the package the entrypoint seeds from
     steps = logical()
-    [warm] = [i for i, (k, a) in enumerate(steps) if "python -m pipeline.nn.kernels" in a]
+    [warm] = [i for i, (k, a) in enumerate(steps) if "python -m pipeline.nn.warm" in a]
     assert "NUMBA_CACHE_DIR=/opt/numba-cache" in steps[warm][1]
     assert [a for k, a in steps[:warm] if k == "WORKDIR"][-1] == "/"
     assert instructions("USER") == ["1000:1000"]
@@ -338,3 +357,42 @@ def test_dockerfile_pins_its_base_runs_unprivileged_and_warms_the_kernel() -> No
     assert env["PIPELINE_NUMBA_CACHE_SEED"] == "/opt/numba-cache"
     for key in ("HOME", "NUMBA_CACHE_DIR", "MPLCONFIGDIR"):  # writable on a read-only root
         assert env[key].startswith("/tmp")
+
+
+# --- the MPIJob ---------------------------------------------------------------------------
+
+CACHE_ENV = {"NUMBA_CACHE_DIR", "PIPELINE_NUMBA_CACHE_SEED", "HOME"}
+
+
+def test_mpijob_ranks_start_through_the_entrypoint_and_load_the_warmed_kernels(
+    tmp_path: Path, numba_seed: Path, small_idx: Path
+) -> None:
+    """As the compose services and the CronJob's containers do: each rank runs the image's
+    entrypoint with the image's cache environment, so it loads the kernels compiled at build
+    time. Two ranks in one pod here (one /tmp): both seed the cache at once, neither compiles."""
+    replicas = MPIJOB["spec"]["mpiReplicaSpecs"]
+    launcher = replicas["Launcher"]["template"]["spec"]["containers"][0]
+    worker = replicas["Worker"]["template"]["spec"]["containers"][0]
+    for container in (launcher, worker):
+        assert not {e["name"] for e in container.get("env", [])} & CACHE_ENV
+    args = list(launcher["args"])
+    assert not {args[i + 1] for i, a in enumerate(args) if a == "-genv"} & CACHE_ENV
+    assert not re.search(r"^ENV\b", MPI_DOCKERFILE, re.MULTILINE)  # the base image's ENV holds
+    volumes = {"shards": tmp_path / "shards", "runs": tmp_path / "runs"}
+    prepare.prepare(volumes["shards"], sources.load(f"idx:{small_idx}", name="small"))
+    volumes["runs"].mkdir()
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in worker["volumeMounts"]}
+    assert args[:2] == ["-n", "4"]
+    args[1] = "2"  # this machine's cores; the recipe's shape shrunk to the small set
+    args += ["--epochs", "1", "--hidden", "8", "--batch-size", "32"]
+    host = Host(tmp_path, numba_seed)
+    done = host.run(args, {}, mounts, command=launcher["command"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("trained 1 epochs") == 1
+    cache = tmp_path / "tmp-1" / "numba-cache"  # the image's $NUMBA_CACHE_DIR, under /tmp
+
+    def contents(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert contents(cache) == contents(numba_seed)  # seeded, nothing compiled or rewritten
+    assert not [p for p in cache.parent.iterdir() if p.name.startswith("numba-cache.")]

@@ -43,7 +43,7 @@ def test_mpijob_launches_one_rank_per_worker_slot_running_a_valid_train() -> Non
     args = args[2:]
     while args[0] == "-genv":
         args = args[3:]
-    assert args[0] == "pipeline"
+    assert args[0] == "pipeline-entrypoint"  # the image's entrypoint runs `pipeline`
     parses_as_pipeline_command(args[1:])
     assert args[1] == "train" and "--resume" in args
     assert args[args.index("--distributed") + 1] == "mpi"

@@ -26,6 +26,7 @@ from pipeline.report import evaluate
 from pipeline.training import checkpoint, rundir
 from pipeline.training import trainer as train
 from pipeline.training.config import TrainConfig
+from tests import conftest
 from tests.conftest import random_split, write_idx_dir
 
 SCHEMA = json.loads((Path(evaluate.__file__).parent / "report.schema.json").read_text())
@@ -177,12 +178,7 @@ def test_gate_exit_codes(trained_run: Path, tmp_path: Path) -> None:
 
 
 def one_line_error(args: list[str]) -> str:
-    result = runner.invoke(app, args)
-    assert result.exit_code == EXIT_ERROR, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
+    return conftest.one_line_error(args, EXIT_ERROR)
 
 
 def test_run_dir_without_checkpoint(tmp_path: Path) -> None:

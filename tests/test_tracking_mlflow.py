@@ -326,7 +326,7 @@ def test_scheduled_runs_against_a_real_mlflow_server(
     server: str, tmp_path: Path, slice_shards: Manifest
 ) -> None:
     runs = tmp_path / "runs"
-    args = ["run", "--runs", str(runs), "--data", str(slice_shards.directory)]
+    args = ["run", "--runs", str(runs), "--data", str(slice_shards.directory), "--export", "onnx"]
     recipe = ["--hidden", "30", "--epochs", "2", "--batch-size", "100", "--lr", "3"]
     for _ in range(2):  # the second trigger is "up to date": nothing new is tracked
         proc = _pipeline(
@@ -357,3 +357,4 @@ def test_scheduled_runs_against_a_real_mlflow_server(
     assert [s for s, _ in history["train_loss"]] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.md", "report.json", "confusion.png", "curves.png", "run.json"} <= artifacts
+    assert "model.onnx" in artifacts  # the EXPORTED event's file

@@ -3,6 +3,7 @@
     data_commands.py    prepare, show, verify
     train_commands.py   train, evaluate, run
     scheduled.py        runs (and the --runs mode of train and run)
+    deploy_commands.py  predict, export (the model leaves the pipeline)
 The stages are imported inside the commands, so `pipeline --help` loads neither numba nor
 matplotlib (numpy and h5py do come, with the shard format's `Compression` that `prepare` offers).
 Exit codes and error lines: `pipeline.cli.errors`; views: `views`; MPI: `world`.
@@ -15,7 +16,7 @@ from typing import Annotated
 import typer
 
 from pipeline import __version__
-from pipeline.cli import data_commands, scheduled, train_commands
+from pipeline.cli import data_commands, deploy_commands, scheduled, train_commands
 from pipeline.cli.errors import (
     EXIT_ERROR,
     EXIT_GATE,
@@ -62,3 +63,5 @@ app.command()(train_commands.train)
 app.command()(train_commands.evaluate)
 app.command()(train_commands.run)
 app.command("runs")(scheduled.runs_command)
+app.command()(deploy_commands.predict)
+app.command()(deploy_commands.export)

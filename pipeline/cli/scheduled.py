@@ -26,6 +26,7 @@ PLAIN = {  # event -> its plain line
     "claimed": "run {path}",
     "trained": "trained: {checkpoint}{resumed}",
     "evaluated": "gate: accuracy {accuracy:.4f}, min {min_accuracy}: {verdict}",
+    "exported": "exported: {path}",
     "promoted": "promoted: {latest} -> {run}",
     "pruned": "pruned: {path}",
 }
@@ -50,6 +51,7 @@ def trigger(
     keep: int,
     train_only: bool = False,
     tracking: Tracking | None = None,
+    export: str | None = None,
 ) -> None:
     """One trigger: the set in `data` (an empty one prepared from `source` unless
     `train_only`), then its run."""
@@ -70,6 +72,10 @@ def trigger(
             view.claimed(event, fields)
             _on_event(event, fields)
 
+        if export is not None:  # a missing extra is found before training, not after
+            from pipeline.deploy.onnx_export import require_onnx
+
+            require_onnx()
         if train_only or (data / MANIFEST).exists():  # a set there is used whatever its source
             manifest = load_manifest(data)
         else:
@@ -88,6 +94,7 @@ def trigger(
             min_accuracy=min_accuracy,
             keep=keep,
             train_only=train_only,
+            export=export,
             reporter=view,
             on_event=on_event,
         )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pipeline.errors import TrackingError
-from pipeline.events import EPOCH_ENDED, EVALUATED, RUN_STARTED, Event, Listener
+from pipeline.events import EPOCH_ENDED, EVALUATED, EXPORTED, RUN_STARTED, Event, Listener
 
 if TYPE_CHECKING:
     from pipeline.report.evaluate import Evaluation
@@ -122,16 +122,21 @@ class TrackedView:
         self.started = False
 
     def claimed(self, event: str, fields: dict[str, Any]) -> None:
-        """Hears the scheduled mode's events: the run directory is known once claimed."""
+        """Hears the scheduled mode's events: the run directory is known once claimed; an
+        exported model is told (after RUN_STARTED, when no epoch was left to train)."""
         if event == "claimed":
             self.run_dir, self.run = Path(fields["path"]), str(fields["run"])
+        if event == EXPORTED and self.listener is not None:
+            self._start(None)
+            self.listener(Event(EXPORTED, fields))
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
         self.view.start_epoch(epoch, epochs, steps, done)
         self._start(epoch)
 
-    def _start(self, epoch: int) -> None:
-        """RUN_STARTED, once, with the `epoch` epochs done and their records."""
+    def _start(self, epoch: int | None) -> None:
+        """RUN_STARTED, once, with the `epoch` epochs done (None: all that metrics.jsonl
+        holds) and their records."""
         if self.started or self.listener is None or self.run_dir is None:
             return
         import json
@@ -142,6 +147,7 @@ class TrackedView:
         saved = RunDir(self.run_dir).read_run_file()
         metrics = self.run_dir / METRICS_FILE
         lines = metrics.read_text().splitlines()[:epoch] if metrics.is_file() else []
+        epoch = len(lines) if epoch is None else epoch
         fields = {
             "path": str(self.run_dir),
             "run": self.run,

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import views
+from pipeline.cli.deploy_commands import ScheduledExport
 from pipeline.cli.errors import EXIT_GATE, fail, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import (
@@ -198,6 +199,7 @@ def run(
     mlflow: Mlflow = None,
     mlflow_experiment: MlflowExperiment = None,
     mlflow_required: MlflowRequired = False,
+    export: ScheduledExport = None,
     *,
     config: TrainConfig,
 ) -> None:
@@ -214,16 +216,21 @@ def run(
         from pipeline.cli.scheduled import trigger
 
         assert runs is not None
+        shards = data or runs / "shards"
+        tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
         trigger(
             runs,
-            data or runs / "shards",
+            shards,
             source,
             config,
             min_accuracy=min_accuracy,
             keep=keep,
-            tracking=Tracking(mlflow, mlflow_experiment, mlflow_required),
+            export=export,
+            tracking=tracking,
         )
         return
+    if export is not None:
+        raise fail("--export needs --runs (export a single run with pipeline export)", 2)
     assert run_dir is not None
 
     with friendly_errors():  # a bad --image-shape is one line

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from pipeline import __version__
+from pipeline.data import pixels
 from pipeline.errors import ShardSetError
 from pipeline.fsutil import ReaderLock
 
@@ -42,7 +43,7 @@ class Compression(StrEnum):
 
 
 DATASETS = {"images": "float32", "labels": "float32", "targets": "uint8"}
-NORMALIZATION = {"images": "float32(pixel) / float32(255)", "labels": "one-hot"}
+NORMALIZATION = {"images": pixels.NORMALIZATION, "labels": "one-hot"}
 
 
 def provenance(command: str) -> dict[str, str]:

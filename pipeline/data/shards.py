@@ -32,6 +32,7 @@ from pipeline.data.manifest import (
     SplitInfo,
     provenance,
 )
+from pipeline.data.pixels import normalize
 from pipeline.errors import ShardCorruptError, ShardSetError
 from pipeline.fsutil import commit, sha256_file, tmp_path_for
 
@@ -143,8 +144,7 @@ class ShardWriter:
         one_hot = np.zeros((rows, self.n_classes), np.float32)  # (n, classes)
         one_hot[np.arange(rows), labels] = 1.0
         arrays = {
-            # float32 division, correctly rounded: the documented normalization
-            "images": np.divide(images, np.float32(255), dtype=np.float32),  # (n, features)
+            "images": normalize(images),  # (n, features) float32: the documented normalization
             "labels": one_hot,
             "targets": np.ascontiguousarray(labels, dtype=np.uint8),  # (n,)
         }

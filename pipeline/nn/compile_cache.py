@@ -6,15 +6,28 @@ the project. And a user who can write neither the package nor ~/.cache got a tra
 command. Here: the first writable of $NUMBA_CACHE_DIR (if set), $XDG_CACHE_HOME (else ~/.cache)
 /mnist-pipeline/numba, and a private directory in the temp dir; with none, the kernels compile
 in each process and one line says so.
+
+`jit` is the package's one way to declare a numba kernel (a test holds every module to it): a
+kernel's cache is chosen at its first compile, by that rule, so no module can cache by another.
+`python -m pipeline.nn.warm` compiles every kernel into the cache (e.g. at image build time).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import numba
+from numba.core.compiler_lock import global_compiler_lock
+from numba.core.registry import CPUDispatcher
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def first_writable(candidates: list[Path]) -> Path | None:
@@ -58,13 +71,10 @@ def cache_dir() -> Path | None:
     return first_writable(candidates)
 
 
+@functools.cache
 def configure() -> bool:
     """Point numba's cache at `cache_dir()`; False (and one line on stderr) if there is none.
-
-    Call before decorating with `njit(cache=...)`: numba picks a function's cache then.
-    """
-    import numba
-
+    Once per process: at the first compile of any kernel."""
     directory = cache_dir()
     if directory is None:
         print(
@@ -77,3 +87,29 @@ def configure() -> bool:
     # replaces numba's own choice: $NUMBA_CACHE_DIR even when unwritable, else the package
     numba.config.CACHE_DIR = str(directory)  # type: ignore[attr-defined]
     return True
+
+
+class Kernel(CPUDispatcher):
+    """numba's dispatcher (what `numba.njit` returns), its disk cache enabled at the first
+    compile if `configure()` found a directory. Every compile goes through `compile`: a call
+    from Python and a call from another kernel alike."""
+
+    def compile(self, sig: Any) -> Any:
+        with global_compiler_lock:  # the recipe's two threads may reach a first call at once
+            if not getattr(self, "cache_chosen", False):
+                self.cache_chosen = True
+                if configure():
+                    self.enable_caching()
+            return super().compile(sig)
+
+
+def jit(**options: Any) -> Callable[[F], F]:
+    """`numba.njit(**options)` with the cache rule above; `cache=` is not an option here."""
+    if "cache" in options:
+        raise TypeError("compile_cache.jit decides caching itself: drop cache=")
+
+    def declare(func: F) -> F:
+        options_ = {"nopython": True, "boundscheck": None, **options}  # as numba.njit sets them
+        return cast(F, Kernel(func, targetoptions=options_))
+
+    return declare

@@ -6,6 +6,7 @@ dropout forward, dropout' * activation' backward, the loss and its gradient, the
 for the bias gradients and the optimizers' updates. The plain equations are in `layers`,
 `losses` and `optimizers`; the tests hold these kernels to them.
 
+Declared with `compile_cache.jit` (compiled at first use, cached outside the package).
 numba runs single-threaded beside BLAS's threads (its default threading layer and OpenBLAS
 fight over the two cores). Every loop runs in a fixed order and fastmath stays off: results
 are bit-identical from run to run and across a resume.
@@ -16,13 +17,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from pipeline.nn.compile_cache import jit
 
 ACT_CODE = {"relu": 0, "tanh": 1, "sigmoid": 2}  # the kernels' names for layers.ACTIVATIONS
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@jit(nogil=True, inline="always")
 def _splitmix(start: np.uint64, word: int) -> np.uint64:
     z = start + np.uint64(word) * _GOLDEN + _GOLDEN
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -30,7 +32,7 @@ def _splitmix(start: np.uint64, word: int) -> np.uint64:
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def draw_keep(keep: np.ndarray, start: np.uint64, threshold: int) -> None:
     """keep (B, n) uint8 <- 1 where draw k >= threshold; draw k is 16 bits of
     splitmix64(start + (k // 4) * GOLDEN) (as `layers.keep_mask`)."""
@@ -50,7 +52,7 @@ def draw_keep(keep: np.ndarray, start: np.uint64, threshold: int) -> None:
             flat[4 * full + s] = ((z >> np.uint64(16 * s)) & np.uint64(0xFFFF)) >= threshold
 
 
-@njit(cache=True, nogil=True, inline="always")
+@jit(nogil=True, inline="always")
 def _act(v: float, act: int) -> float:
     if act == 0:
         return v if v > 0.0 else 0.0
@@ -59,7 +61,7 @@ def _act(v: float, act: int) -> float:
     return 1.0 / (1.0 + math.exp(-v)) if v > -88.0 else 0.0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@jit(nogil=True, inline="always")
 def _act_prime(a: float, act: int) -> float:
     if act == 0:
         return 1.0 if a > 0.0 else 0.0
@@ -68,7 +70,7 @@ def _act_prime(a: float, act: int) -> float:
     return a * (1.0 - a)
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def forward_hidden(
     z: np.ndarray, b: np.ndarray, act: int, keep: np.ndarray, scale: float, drop: bool
 ) -> None:
@@ -82,7 +84,7 @@ def forward_hidden(
             z[i, j] = v
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def backward_hidden(
     d: np.ndarray, a: np.ndarray, act: int, keep: np.ndarray, scale: float, drop: bool
 ) -> None:
@@ -97,7 +99,7 @@ def backward_hidden(
                 d[i, j] = d[i, j] * _act_prime(a[i, j], act)
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def dropout_into(src: np.ndarray, dst: np.ndarray, keep: np.ndarray, scale: float) -> None:
     """dst (B, n) <- src with dropped units zeroed and kept ones scaled (the input layer)."""
     rows, n = src.shape
@@ -106,7 +108,7 @@ def dropout_into(src: np.ndarray, dst: np.ndarray, keep: np.ndarray, scale: floa
             dst[i, j] = src[i, j] * scale if keep[i, j] else 0.0
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def cross_entropy_out(
     z: np.ndarray, b: np.ndarray, y: np.ndarray, d: np.ndarray, inv_batch: float
 ) -> float:
@@ -131,7 +133,7 @@ def cross_entropy_out(
     return total
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def mse_out(
     z: np.ndarray, b: np.ndarray, act: int, y: np.ndarray, d: np.ndarray, inv_batch: float
 ) -> float:
@@ -148,7 +150,7 @@ def mse_out(
     return total
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def column_sums(d: np.ndarray, out: np.ndarray) -> None:
     """out (n,) <- sum over rows of d (B, n): the bias gradient."""
     rows, n = d.shape
@@ -158,7 +160,7 @@ def column_sums(d: np.ndarray, out: np.ndarray) -> None:
             out[j] += d[i, j]
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def sgd_update(
     w: np.ndarray, g: np.ndarray, v: np.ndarray, lr: float, mu: float, wd: float, nesterov: bool
 ) -> None:
@@ -172,7 +174,7 @@ def sgd_update(
         wf[i] -= lr * (gi + mu * vi if nesterov else vi)
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def adam_update(
     w: np.ndarray,
     g: np.ndarray,
@@ -200,7 +202,7 @@ def adam_update(
         wf[i] -= lr * (mf[i] / c1) / (math.sqrt(vf[i] / c2) + eps)
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def max_norm(w: np.ndarray, limit: float) -> None:
     """Rescale each unit's incoming weights (a column of w (n_in, n_out)) to norm <= limit."""
     n_in, n_out = w.shape

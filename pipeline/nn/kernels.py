@@ -3,8 +3,8 @@
 The compiled code (`sgd_kernel`: the sparse-input SGD step in numba, its design and its
 determinism) does no bounds checks, so `sgd_steps` checks every array (kind, dtype, layout,
 shapes that fit each other) and every number before it runs: nothing a file says can make it
-read or write outside an array. `python -m pipeline.nn.kernels` compiles it (or loads it from
-the on-disk cache, `compile_cache`) for both dtypes, e.g. at image build time.
+read or write outside an array. `python -m pipeline.nn.warm` compiles it (with every other
+kernel) into the on-disk cache (`compile_cache`), e.g. at image build time.
 """
 
 from __future__ import annotations
@@ -64,12 +64,3 @@ def sgd_steps(
         if not isinstance(number, int | float | np.floating) or not math.isfinite(number):
             raise ArrayError("must be a finite number", param=name, value=number)
     return float(sgd_kernel.steps(w1, b1, w2, b2, x, y, float(lr), int(batch), float(loss_sum)))
-
-
-if __name__ == "__main__":  # warm the on-disk cache (e.g. at image build time)
-    for dtype in (np.float32, np.float64):
-        w1, b1 = np.zeros((4, 3), dtype), np.zeros(3, dtype)
-        w2, b2 = np.zeros((3, 2), dtype), np.zeros(2, dtype)
-        sgd_kernel.steps(
-            w1, b1, w2, b2, np.ones((2, 4), dtype), np.ones((2, 2), dtype), 0.1, 2, 0.0
-        )

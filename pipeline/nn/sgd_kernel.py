@@ -24,16 +24,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
-from pipeline.nn import compile_cache
+from pipeline.nn.compile_cache import jit
 
 __all__ = ["steps"]
 
-CACHED = compile_cache.configure()  # before the decorators: they pick the cache
 
-
-@njit(cache=CACHED, fastmath=False, nogil=True)
+@jit(fastmath=False, nogil=True)
 def _scratch(bmax: int, n_in: int, n_hid: int, n_out: int, dt: np.dtype) -> tuple:  # type: ignore[type-arg]
     """Work arrays for _step, for batches of up to bmax samples.
 
@@ -67,7 +64,7 @@ def _scratch(bmax: int, n_in: int, n_hid: int, n_out: int, dt: np.dtype) -> tupl
     )
 
 
-@njit(cache=CACHED, fastmath=False, nogil=True)
+@jit(fastmath=False, nogil=True)
 def _transpose(src: np.ndarray, dst: np.ndarray) -> None:
     """dst[o, j] = src[j, o] (exact copy)."""
     n, m = src.shape
@@ -76,7 +73,7 @@ def _transpose(src: np.ndarray, dst: np.ndarray) -> None:
             dst[o, j] = src[j, o]
 
 
-@njit(cache=CACHED, fastmath=False, nogil=True)
+@jit(fastmath=False, nogil=True)
 def _step(
     w1: np.ndarray,
     b1: np.ndarray,
@@ -274,7 +271,7 @@ def _step(
     return 0.5 * loss
 
 
-@njit(cache=CACHED, fastmath=False, nogil=True)
+@jit(fastmath=False, nogil=True)
 def steps(
     w1: np.ndarray,
     b1: np.ndarray,

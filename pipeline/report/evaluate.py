@@ -20,7 +20,7 @@ from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
 from pipeline.fsutil import atomic_write_bytes
-from pipeline.nn.network import Network
+from pipeline.nn.network import Network, inference
 from pipeline.report.metrics import ClassificationReport, classification_report, confusion_matrix
 from pipeline.training import checkpoint
 from pipeline.training.distributed import LOCAL, Comm
@@ -50,8 +50,9 @@ def confusion_on(network: Network, loader: Loader) -> np.ndarray:
     """(classes, classes) counts of (true, predicted) over one streamed pass of a split."""
     n = network.sizes[-1]
     confusion = np.zeros((n, n), np.int64)
-    for x, y in loader.epoch(0):  # x (batch, features), y (batch, classes) one-hot
-        confusion += confusion_matrix(y.argmax(axis=1), network.predict(x), n)
+    with inference():
+        for x, y in loader.epoch(0):  # x (batch, features), y (batch, classes) one-hot
+            confusion += confusion_matrix(y.argmax(axis=1), network.predict(x), n)
     return confusion
 
 

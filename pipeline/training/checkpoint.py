@@ -63,6 +63,7 @@ class CheckpointMeta:
     recipe: str = RECIPE
     dropout_counter: int = 0  # the dropout generator's position (pipeline.nn.recipe)
     created: str = ""
+    image_shape: tuple[int, ...] = ()  # (rows, cols[, 3]) of the data; () in older checkpoints
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +84,7 @@ class CheckpointMeta:
             "dataset": self.dataset,
             "classes": list(self.classes),
             "created": self.created,
+            "image_shape": list(self.image_shape),
         }
 
     @classmethod
@@ -106,6 +108,9 @@ class CheckpointMeta:
             if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
                 raise ValueError("field 'history': a record without its epoch number")
         classes = tuple(get("classes", list))
+        shape = tuple(doc.get("image_shape", ()))  # absent in checkpoints older than predict
+        if not all(isinstance(n, int) and n >= 1 for n in shape) or len(shape) not in (0, 2, 3):
+            raise ValueError(f"field 'image_shape': {shape!r} is not an image shape")
         if not all(isinstance(c, str) for c in classes):
             raise ValueError("field 'classes': not a list of names")
         return cls(
@@ -125,6 +130,7 @@ class CheckpointMeta:
             recipe=get("recipe", str),
             dropout_counter=get("dropout_counter", int) if "dropout_counter" in doc else 0,
             created=doc.get("created", "") if isinstance(doc.get("created"), str) else "",
+            image_shape=shape,
         )
 
 

@@ -269,6 +269,7 @@ class Trainer:
             data_identity=manifest.identity,
             dataset=manifest.name,
             classes=tuple(manifest.classes),
+            image_shape=tuple(manifest.image_shape),
             optimizer={  # its buffers are the checkpoint's state arrays
                 "name": config.optimizer,
                 "lr": config.lr,

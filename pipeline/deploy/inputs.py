@@ -1,0 +1,131 @@
+"""What `predict` reads, a batch at a time: image files and folders, or a source's split.
+
+    batches(...) -> Batch(names, pixels (B, features) uint8, targets (B,) int64, -1 unknown)
+
+Image files are read as the `images:` source reads them (`sources.images`: the same header
+checks, the same decoding), so a PNG exported from a shard set comes back as the same bytes.
+Folders are walked in sorted order, lazily: memory holds one batch, whatever the count. An
+image in a folder named after one of the model's classes is labelled with that class.
+A source (`npz:`, `csv:`, `idx:`, ...) is read as prepare reads it; its split is batched.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.sources import images
+from pipeline.errors import ConfigError, SourceError
+
+RESAMPLING = "BILINEAR"  # Pillow's Image.Resampling member --resize uses (documented)
+
+
+@dataclass(frozen=True)
+class Batch:
+    names: list[str]  # a file's path, or "split/index" for a source's sample
+    pixels: np.ndarray  # (B, features) uint8, row-major (rows, cols[, 3]) per image
+    targets: np.ndarray  # (B,) int64 true class index, -1 where unknown
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Image files under `folder`, sorted by name at each level, hidden ones skipped."""
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            yield from _walk(entry)
+        elif entry.suffix.lower() in images.EXTENSIONS and entry.is_file():
+            yield entry
+
+
+def image_files(paths: Sequence[Path]) -> Iterator[Path]:
+    """Each path as given (a file) or the image files of a folder; an empty folder or a
+    missing path is an error naming it."""
+    for path in paths:
+        if path.is_dir():
+            found = _walk(path)
+            first = next(found, None)
+            if first is None:
+                raise SourceError(
+                    f"{path}: no image files ({', '.join(sorted(images.EXTENSIONS))})"
+                )
+            yield from itertools.chain([first], found)
+        elif path.exists():
+            yield path
+        else:
+            raise SourceError(f"{path}: no such file or folder")
+
+
+def _read(paths: list[Path], shape: tuple[int, ...], resize: bool) -> np.ndarray:
+    """(B, rows, cols[, 3]) uint8: each image checked against the model's shape, then decoded
+    as the images source decodes (or, with `resize`, converted and resized by Pillow)."""
+    from PIL import Image
+
+    rows, cols = shape[:2]
+    mode = "RGB" if len(shape) == 3 else "L"
+    want = f"{cols}x{rows} {'RGB' if mode == 'RGB' else 'grey'}"
+    entries = [images._header(p, -1) for p in paths]
+    if resize:
+        out = np.empty((len(paths), *shape), np.uint8)
+        method = getattr(Image.Resampling, RESAMPLING)
+        for i, entry in enumerate(entries):
+            try:
+                with Image.open(entry.path) as im:
+                    out[i] = np.asarray(im.convert(mode).resize((cols, rows), method), np.uint8)
+            except OSError as exc:
+                raise SourceError(f"{entry.path}: cannot decode ({exc})") from None
+        return out
+    for entry in entries:
+        colour = entry.mode in images.COLOUR_MODES
+        got = f"{entry.size[0]}x{entry.size[1]} {'RGB' if colour else 'grey'}"
+        # a grey image is read as RGB for an RGB model, as the images source reads it
+        if entry.size != (cols, rows) or (colour and mode == "L"):
+            raise SourceError(f"{entry.path}: a {got} image; the model takes {want} (or --resize)")
+    return images._decode(entries, mode, str(paths[0].parent))
+
+
+def _target(path: Path, classes: Sequence[str]) -> int:
+    return classes.index(path.parent.name) if path.parent.name in classes else -1
+
+
+def file_batches(
+    paths: Sequence[Path],
+    shape: tuple[int, ...],
+    classes: Sequence[str],
+    batch: int,
+    *,
+    resize: bool = False,
+) -> Iterator[Batch]:
+    files = image_files(paths)
+    while chunk := list(itertools.islice(files, batch)):
+        pixels = _read(chunk, shape, resize).reshape(len(chunk), -1)
+        targets = np.array([_target(p, classes) for p in chunk], np.int64)
+        yield Batch([str(p) for p in chunk], pixels, targets)
+
+
+def source_batches(
+    spec: str, split: str, shape: tuple[int, ...], classes: Sequence[str], batch: int
+) -> Iterator[Batch]:
+    """A source's split (read and validated as prepare reads it), in order, batched."""
+    from pipeline.data import sources
+
+    raw = sources.load(spec)
+    if split not in raw.splits:
+        raise ConfigError(
+            f"{spec} has no such split ({', '.join(raw.splits)})", param="split", value=split
+        )
+    if tuple(raw.image_shape) != tuple(shape):
+        raise SourceError(
+            f"{spec}: images of shape {list(raw.image_shape)}; the model takes {list(shape)}"
+        )
+    data = raw.splits[split]
+    same = list(raw.classes) == list(classes)  # labels mean something only for the same classes
+    for start in range(0, len(data.images), batch):
+        stop = min(start + batch, len(data.images))
+        targets = data.labels[start:stop].astype(np.int64) if same else np.full(stop - start, -1)
+        names = [f"{split}/{i}" for i in range(start, stop)]
+        yield Batch(names, data.images[start:stop], targets)
