@@ -10,6 +10,7 @@ tracker costs the training thread per event (it only queues: the worker thread s
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -63,6 +64,7 @@ def main() -> None:
     config = presets.resolve("fast", epochs=args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        os.chdir(root)  # MLflow keeps a sqlite store's artifacts in ./mlruns
         manifest = prepare.prepare(root / "shards", sources.load(None)).manifest
         uri = f"sqlite:///{root / 'mlflow.db'}"
         connect = time.perf_counter()
