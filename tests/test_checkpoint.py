@@ -132,7 +132,7 @@ def test_declared_shapes_are_checked_against_the_bytes(saved: Path, tmp_path: Pa
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("meta.npy", _npy(np.array(json.dumps(ckpt.meta.to_json()))))
         z.writestr("w0.npy", header.getvalue() + b"\0" * 64)
-    with pytest.raises(CheckpointError, match="'w0' is not the size its header says"):
+    with pytest.raises(CheckpointError, match="w0 is not the size its header says"):
         checkpoint.load(path)
 
 

@@ -157,7 +157,7 @@ BROKEN: dict[str, Callable[[Path], Broken]] = {
         f"npz:{npz(d, y_train=LABELS.astype(float))}",
         [],
         "expected 1-D integers",
-        "x_train",
+        "y_train",
     ),
     "npz-float-pixel-out-of-range": lambda d: (
         f"npz:{npz(d, x_test=np.full((4, 6, 6), 1.5))}",
@@ -181,7 +181,7 @@ BROKEN: dict[str, Callable[[Path], Broken]] = {
         f"npz:{npz(d, y_train=LABELS[:11])}",
         [],
         "12 images but 11 labels",
-        "x_train",
+        "y_train",
     ),
     "npz-flat-images": lambda d: (
         f"npz:{npz(d, x_train=IMAGES.reshape(12, 36))}",
@@ -205,7 +205,7 @@ BROKEN: dict[str, Callable[[Path], Broken]] = {
         f"npz:{npz(d, y_test=np.array([0, 1, -1, 2]))}",
         [],
         "label -1 at index 2",
-        "x_test",
+        "y_test",
     ),
     # --- csv
     "csv-kaggle-test": lambda d: (

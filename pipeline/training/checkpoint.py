@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.bounded import READ_ERRORS, Npy, read_npz
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.fsutil import atomic_path, read_file
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
@@ -184,33 +185,21 @@ def save(
         np.savez(f, allow_pickle=False, **arrays)
 
 
-def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
-    """Every member a stored .npy whose header fits its entry and our bounds, before any
-    array is read: no size a file claims is trusted further than its own bytes prove."""
+def _check_members(path: Path, headers: dict[str, Npy]) -> None:
+    """Every member a stored .npy of ours within our bounds, before any array is read
+    (`pipeline.bounded` has checked each header against its member's bytes)."""
     elements = 0
-    for info in archive.infolist():
-        name = info.filename.removesuffix(".npy")
+    for name, npy in headers.items():
+        info = npy.info
         if not info.filename.endswith(".npy") or info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(f"{path}: member {info.filename!r} is not a plain .npy array")
-        with archive.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            header = f.tell()
-        if dtype.hasobject:
-            raise CheckpointError(f"{path}: holds a pickled object array; refused")
-        count = math.prod(shape)
-        if header + count * dtype.itemsize != info.file_size:
-            raise CheckpointError(f"{path}: member {name!r} is not the size its header says")
         if name == "meta":
-            if dtype.kind != "U" or shape != () or dtype.itemsize > 4 * MAX_META_CHARS:
+            if npy.dtype.kind != "U" or npy.shape != () or npy.dtype.itemsize > 4 * MAX_META_CHARS:
                 raise CheckpointError(f"{path}: its meta is not a bounded JSON text")
-        elif dtype not in (np.float32, np.float64):
-            raise CheckpointError(f"{path}: member {name!r} is {dtype}, not float32 or float64")
+        elif npy.dtype not in (np.float32, np.float64):
+            raise CheckpointError(f"{path}: member {name!r} is {npy.dtype}, not float32 or float64")
         else:
-            elements += count
+            elements += math.prod(npy.shape)
     if elements > MAX_PARAMETERS * (1 + STATE_PER_PARAMETER):
         raise CheckpointError(
             f"{path}: {elements:,} numbers, more than any network this project builds holds"
@@ -231,15 +220,10 @@ def load(path: Path) -> Checkpoint:
     if not data.startswith(b"PK"):
         raise CheckpointError(f"{path}: not a checkpoint (.npz) file")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            _check_members(path, archive)
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            members = {name: npz[name] for name in npz.files}
-    except ValueError as exc:
-        if "allow_pickle=False" in str(exc):
-            raise CheckpointError(f"{path}: holds a pickled object array; refused") from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        check = functools.partial(_check_members, path)
+        members = read_npz(io.BytesIO(data), len(data), str(path), error=CheckpointError,
+                           check=check)  # fmt: skip
+    except READ_ERRORS as exc:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
     if "meta" not in members:
         raise CheckpointError(f"{path}: not a pipeline checkpoint (no meta member)")

@@ -25,12 +25,11 @@ from typing import IO
 
 import numpy as np
 
+from pipeline.bounded import check_claim as check_claim  # the one ratio rule, re-exported
 from pipeline.errors import SourceError
 
 SPLITS = ("train", "test")  # what every source must provide; "val" may be carved from train
 MAX_CLASSES = 256  # the shards store class indices as uint8
-# deflate expands at most 1032:1; a compressed file claiming more than this is lying
-MAX_INFLATE_RATIO = 1100
 
 
 @dataclass(frozen=True)
@@ -118,19 +117,6 @@ class HashingReader:
         return RawFile(name, self.digest.hexdigest(), self.count)
 
 
-def check_claim(
-    claimed: int, stored: int, *, compressed: bool, where: str, error: type[SourceError]
-) -> None:
-    """A header claims `claimed` bytes and `stored` bytes on disk hold them: refuse a lie before
-    allocating anything (Python ints: a crafted header cannot wrap around)."""
-    limit = stored * MAX_INFLATE_RATIO + 4096 if compressed else stored
-    if claimed > limit:
-        how = "a compressed file of" if compressed else "a file of"
-        raise error(
-            f"{where}: claims {claimed:,} bytes of data, more than {how} {stored:,} bytes can hold"
-        )
-
-
 def file_size(path: Path) -> int:
     try:
         return os.stat(path).st_size
@@ -181,7 +167,9 @@ def _image_shape(images: np.ndarray, where: str) -> tuple[int, ...]:
     return shape
 
 
-def _labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
+def _labels(labels: np.ndarray, n: int, where: str, classes: int | None) -> np.ndarray:
+    """(n,) integer labels -> (n,) uint8 class indices, each checked against the class count
+    (`classes`, or MAX_CLASSES when the source names none) before anything is sized by one."""
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise SourceError(
             f"{where}: labels are {labels.ndim}-D {labels.dtype}; expected 1-D integers"
@@ -191,12 +179,22 @@ def _labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
     if labels.size and labels.min() < 0:
         bad = int(np.argmax(labels < 0))
         raise SourceError(f"{where}: label {labels[bad]} at index {bad} is negative")
-    return labels
+    limit = MAX_CLASSES if classes is None else classes
+    if labels.size and labels.max() >= limit:
+        bad = int(np.argmax(labels >= limit))
+        why = (
+            f": at most {MAX_CLASSES} classes are supported (labels 0..{MAX_CLASSES - 1})"
+            if classes is None
+            else f" for {classes} classes"
+        )
+        raise SourceError(f"{where}: label {labels[bad]} at index {bad} is out of range{why}")
+    return labels.astype(np.uint8)
 
 
 def _numbered(found: Found, labels: dict[str, np.ndarray]) -> list[str]:
     """Class names for a source that has none: the label numbers 0..max, each one present in
-    train (a gap means a corrupt label, or classes the user must name with `classes`)."""
+    train (a gap means a corrupt label, or classes the user must name with `classes`).
+    `labels` are uint8 (checked by `_labels`): the count below is at most MAX_CLASSES long."""
     top = max(int(lab.max()) for lab in labels.values())
     present = np.bincount(labels["train"], minlength=top + 1) > 0
     if not present.all():
@@ -212,25 +210,7 @@ def _numbered(found: Found, labels: dict[str, np.ndarray]) -> list[str]:
     return [str(k) for k in range(max(top + 1, 2))]
 
 
-def validate(
-    found: Found, *, name: str | None = None, classes: list[str] | None = None
-) -> RawDataset:
-    """Check a source's data and bring it into the canonical form (see the module docstring)."""
-    missing = [s for s in SPLITS if s not in found.splits]
-    if missing:
-        raise SourceError(f"{found.source}: no {' or '.join(missing)} split")
-    shapes: dict[str, tuple[int, ...]] = {}
-    labels: dict[str, np.ndarray] = {}
-    for split, data in found.splits.items():
-        if len(data.images) == 0:
-            raise SourceError(f"{data.where}: the {split} split holds no images")
-        shapes[split] = _image_shape(data.images, data.where)
-        labels[split] = _labels(data.labels, len(data.images), data.labels_where or data.where)
-    if len(set(shapes.values())) != 1:
-        found_shapes = ", ".join(f"{s} {list(shape)}" for s, shape in shapes.items())
-        raise SourceError(f"{found.source}: train and test images differ in shape ({found_shapes})")
-
-    names = classes or found.classes or _numbered(found, labels)
+def _check_names(names: list[str]) -> None:
     if len(names) < 2 or len(set(names)) != len(names):
         raise SourceError(
             "need at least two distinct class names", param="classes", value=",".join(names)
@@ -241,19 +221,37 @@ def validate(
             param="classes",
             value=f"{names[0]},...",
         )
+
+
+def validate(
+    found: Found, *, name: str | None = None, classes: list[str] | None = None
+) -> RawDataset:
+    """Check a source's data and bring it into the canonical form (see the module docstring)."""
+    missing = [s for s in SPLITS if s not in found.splits]
+    if missing:
+        raise SourceError(f"{found.source}: no {' or '.join(missing)} split")
+    given = classes or found.classes
+    if given:
+        _check_names(given)
+    shapes: dict[str, tuple[int, ...]] = {}
+    labels: dict[str, np.ndarray] = {}  # (n,) uint8 per split
+    for split, data in found.splits.items():
+        if len(data.images) == 0:
+            raise SourceError(f"{data.where}: the {split} split holds no images")
+        shapes[split] = _image_shape(data.images, data.where)
+        where = data.labels_where or data.where
+        labels[split] = _labels(data.labels, len(data.images), where, len(given) if given else None)
+    if len(set(shapes.values())) != 1:
+        found_shapes = ", ".join(f"{s} {list(shape)}" for s, shape in shapes.items())
+        raise SourceError(f"{found.source}: train and test images differ in shape ({found_shapes})")
+
+    names = given or _numbered(found, labels)
     splits: dict[str, RawSplit] = {}
     for split, data in found.splits.items():
-        if int(labels[split].max()) >= len(names):
-            bad = int(np.argmax(labels[split] >= len(names)))
-            raise SourceError(
-                f"{data.labels_where or data.where}: label {labels[split][bad]} at index {bad} "
-                "is out of range "
-                f"for {len(names)} classes"
-            )
         images = to_uint8(data.images, data.where)  # (n, rows, cols[, channels]) uint8
         splits[split] = RawSplit(
             np.ascontiguousarray(images).reshape(len(images), -1),  # (n, features)
-            labels[split].astype(np.uint8),
+            labels[split],
         )
     shape = shapes["train"]
     return RawDataset(name or found.name, list(names), found.source, shape, found.files, splits)

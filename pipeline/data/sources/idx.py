@@ -86,12 +86,17 @@ def parse(data: bytes, where: str) -> np.ndarray:
 
 
 def read_idx(
-    path: Path, stream: IO[bytes] | None = None, *, stored: int | None = None
+    path: Path,
+    stream: IO[bytes] | None = None,
+    *,
+    stored: int | None = None,
+    compressed: bool = False,
 ) -> tuple[np.ndarray, RawFile]:
-    """The array in an IDX file, `.gz` or raw (or in `stream`, an open member of an archive
-    holding `stored` bytes), and the record of what was read."""
+    """The array in an IDX file, `.gz` or raw, and the record of what was read. Or in `stream`,
+    an open member of an archive: `stored` is then the member's bytes on disk and `compressed`
+    whether the archive inflates them, so that one ratio limit bounds the whole chain (a
+    deflated zip member holding a .gz: bytes on disk -> IDX header's claim)."""
     where = str(path)
-    compressed = path.suffix == ".gz"
     try:
         if stream is None:
             stored = file_size(path)
@@ -110,8 +115,9 @@ def read_idx(
 def _read(
     f: IO[bytes], where: str, name: str, stored: int, compressed: bool
 ) -> tuple[np.ndarray, RawFile]:
-    stream: IO[bytes] = gzip.GzipFile(fileobj=f, mode="rb") if compressed else f  # type: ignore[assignment]
-    array, reader = parse_stream(stream, where, stored=stored, compressed=compressed)
+    gz = name.endswith(".gz")
+    stream: IO[bytes] = gzip.GzipFile(fileobj=f, mode="rb") if gz else f  # type: ignore[assignment]
+    array, reader = parse_stream(stream, where, stored=stored, compressed=compressed or gz)
     return array, reader.record(name)
 
 
