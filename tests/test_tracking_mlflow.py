@@ -288,6 +288,8 @@ def test_without_the_extra_asking_is_one_line_naming_it(
     implied = CliRunner().invoke(app, args)
     assert implied.exit_code == 0, implied.output
     assert implied.stderr.count("warning: ") == 1 and "mnist-pipeline[mlflow]" in implied.stderr
+    declined = CliRunner().invoke(app, [*args, "--run-dir", str(tmp_path / "off"), "--no-mlflow"])
+    assert declined.exit_code == 0 and declined.stderr == ""  # off: mlflow is not even imported
 
 
 @pytest.fixture
