@@ -166,6 +166,36 @@ def test_a_resumed_run_continues_its_mlflow_run_and_logs_each_epoch_once(
     assert len(MlflowClient(store).search_runs(["1"])) == 2  # one MLflow run per pipeline run
 
 
+def test_a_deleted_mlflow_run_is_started_anew_and_a_strange_tracking_file_is_a_warning(
+    store: str, tmp_path: Path
+) -> None:
+    from pipeline.tracking.mlflow import MlflowTracker
+
+    run_dir, config = tmp_path / "run", TrainConfig(epochs=2)
+    run_dir.mkdir()
+    first = MlflowTracker(store, warn=pytest.fail)
+    first(_started(run_dir, config))
+    first(_epoch(1))
+    first.close()
+    deleted = _tracked_run(run_dir, store)
+    MlflowClient(store).delete_run(deleted)
+    again = MlflowTracker(store, warn=pytest.fail)
+    again(_started(run_dir, config, epoch=1, history=[{"epoch": 1, **_epoch(1).fields["metrics"]}]))
+    again.close()
+    renewed = _tracked_run(run_dir, store)
+    assert renewed != deleted
+    assert [s for s, _ in _history(MlflowClient(store), renewed)["train_loss"]] == [1]
+
+    (run_dir / TRACKING_FILE).unlink()
+    (run_dir / TRACKING_FILE).mkdir()  # not a file: named in one warning, nothing raised
+    seen, warn = _warnings()
+    odd = MlflowTracker(store, warn=warn)
+    odd(_started(run_dir, config))
+    odd(_epoch(1))
+    odd.close()
+    assert len(seen) == 1 and f"{TRACKING_FILE}: is a directory" in seen[0], seen
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

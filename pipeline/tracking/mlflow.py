@@ -40,7 +40,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.errors import TrackingError
 from pipeline.events import EPOCH_ENDED, EVALUATED, EXPORTED, RUN_STARTED, Event
-from pipeline.fsutil import atomic_write_bytes
+from pipeline.fsutil import atomic_write_bytes, read_file
 from pipeline.training.rundir import TRACKING_FILE
 
 EXTRA = "pip install 'mnist-pipeline[mlflow]'"
@@ -53,6 +53,7 @@ HTTP_LIMITS = {
 }
 QUEUE_EVENTS = 1000  # events waiting for the worker; beyond, the tracker gives up (warning)
 FLUSH_SECONDS = 60.0  # how long close() waits for the worker to send what is queued
+IDS_BYTES = 1 << 16  # tracking.json: a few run ids
 HANDLED = (RUN_STARTED, EPOCH_ENDED, EVALUATED, EXPORTED)
 _STOP = Event("stop", {})
 
@@ -279,11 +280,14 @@ def _brief(exc: BaseException) -> str:
 
 
 def _read_ids(run_dir: Path) -> dict[str, str]:
-    """tracking.json's {tracking URI: MLflow run id}; {} if none (or unreadable: a new run)."""
+    """tracking.json's {tracking URI: MLflow run id}; {} if none or not ours (a new MLflow
+    run replaces it); TrackingError for one that is not a file or is too large."""
+    path = run_dir / TRACKING_FILE
+    if not path.exists():
+        return {}
     try:
-        doc = json.loads((run_dir / TRACKING_FILE).read_bytes())
-        runs = doc["mlflow"]
-    except (OSError, ValueError, KeyError, TypeError):
+        runs = json.loads(read_file(path, error=TrackingError, limit=IDS_BYTES))["mlflow"]
+    except (ValueError, KeyError, TypeError):
         return {}
     if not isinstance(runs, dict):
         return {}
