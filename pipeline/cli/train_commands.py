@@ -8,7 +8,7 @@ Each translates its options into one library call (`pipeline.training.trainer.tr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -38,6 +38,9 @@ from pipeline.cli.tracking import (
 )
 from pipeline.cli.world import Distributed, world
 from pipeline.training.config import TrainConfig
+
+if TYPE_CHECKING:  # the stages load when a command runs, not for --help
+    from pipeline import job
 
 
 def _gate(accuracy: float, min_accuracy: float | None) -> None:
@@ -212,22 +215,16 @@ def run(
     from pipeline.report.evaluate import REPORT_MD
 
     views.log.use(log_format)
+    tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
     if _one_of(run_dir, runs) is None:
         from pipeline.cli.scheduled import trigger
 
         assert runs is not None
         shards = data or runs / "shards"
-        tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
         trigger(
-            runs,
-            shards,
-            source,
-            config,
-            min_accuracy=min_accuracy,
-            keep=keep,
-            export=export,
+            runs, shards, source, config, min_accuracy=min_accuracy, keep=keep, export=export,
             tracking=tracking,
-        )
+        )  # fmt: skip
         return
     if export is not None:
         raise fail("--export needs --runs (export a single run with pipeline export)", 2)
@@ -243,15 +240,28 @@ def run(
             val_fraction=val_fraction,
             command=command_line(),
         )
-    tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
+    rank, result = _job(spec, tracking, distributed_mode)
+    if rank != 0:
+        return
+    if result.evaluation is not None:
+        views.report_table(result.evaluation)
+    else:
+        views.say(f'accuracy ("precision") {result.accuracy:.2%}; report: {run_dir / REPORT_MD}')
+    _gate(result.accuracy, min_accuracy)
+
+
+def _job(spec: job.Job, tracking: Tracking, distributed_mode: str) -> tuple[int, job.JobResult]:
+    """`job.run` with its progress shown and tracked: (this process's MPI rank, the result)."""
+    from pipeline import job
+
     with (
         world(distributed_mode) as comm,
         friendly_errors(),
         tracker(tracking, comm.rank) as listener,
         views.display(comm) as progress,
     ):
-        shown = views.TrainView(progress, config.batch_size)
-        view = TrackedView(shown, listener, run_dir, config, world_size=comm.size)
+        shown = views.TrainView(progress, spec.config.batch_size)
+        view = TrackedView(shown, listener, spec.run_dir, spec.config, world_size=comm.size)
         hooks = job.Hooks(
             say=views.say if comm.rank == 0 else job.Hooks.say,
             prepare_progress=lambda totals: views.PrepareView(progress, totals),
@@ -260,13 +270,7 @@ def run(
         result = job.run(spec, hooks, comm=comm)
         if result.evaluation is not None:
             view.evaluated(result.evaluation)
-    if comm.rank != 0:
-        return
-    if result.evaluation is not None:
-        views.report_table(result.evaluation)
-    else:
-        views.say(f'accuracy ("precision") {result.accuracy:.2%}; report: {run_dir / REPORT_MD}')
-    _gate(result.accuracy, min_accuracy)
+    return comm.rank, result
 
 
 def _one_of(run_dir: Path | None, runs: Path | None) -> Path | None:
