@@ -23,6 +23,7 @@ SAY = "say"  # message: one line of news for a person (the set used, a resume)
 WARNING = "warning"  # message: something the user should know; work goes on
 PREPARING = "preparing"  # totals: {split: samples}: a shard set is being written
 PREPARED = "prepared"  # split, samples: progress of prepare (many per split)
+DATA = "data"  # path, dataset, identity: the shard set a scheduled trigger uses
 UP_TO_DATE = "up-to-date"  # run, path: nothing to do
 CLAIMED = "claimed"  # run, path, id: a scheduled trigger took the run
 RUN_STARTED = "run-started"  # run, path, config (TrainConfig.to_json()), preset, identity,

@@ -16,17 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.cli.tracking import TrackedView  # the CLI's bridge from the trainer to events
 from pipeline.data import prepare, sources
-from pipeline.events import Event
+from pipeline.events import EPOCH_ENDED, RUN_STARTED, Event, Events
 from pipeline.tracking.mlflow import MlflowTracker
 from pipeline.training import presets, trainer
 from pipeline.training.config import TrainConfig
-from pipeline.training.loop import Silent
 
 
 class Timed:
-    """A listener that times the tracker's call on the training thread."""
+    """A listener that times the tracker's call on the training thread (the events it hears:
+    every one of a run, STEP and CHECKPOINT included)."""
 
     def __init__(self, tracker: MlflowTracker) -> None:
         self.tracker = tracker
@@ -43,11 +42,10 @@ def _sending(
 ) -> tuple[float, float]:
     """CPU and wall seconds per epoch event the worker thread spends sending to the store,
     measured with nothing else running in the process (what it takes from the training)."""
-    from pipeline.events import EPOCH_ENDED
-
     run_dir.mkdir()
     tracker = MlflowTracker(uri, warn=print)
-    TrackedView(Silent(), tracker, run_dir, config, world_size=1).start_epoch(0, 1, 1, 0)
+    started = {"path": str(run_dir), "run": run_dir.name, "config": config.to_json(), "epoch": 0}
+    tracker(Event(RUN_STARTED, {**started, "dataset": "mnist", "world_size": 1}))
     record = {"train_loss": 0.1, "test_accuracy": 0.98, "lr": 0.1, "seconds": 1.7}
     cpu, wall = time.process_time(), time.perf_counter()
     for epoch in range(1, events + 1):
@@ -77,8 +75,8 @@ def main() -> None:
                 run_dir = root / f"run-{pair}-{'on' if tracked else 'off'}"
                 tracker = MlflowTracker(uri, warn=print) if tracked else None
                 listener = Timed(tracker) if tracker else None
-                view = TrackedView(Silent(), listener, run_dir, config, world_size=1)
-                result = trainer.train(manifest, run_dir, config, reporter=view)
+                events = Events(listener) if listener else Events()
+                result = trainer.train(manifest, run_dir, config, events=events)
                 if tracker is not None and listener is not None:
                     flush = time.perf_counter()
                     tracker.close()

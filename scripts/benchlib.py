@@ -18,6 +18,11 @@ def peak_rss_mib() -> float:
     return _status_mib("VmHWM")
 
 
+def reset_peak_rss() -> None:
+    """Start this process's peak RSS (VmHWM) afresh from its current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def rss_mib() -> float:
     """This process's resident set size now (VmRSS), in MiB."""
     return _status_mib("VmRSS")

@@ -218,6 +218,15 @@ def run_size_limited(limit: int, *args: str) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="session")
+def slice_set(tmp_path_factory: pytest.TempPathFactory, mnist_slice_idx: Path) -> Path:
+    """The slice's set named "mnist-slice" (classes from the labels), the runs tests' data."""
+    out = tmp_path_factory.mktemp("slice-set")
+    raw = sources.load(f"idx:{mnist_slice_idx}", name="mnist-slice")
+    prepare.prepare(out, raw, shard_size=1000)
+    return out
+
+
+@pytest.fixture(scope="session")
 def warm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The image's build step, once per session: `python -m pipeline.nn.warm` compiles every
     kernel into a cache outside the package (from /, as the Dockerfile runs it). Read-only for

@@ -21,12 +21,13 @@ import typer
 from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
-from pipeline import __version__, runs
+from pipeline import __version__
 from pipeline.cli import app
 from pipeline.cli.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, FLAGS
 from pipeline.cli.options import HELP, NOT_OPTIONS
 from pipeline.data.shards import Manifest
 from pipeline.errors import ConfigError
+from pipeline.runs import store as runs
 from pipeline.training import checkpoint
 from pipeline.training.config import TrainConfig, field_metas
 from pipeline.training.rundir import RunDir
@@ -143,7 +144,7 @@ def test_no_command_shows_the_help_without_calling_it_an_error() -> None:
 
 def test_importing_the_cli_loads_no_compiler_and_no_plotting() -> None:
     code = (
-        "import sys, pipeline.cli, pipeline.job; "
+        "import sys, pipeline.cli, pipeline.runs.flow; "
         "print([m for m in ('numba', 'matplotlib', 'pipeline.nn.kernels') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

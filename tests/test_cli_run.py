@@ -1,4 +1,4 @@
-"""`pipeline run`: the whole job through the CLI, and `pipeline.job` beneath it.
+"""`pipeline run`: the whole job through the CLI, and `pipeline.runs.flow` beneath it.
 
 A run reuses what is there: a shard set of any dataset in --data, a finished run whose report is
 current (then nothing at all is written), an interrupted run (resumed).
@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from pipeline import fsutil, job
+from pipeline import events, fsutil
 from pipeline.cli import app
 from pipeline.data import integrity, manifest_file, shards
 from pipeline.data.shards import Manifest, ShardInfo
+from pipeline.events import EPOCH_STARTED, Event, Events
+from pipeline.runs import flow as job
 from pipeline.training.config import TrainConfig
 from tests.conftest import snapshot
 
@@ -202,19 +204,17 @@ def test_run_parses_the_manifest_of_a_set_in_data_once(
 
 
 class LockProbe:
-    """A training progress reporter that looks, as each epoch starts, whether a reader holds
-    the shard set's reader lock (the lock a `prepare --force` waits for to delete files)."""
+    """A listener that looks, as each epoch starts, whether a reader holds the shard set's
+    reader lock (the lock a `prepare --force` waits for to delete files)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.free: list[bool] = []
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        with fsutil.no_readers(self.directory) as free:
-            self.free.append(free)
-
-    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
+    def __call__(self, event: Event) -> None:
+        if event.name == EPOCH_STARTED:
+            with fsutil.no_readers(self.directory) as free:
+                self.free.append(free)
 
 
 def test_a_run_that_writes_its_set_parses_it_once_and_reads_it_under_the_lock(
@@ -229,9 +229,45 @@ def test_a_run_that_writes_its_set_parses_it_once_and_reads_it_under_the_lock(
         data_dir=data,
         source=f"idx:{small_idx}",
     )
-    result = job.run(spec, job.Hooks(reporter=probe))
+    result = job.run(spec, Events(probe))
     assert result.prepared and result.evaluation is not None
     assert opened.parsed == [data]  # the manifest it wrote, parsed as written, and no more
     assert opened.checked == []  # its shards were hashed as they were written
     assert probe.free == [False, False]  # train read them under the reader lock
     assert result.manifest.identity == shards.load_manifest(data).identity
+
+
+def test_one_stream_tells_the_run_in_the_vocabulary(slice_shards: Manifest, tmp_path: Path) -> None:
+    """What a tracker hears: the resolved config, each epoch with lr and speed, each
+    checkpoint, the verdict; then, run again, only that it is up to date."""
+    heard: list[Event] = []
+    config = TrainConfig(epochs=2, hidden=(16,), lr=1.0)
+    spec = job.Job(
+        run_dir=tmp_path / "run", config=config, data_dir=slice_shards.directory, min_accuracy=0.5
+    )
+    job.run(spec, Events(heard.append))
+    names = [e.name for e in heard if e.name != events.STEP]
+    epoch = [events.EPOCH_STARTED, events.CHECKPOINT, events.EPOCH_ENDED]
+    assert names == [
+        events.SAY,
+        events.RUN_STARTED,
+        *epoch,
+        *epoch,
+        events.TRAINED,
+        events.EVALUATED,
+    ]
+    started = heard[1].fields
+    assert started["config"] == config.to_json() and started["resumed_from"] is None
+    assert started["identity"] == slice_shards.identity and started["world_size"] == 1
+    ended = [e.fields for e in heard if e.name == events.EPOCH_ENDED]
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert ended[-1]["epoch"] == 2 and ended[-1]["metrics"]["lr"] == 1.0
+    assert ended[-1]["metrics"]["samples_per_s"] > 0
+    assert ended[-1]["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    verdict = heard[-1].fields
+    assert verdict["accuracy"] == report["accuracy"] and verdict["passed"] is True
+    assert set(verdict["per_class"]) == set(slice_shards.classes)
+    heard.clear()
+    job.run(spec, Events(heard.append))
+    assert [e.name for e in heard] == [events.SAY, events.UP_TO_DATE]

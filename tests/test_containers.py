@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import runs
 from pipeline.data import prepare, sources
+from pipeline.runs import store as runs
 from tests.conftest import REPO, write_idx_dir
 from tests.test_runs import tree
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import run_lock, runs
 from pipeline.cli import app
 from pipeline.data import prepare, shards, sources
+from pipeline.runs import lock as run_lock
+from pipeline.runs import store as runs
 from pipeline.training.config import TrainConfig
 from tests.conftest import REPO, write_idx_dir
 
@@ -46,14 +47,6 @@ def trigger(runs_dir: Path, data: Path, *extra: str) -> tuple[int, str]:
     args = ["run", "--runs", str(runs_dir), "--data", str(data), *FAST, *extra]
     result = runner.invoke(app, args)
     return result.exit_code, result.output
-
-
-@pytest.fixture(scope="module")
-def slice_set(tmp_path_factory: pytest.TempPathFactory, mnist_slice_idx: Path) -> Path:
-    out = tmp_path_factory.mktemp("slice-set")
-    raw = sources.load(f"idx:{mnist_slice_idx}", name="mnist-slice")
-    prepare.prepare(out, raw, shard_size=1000)
-    return out
 
 
 @pytest.fixture

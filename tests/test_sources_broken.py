@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import struct
 import zipfile
 import zlib
@@ -74,14 +75,15 @@ def csv_pair(d: Path, train: str | bytes, name: str = "train.csv") -> Broken:
     return f"csv:{path},{test}", [], "", path
 
 
-def png_bomb(d: Path) -> Path:
-    """A PNG whose header claims 6000x6000 pixels in a hundred bytes."""
+def png_bomb(d: Path, side: int = 4000) -> Path:
+    """A PNG whose header claims side x side pixels in a hundred bytes (4000: within
+    MAX_PIXELS; 10000: past Pillow's warning, 20000: past its DecompressionBombError)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    ihdr = struct.pack(">IIBBBBB", 6000, 6000, 8, 0, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
     data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
     path = d / "train" / "a" / "bomb.png"
     path.write_bytes(data + chunk(b"IEND", b""))
@@ -140,6 +142,18 @@ BROKEN: dict[str, Callable[[Path], Broken]] = {
         ["--image-shape", "6x6"],
         "only a csv",
         "--image-shape",
+    ),
+    "name-not-utf8": lambda d: (
+        csv_pair(d, good_rows())[0],
+        ["--name", os.fsdecode(b"x\xff")],  # as argv carries it
+        "--name x\\xff: not valid UTF-8",
+        "--name",
+    ),
+    "classes-not-utf8": lambda d: (
+        csv_pair(d, good_rows())[0],
+        ["--classes", os.fsdecode(b"a,b\xff")],
+        "--classes a,b\\xff: not valid UTF-8",
+        "--classes",
     ),
     # --- idx
     "idx-gz-bomb": gz_bomb,
@@ -233,11 +247,41 @@ BROKEN: dict[str, Callable[[Path], Broken]] = {
             "train.csv",
         )
     ),
+    "csv-label-inf": lambda d: (
+        (*csv_pair(d, good_rows() + "inf,0,0,0,0\n")[:2], "line 7: label inf is not a", "train.csv")
+    ),
+    "csv-label-1e30": lambda d: (
+        (*csv_pair(d, good_rows() + "1e30,0,0,0,0\n")[:2], "label 1e+30 is not a", "train.csv")
+    ),
+    "csv-label-256": lambda d: (
+        (*csv_pair(d, good_rows() + "256,0,0,0,0\n")[:2], "label 256 is not a", "train.csv")
+    ),
+    "csv-labels-only": lambda d: (
+        (*csv_pair(d, "0\n1\n0\n")[:2], "line 1: a label but no pixels", "train.csv")
+    ),
+    "csv-line-too-long": lambda d: (
+        (
+            *csv_pair(d, good_rows() + "1," + "0," * 2**21 + "0\n")[:2],
+            "line 7 is longer than 4,194,304 characters",
+            "train.csv",
+        )
+    ),
+    "csv-float-255.0": lambda d: (
+        (
+            *csv_pair(d, good_rows() + "1,0.0,255.0,0.0,0.0\n")[:2],
+            "line 7: pixel 255 in a file of float pixels",
+            "train.csv",
+        )
+    ),
     "csv-label-2.5": lambda d: (
         (*csv_pair(d, good_rows() + "2.5,0,0,0,0\n")[:2], "line 7: label 2.5", "train.csv")
     ),
     "csv-mixed-kinds": lambda d: (
-        (*csv_pair(d, good_rows() + "1,0,200,0,0\n1,0,0.5,0,0\n")[:2], "mixes integer", "train.csv")
+        (
+            *csv_pair(d, good_rows() + "1,0,200,0,0\n1,0,0.5,0,0\n")[:2],
+            "in a file of float pixels",
+            "train.csv",
+        )
     ),
     "csv-not-square": lambda d: (
         (*csv_pair(d, "0,1,2,3\n1,1,2,3\n")[:2], "3 pixels per row is not a square", "train.csv")
@@ -286,6 +330,30 @@ BROKEN: dict[str, Callable[[Path], Broken]] = {
         "train/b/7.png",
     ),
     "images-bomb": lambda d: (f"images:{_root(png_bomb(folder(d)))}", [], "claims", "bomb.png"),
+    "images-bomb-pillow-warns": lambda d: (
+        f"images:{_root(png_bomb(folder(d), 10000))}",
+        [],
+        "10000x10000 pixels, more than the 16,777,216",
+        "bomb.png",
+    ),
+    "images-bomb-pillow-raises": lambda d: (
+        f"images:{_root(png_bomb(folder(d), 20000))}",
+        [],
+        "more than 16,777,216 pixels",
+        "bomb.png",
+    ),
+    "images-class-not-utf8": lambda d: (
+        f"images:{_not_utf8(folder(d) / 'train' / 'b').parents[1]}",
+        [],
+        "class folder 'b\\xff': the name is not valid UTF-8",
+        "train",
+    ),
+    "images-dir-not-utf8": lambda d: (
+        f"images:{_not_utf8(folder(d / 'x'))}",
+        [],
+        "src/x\\xff: a name that is not valid UTF-8",
+        "--source",
+    ),
     # --- torchvision layouts
     "tv-no-raw-folder": lambda d: (f"torchvision:MNIST:{d}", [], "no such directory", "MNIST/raw"),
     "tv-emnist-no-split": lambda d: (
@@ -331,6 +399,41 @@ BROKEN: dict[str, Callable[[Path], Broken]] = {
         "CIFAR10",
     ),
 }
+
+
+def _paths(form: str, where: Callable[[Path, str], str], expected: str) -> Callable[[Path], Broken]:
+    """A spec of `form` whose path (csv: paths) `where` makes under the test's directory."""
+
+    def build(d: Path) -> Broken:
+        return form.format(where(d, "a"), where(d, "b")), [], expected, "--source"
+
+    return build
+
+
+# every path of every form goes through one resolution: a loop, an unknown user: one line
+PATH_FORMS = {"idx": "idx:{}", "npz": "npz:{}", "images": "images:{}", "csv": "csv:{},{}"}
+PATH_FORMS["torchvision"] = "torchvision:MNIST:{}"
+for _kind, _form in PATH_FORMS.items():
+    BROKEN[f"{_kind}-symlink-loop"] = _paths(
+        _form, lambda d, name: str(_loop(d, name)), "cannot resolve (Symlink loop"
+    )
+    BROKEN[f"{_kind}-unknown-user"] = _paths(
+        _form, lambda d, name: f"~nouser-x9/{name}", "cannot resolve (Could not determine home"
+    )
+
+
+def _not_utf8(path: Path) -> Path:
+    """`path` renamed with a byte that is not UTF-8 appended: the new path."""
+    new = os.fsencode(path) + b"\xff"
+    os.rename(path, new)
+    return Path(os.fsdecode(new))
+
+
+def _loop(d: Path, name: str) -> Path:
+    """A path that is a symlink loop: d/name -> d/name.back -> d/name."""
+    (d / name).symlink_to(d / f"{name}.back")
+    (d / f"{name}.back").symlink_to(d / name)
+    return d / name
 
 
 def _mkdir(path: Path) -> Path:

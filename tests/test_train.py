@@ -30,6 +30,7 @@ from pipeline.errors import (
     OutputError,
     ShardSetError,
 )
+from pipeline.events import EPOCH_STARTED, STEP, Event, Events
 from pipeline.fsutil import dir_lock, sha256_file
 from pipeline.training import checkpoint, rundir
 from pipeline.training import trainer as train
@@ -110,17 +111,16 @@ class _Interrupted(Exception):
     """Raised by StopAt: the run stops as a killed one would, between two blocks of steps."""
 
 
-class StopAt(train.Silent):
-    """A reporter that interrupts the run once it has passed (epoch, step)."""
+class StopAt:
+    """A listener that interrupts the run once it has passed (epoch, step)."""
 
     def __init__(self, epoch: int, step: int) -> None:
         self.at, self.epoch = (epoch, step), 0
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        self.epoch = epoch
-
-    def advance(self, step: int, samples: int, loss_sum: float) -> None:
-        if (self.epoch, step) >= self.at:
+    def __call__(self, event: Event) -> None:
+        if event.name == EPOCH_STARTED:
+            self.epoch = event.fields["epoch"]
+        elif event.name == STEP and (self.epoch, event.fields["step"]) >= self.at:
             raise _Interrupted
 
 
@@ -144,7 +144,9 @@ def test_resume_from_mid_epoch_checkpoints_records_the_same_numbers(
     train.train(data, tmp_path / "full", config)
     for n, (epoch, step) in enumerate([(0, 2500), (0, 9100), (1, 7700)]):
         with pytest.raises(_Interrupted):
-            train.train(data, tmp_path / "part", config, resume=n > 0, reporter=StopAt(epoch, step))
+            train.train(
+                data, tmp_path / "part", config, resume=n > 0, events=Events(StopAt(epoch, step))
+            )
     newest = rundir.RunDir(tmp_path / "part").newest_checkpoint()
     assert newest is not None and newest.name.startswith("checkpoint-e0001-")
     assert not rundir.is_kept(newest)  # a mid-epoch one: the resume starts inside a block
@@ -469,7 +471,7 @@ def test_a_failed_first_train_does_not_poison_its_run_dir(
     directory holds no run: the same command, or one with another config, starts it again."""
     data, run_dir = slice_shards.directory, tmp_path / "run"
     with pytest.raises(_Interrupted):  # no mid-epoch checkpoints: stopped inside epoch 1
-        train.train(data, run_dir, SMALL, reporter=StopAt(0, 1))
+        train.train(data, run_dir, SMALL, events=Events(StopAt(0, 1)))
     assert (run_dir / "run.json").exists() and rundir.RunDir(run_dir).newest_checkpoint() is None
     other = TrainConfig(hidden=(8,), epochs=1, lr=1.0)
     train.train(data, run_dir, other)  # another config, no resume: a new start
@@ -477,7 +479,7 @@ def test_a_failed_first_train_does_not_poison_its_run_dir(
     train.train(data, tmp_path / "clean", other)
     assert_identical(weights(run_dir), weights(tmp_path / "clean"))
     with pytest.raises(_Interrupted):  # the same with resume (the CLI's `run` passes it)
-        train.train(data, tmp_path / "again", SMALL, reporter=StopAt(0, 1))
+        train.train(data, tmp_path / "again", SMALL, events=Events(StopAt(0, 1)))
     train.train(data, tmp_path / "again", other, resume=True)
     assert_identical(weights(tmp_path / "again"), weights(tmp_path / "clean"))
 
@@ -487,7 +489,9 @@ def test_a_run_with_checkpoints_is_not_silently_mixed(
 ) -> None:
     data, run_dir = slice_shards.directory, tmp_path / "run"
     with pytest.raises(_Interrupted):
-        train.train(data, run_dir, replace(SMALL, checkpoint_every=100), reporter=StopAt(0, 300))
+        train.train(
+            data, run_dir, replace(SMALL, checkpoint_every=100), events=Events(StopAt(0, 300))
+        )
     assert rundir.RunDir(run_dir).newest_checkpoint() is not None
     with pytest.raises(ConfigError, match="different config"):
         train.train(data, run_dir, replace(SMALL, checkpoint_every=100, hidden=(8,)), resume=True)

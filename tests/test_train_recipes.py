@@ -17,6 +17,7 @@ from pipeline.cli import app
 from pipeline.data import prepare, sources
 from pipeline.data.shards import Manifest
 from pipeline.errors import ConfigError
+from pipeline.events import STEP, Event, Events
 from pipeline.report import evaluate
 from pipeline.training import checkpoint, presets
 from pipeline.training import trainer as train
@@ -89,16 +90,17 @@ class Interrupt(Exception):
     pass
 
 
-class StopAfter(train.Silent):
+class StopAfter:
     """Raises after `blocks` progress reports: a run stopped mid-epoch, like a kill."""
 
     def __init__(self, blocks: int) -> None:
         self.blocks = blocks
 
-    def advance(self, step: int, samples: int, loss_sum: float) -> None:
-        self.blocks -= 1
-        if self.blocks == 0:
-            raise Interrupt
+    def __call__(self, event: Event) -> None:
+        if event.name == STEP:
+            self.blocks -= 1
+            if self.blocks == 0:
+                raise Interrupt
 
 
 @pytest.mark.parametrize("optimizer", ["nesterov", "adamw"])
@@ -110,7 +112,7 @@ def test_interrupted_recipe_resumes_bit_identically(
     config = dataclasses.replace(RECIPE, optimizer=optimizer, input_dropout=0.1, max_norm=2.0)
     train.train(slice_shards.directory, tmp_path / "full", config)
     with pytest.raises(Interrupt):  # stopped inside epoch 2, after a mid-epoch checkpoint
-        train.train(slice_shards.directory, tmp_path / "part", config, reporter=StopAfter(7))
+        train.train(slice_shards.directory, tmp_path / "part", config, events=Events(StopAfter(7)))
     kept = [p.name for p in RunDir(tmp_path / "part").all_checkpoints()]
     assert kept[0] == "checkpoint-e0001-s0000000.npz"
     assert kept[-1].startswith("checkpoint-e0001-s") and kept[-1] != kept[0]

@@ -117,7 +117,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
 def friendly_errors(how_to_continue: str = "rerun the same command") -> Iterator[None]:
     """Turn the pipeline's exceptions into one line on stderr and an exit code."""
     from pipeline.cli.views import log
-    from pipeline.run_lock import RunBusyError
+    from pipeline.runs.lock import RunBusyError
 
     try:
         yield

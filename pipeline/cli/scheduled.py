@@ -14,98 +14,54 @@ from pipeline.cli import views
 from pipeline.cli.errors import EXIT_GATE, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import Logs
-from pipeline.cli.tracking import TrackedView, Tracking, tracker
+from pipeline.cli.tracking import Tracking, listening, tracker
 from pipeline.cli.views import log, out
-from pipeline.training.config import TrainConfig
+from pipeline.cli.watch import Terminal
+from pipeline.cli.world import world
+from pipeline.events import Events
+from pipeline.runs import flow
 
 if TYPE_CHECKING:  # the stages load when a command runs, not for --help
-    from pipeline import runs as runs_lib
-
-PLAIN = {  # event -> its plain line
-    "up-to-date": "up to date: {path} is finished (same data and recipe); nothing to do",
-    "claimed": "run {path}",
-    "trained": "trained: {checkpoint}{resumed}",
-    "evaluated": "gate: accuracy {accuracy:.4f}, min {min_accuracy}: {verdict}",
-    "exported": "exported: {path}",
-    "promoted": "promoted: {latest} -> {run}",
-    "pruned": "pruned: {path}",
-}
-
-
-def _on_event(event: str, fields: dict[str, Any]) -> None:
-    if "run" in fields:
-        log.context["run"] = fields["run"]  # epochs and errors name the run too
-    verdict = "passed" if fields.get("passed") else "failed, latest unchanged"
-    resumed = f" (resumed from {fields['resumed_from']})" if fields.get("resumed_from") else ""
-    plain = PLAIN[event].format(**fields, verdict=verdict, resumed=resumed)
-    log.event(event, fields, plain=plain)
+    from pipeline.runs import store
 
 
 def trigger(
     runs_dir: Path,
-    data: Path,
-    source: str | None,
-    config: TrainConfig,
+    spec: flow.Job,
     *,
-    min_accuracy: float | None,
     keep: int,
+    distributed_mode: str = "auto",
     train_only: bool = False,
-    tracking: Tracking | None = None,
     export: str | None = None,
+    tracking: Tracking | None = None,
 ) -> None:
-    """One trigger: the set in `data` (an empty one prepared from `source` unless
-    `train_only`), then its run."""
-    from pipeline import job, schedule
-    from pipeline import runs as runs_lib
-    from pipeline.data.shards import MANIFEST, load_manifest
+    """One trigger (`schedule.trigger`), shown; under MPI one trigger of every rank."""
+    from pipeline.runs import schedule, store
 
     with (
+        world(distributed_mode) as comm,
         friendly_errors(),
-        tracker(tracking or Tracking()) as listener,
-        views.display() as progress,
+        tracker(tracking or Tracking(), comm.rank) as listener,
+        views.display(comm) as progress,
     ):
-        view = TrackedView(
-            views.TrainView(progress, config.batch_size), listener, None, config, world_size=1
-        )
-
-        def on_event(event: str, fields: dict[str, Any]) -> None:
-            view.claimed(event, fields)
-            _on_event(event, fields)
-
         if export is not None:  # a missing extra is found before training, not after
             from pipeline.deploy.onnx_export import require_onnx
 
             require_onnx()
-        if train_only or (data / MANIFEST).exists():  # a set there is used whatever its source
-            manifest = load_manifest(data)
-        else:
-            spec = job.Job(run_dir=runs_dir, config=config, data_dir=data, source=source)
-            hooks = job.Hooks(prepare_progress=lambda t: views.PrepareView(progress, t))
-            manifest, _ = job.shard_set(spec, hooks)
-        log.event(
-            "data",
-            {"path": str(data), "dataset": manifest.name, "identity": manifest.identity},
-            plain=f"data: {manifest.name} in {data} (identity {manifest.identity[:12]})",
+        lead = comm.rank == 0
+        events = listening(Events(Terminal(progress)), listener) if lead else Events()
+        one = schedule.Trigger(
+            runs_dir=runs_dir, job=spec, keep=keep, train_only=train_only, export=export
         )
-        outcome = schedule.trigger(
-            runs_dir,
-            manifest,
-            config,
-            min_accuracy=min_accuracy,
-            keep=keep,
-            train_only=train_only,
-            export=export,
-            reporter=view,
-            on_event=on_event,
-        )
-        if outcome.evaluation is not None:
-            view.evaluated(outcome.evaluation)
+        outcome = schedule.trigger(one, events, comm)
+    if not lead:
+        return
     if outcome.evaluation is not None:
         views.report_table(outcome.evaluation)
     if outcome.passed is False and not outcome.up_to_date:
         log.error(
             f"quality gate failed: accuracy {outcome.accuracy:.4f} < --min-accuracy "
-            f"{min_accuracy}; {runs_dir / runs_lib.LATEST} unchanged",
+            f"{spec.min_accuracy}; {runs_dir / store.LATEST} unchanged",
             event="gate-failed",
         )
         raise typer.Exit(EXIT_GATE)
@@ -122,7 +78,7 @@ def _recipe(recipe: dict[str, Any] | None) -> str:
     )
 
 
-def _gate(info: runs_lib.RunInfo) -> str:
+def _gate(info: store.RunInfo) -> str:
     if info.passed is None:
         return "-"
     if info.min_accuracy is None:
@@ -141,13 +97,13 @@ def runs_command(
     log_format: Logs = LogFormat.plain,
 ) -> None:
     """List the runs of the scheduled mode: data, recipe, accuracy, gate, status, latest."""
-    from pipeline import runs as runs_lib
+    from pipeline.runs import store
 
     log.use(log_format)
     with friendly_errors():
-        rows = runs_lib.listing(runs_dir)
+        rows = store.listing(runs_dir)
     if as_json:
-        print(json.dumps([row.to_json() for row in rows], indent=2))
+        print(json.dumps([row.to_json() for row in rows], indent=2, allow_nan=False))
         return
     table = Table(title=f"runs in {runs_dir}")
     columns = ("id", "date", "dataset", "recipe", "accuracy", "gate", "status", "time", "latest")

@@ -1,14 +1,14 @@
 """The training commands: `train` a run, `evaluate` it, `run` the whole job.
 
 Each translates its options into one library call (`pipeline.training.trainer.train`,
-`pipeline.report.evaluate.evaluate`, `pipeline.job.run`) and shows the result; with `--runs`,
+`pipeline.report.evaluate.evaluate`, `pipeline.runs.flow.run`) and shows the result; with `--runs`,
 `train` and `run` hand over to the scheduled mode (`scheduled.trigger`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -32,15 +32,14 @@ from pipeline.cli.tracking import (
     Mlflow,
     MlflowExperiment,
     MlflowRequired,
-    TrackedView,
     Tracking,
+    listening,
     tracker,
 )
+from pipeline.cli.watch import Terminal
 from pipeline.cli.world import Distributed, world
+from pipeline.events import Events
 from pipeline.training.config import TrainConfig
-
-if TYPE_CHECKING:  # the stages load when a command runs, not for --help
-    from pipeline import job
 
 
 def _gate(accuracy: float, min_accuracy: float | None) -> None:
@@ -83,13 +82,20 @@ def train(
     from pipeline.training.rundir import epoch_accuracy
 
     views.log.use(log_format)
-    if _one_of(run_dir, runs) is None:  # the scheduled mode trains in one process
+    if _one_of(run_dir, runs) is None:
         from pipeline.cli.scheduled import trigger
+        from pipeline.runs import flow
 
         assert runs is not None
+        spec = flow.Job(run_dir=runs, config=config, data_dir=data)
         tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
         trigger(
-            runs, data, None, config, min_accuracy=None, keep=0, train_only=True, tracking=tracking
+            runs,
+            spec,
+            keep=0,
+            train_only=True,
+            distributed_mode=distributed_mode,
+            tracking=tracking,
         )
         return
     assert run_dir is not None
@@ -100,9 +106,8 @@ def train(
         tracker(Tracking(mlflow, mlflow_experiment, mlflow_required), comm.rank) as listener,
         views.display(comm) as progress,
     ):
-        shown = views.TrainView(progress, config.batch_size)
-        view = TrackedView(shown, listener, run_dir, config, world_size=comm.size)
-        result = trainer.train(data, run_dir, config, resume=resume, reporter=view, comm=comm)
+        events = listening(Events(Terminal(progress)), listener) if comm.rank == 0 else Events()
+        result = trainer.train(data, run_dir, config, resume=resume, events=events, comm=comm)
         if result.resumed_from is not None and comm.rank == 0:
             views.say(f"resumed from {result.resumed_from}")
     if comm.rank != 0:
@@ -143,7 +148,7 @@ def evaluate(
 ) -> None:
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
     from pipeline.report import evaluate as evaluate_stage
-    from pipeline.training.loop import Silent
+    from pipeline.runs import flow
 
     views.log.use(log_format)
 
@@ -161,10 +166,8 @@ def evaluate(
             allow_other_data=allow_other_data,
             comm=comm,
         )
-        if listener is not None:  # into the run's MLflow run (a new one if it has none)
-            config = TrainConfig.from_json(evaluation.doc["model"]["config"])
-            view = TrackedView(Silent(), listener, run_dir, config, world_size=comm.size)
-            view.evaluated(evaluation)
+        if listener is not None:  # into the run's MLflow run, if it has one
+            flow.gate(run_dir, evaluation.doc, min_accuracy, Events(listener))
     if comm.rank != 0:
         return
     views.report_table(evaluation)
@@ -199,10 +202,10 @@ def run(
     keep: Keep = 0,
     distributed_mode: Distributed = "auto",
     log_format: Logs = LogFormat.plain,
+    export: ScheduledExport = None,
     mlflow: Mlflow = None,
     mlflow_experiment: MlflowExperiment = None,
     mlflow_required: MlflowRequired = False,
-    export: ScheduledExport = None,
     *,
     config: TrainConfig,
 ) -> None:
@@ -210,67 +213,57 @@ def run(
 
     With --runs (the scheduled mode): the run of the data and recipe, up to date or brought up
     to date; a run passing the gate becomes RUNS/latest."""
-    from pipeline import job
     from pipeline.data import sources
     from pipeline.report.evaluate import REPORT_MD
+    from pipeline.runs import flow
 
     views.log.use(log_format)
-    tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
-    if _one_of(run_dir, runs) is None:
-        from pipeline.cli.scheduled import trigger
-
-        assert runs is not None
-        shards = data or runs / "shards"
-        trigger(
-            runs, shards, source, config, min_accuracy=min_accuracy, keep=keep, export=export,
-            tracking=tracking,
-        )  # fmt: skip
-        return
-    if export is not None:
+    home = _one_of(run_dir, runs) or runs  # the run, or with --runs the directory of runs
+    assert home is not None
+    if runs is not None and data is None:
+        data = runs / "shards"
+    if runs is None and export is not None:
         raise fail("--export needs --runs (export a single run with pipeline export)", 2)
-    assert run_dir is not None
-
     with friendly_errors():  # a bad --image-shape is one line
-        spec = job.Job(
-            run_dir=run_dir,
+        spec = flow.Job(
+            run_dir=home,
             config=config,
             data_dir=data,
             source=source,
             image_shape=sources.parse_shape(image_shape) if image_shape else None,
             val_fraction=val_fraction,
+            min_accuracy=min_accuracy,
             command=command_line(),
         )
-    rank, result = _job(spec, tracking, distributed_mode)
-    if rank != 0:
+    if runs is not None:
+        from pipeline.cli.scheduled import trigger
+
+        tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
+        trigger(
+            runs,
+            spec,
+            keep=keep,
+            export=export,
+            distributed_mode=distributed_mode,
+            tracking=tracking,
+        )
+        return
+    assert run_dir is not None
+    with (
+        world(distributed_mode) as comm,
+        friendly_errors(),
+        tracker(Tracking(mlflow, mlflow_experiment, mlflow_required), comm.rank) as listener,
+        views.display(comm) as progress,
+    ):
+        events = listening(Events(Terminal(progress)), listener) if comm.rank == 0 else Events()
+        result = flow.run(spec, events, comm=comm)
+    if comm.rank != 0:
         return
     if result.evaluation is not None:
         views.report_table(result.evaluation)
     else:
         views.say(f'accuracy ("precision") {result.accuracy:.2%}; report: {run_dir / REPORT_MD}')
     _gate(result.accuracy, min_accuracy)
-
-
-def _job(spec: job.Job, tracking: Tracking, distributed_mode: str) -> tuple[int, job.JobResult]:
-    """`job.run` with its progress shown and tracked: (this process's MPI rank, the result)."""
-    from pipeline import job
-
-    with (
-        world(distributed_mode) as comm,
-        friendly_errors(),
-        tracker(tracking, comm.rank) as listener,
-        views.display(comm) as progress,
-    ):
-        shown = views.TrainView(progress, spec.config.batch_size)
-        view = TrackedView(shown, listener, spec.run_dir, spec.config, world_size=comm.size)
-        hooks = job.Hooks(
-            say=views.say if comm.rank == 0 else job.Hooks.say,
-            prepare_progress=lambda totals: views.PrepareView(progress, totals),
-            reporter=view,
-        )
-        result = job.run(spec, hooks, comm=comm)
-        if result.evaluation is not None:
-            view.evaluated(result.evaluation)
-    return comm.rank, result
 
 
 def _one_of(run_dir: Path | None, runs: Path | None) -> Path | None:

@@ -1,6 +1,6 @@
 """What the commands show: live rich progress on a terminal, plain lines in logs, tables.
 
-Nothing here computes anything; the stages report to these views through small callbacks.
+Nothing here computes anything; `watch.Terminal` drives these views from the job's event stream.
 """
 
 from __future__ import annotations
@@ -70,43 +70,39 @@ def _progress() -> Progress:
 class TrainView:
     """Shows training on a rich progress bar, or as one plain line per epoch off a terminal."""
 
-    def __init__(self, progress: Progress | None, batch_size: int) -> None:
-        self.progress, self.batch_size = progress, batch_size
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
         self.task: TaskID | None = None
-        self.started = time.perf_counter()
-        self.first_step = 0
+        self.started, self.first_samples = time.perf_counter(), 0
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        self.started, self.first_step = time.perf_counter(), done
+        self.started, self.first_samples = time.perf_counter(), -1
         if self.progress is not None:
             self.task = self.progress.add_task(
                 f"epoch {epoch + 1}/{epochs}", total=steps, completed=done, info=""
             )
 
     def advance(self, step: int, samples: int, loss_sum: float) -> None:
+        if self.first_samples < 0:  # the rate counts from the first block (a resumed epoch)
+            self.started, self.first_samples = time.perf_counter(), samples
         if self.progress is None or self.task is None:
             return
-        rate = (
-            (step - self.first_step)
-            * self.batch_size
-            / max(time.perf_counter() - self.started, 1e-9)
-        )
+        rate = (samples - self.first_samples) / max(time.perf_counter() - self.started, 1e-9)
         info = f"{rate:,.0f} samples/s  loss {loss_sum / max(samples, 1):.4f}"
         self.progress.update(self.task, completed=step, info=info)
 
-    def end_epoch(self, record: dict[str, Any]) -> None:
+    def end_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         from pipeline.training.rundir import epoch_accuracy
 
-        split, accuracy = epoch_accuracy(record)
+        split, accuracy = epoch_accuracy(metrics)
         line = (
-            f"epoch {record['epoch']}: train loss {record['train_loss']:.5f}, "
-            f"{split} accuracy {accuracy:.2%}, {record['seconds']:.1f} s"
+            f"epoch {epoch}: train loss {metrics['train_loss']:.5f}, "
+            f"{split} accuracy {accuracy:.2%}, {metrics['seconds']:.1f} s"
         )
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, info=f"{split} accuracy {accuracy:.2%}")
         else:
-            metrics = {k: v for k, v in record.items() if k != "epoch"}
-            log.event("epoch", {"epoch": record["epoch"], "metrics": metrics}, plain=line)
+            log.event("epoch", {"epoch": epoch, "metrics": metrics}, plain=line)
 
 
 class PrepareView:

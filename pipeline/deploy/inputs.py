@@ -61,31 +61,34 @@ def image_files(paths: Sequence[Path]) -> Iterator[Path]:
 
 
 def _read(paths: list[Path], shape: tuple[int, ...], resize: bool) -> np.ndarray:
-    """(B, rows, cols[, 3]) uint8: each image checked against the model's shape, then decoded
-    as the images source decodes (or, with `resize`, converted and resized by Pillow)."""
+    """(B, rows, cols[, 3]) uint8: each image's header checked (`images.opened`: the source's
+    checks) against the model's shape, then decoded as the images source decodes
+    (`images.read_image`) or, with `resize`, converted and resized by Pillow."""
     from PIL import Image
 
     rows, cols = shape[:2]
     mode = "RGB" if len(shape) == 3 else "L"
     want = f"{cols}x{rows} {'RGB' if mode == 'RGB' else 'grey'}"
-    entries = [images._header(p, -1) for p in paths]
+    out = np.empty((len(paths), *shape), np.uint8)
     if resize:
-        out = np.empty((len(paths), *shape), np.uint8)
         method = getattr(Image.Resampling, RESAMPLING)
-        for i, entry in enumerate(entries):
-            try:
-                with Image.open(entry.path) as im:
+        for i, path in enumerate(paths):
+            with images.opened(path) as im:
+                try:
                     out[i] = np.asarray(im.convert(mode).resize((cols, rows), method), np.uint8)
-            except OSError as exc:
-                raise SourceError(f"{entry.path}: cannot decode ({exc})") from None
+                except images.DECODE_ERRORS as exc:
+                    raise SourceError(f"{path}: cannot decode ({exc})") from None
         return out
-    for entry in entries:
-        colour = entry.mode in images.COLOUR_MODES
-        got = f"{entry.size[0]}x{entry.size[1]} {'RGB' if colour else 'grey'}"
+    for path in paths:
+        with images.opened(path) as im:
+            size, colour = im.size, im.mode in images.COLOUR_MODES
+        got = f"{size[0]}x{size[1]} {'RGB' if colour else 'grey'}"
         # a grey image is read as RGB for an RGB model, as the images source reads it
-        if entry.size != (cols, rows) or (colour and mode == "L"):
-            raise SourceError(f"{entry.path}: a {got} image; the model takes {want} (or --resize)")
-    return images._decode(entries, mode, str(paths[0].parent))
+        if size != (cols, rows) or (colour and mode == "L"):
+            raise SourceError(f"{path}: a {got} image; the model takes {want} (or --resize)")
+    for i, path in enumerate(paths):
+        out[i] = images.read_image(path, mode)  # (rows, cols[, 3]), as checked above
+    return out
 
 
 def _target(path: Path, classes: Sequence[str]) -> int:

@@ -155,6 +155,8 @@ class MlflowTracker:
             if self.broken:
                 continue  # drain: the listener stops adding soon
             try:
+                if event.name == EVALUATED and self.run_id is None:  # `pipeline evaluate`
+                    self._attach(Path(event.fields["report"]).parent)
                 if event.name == RUN_STARTED or self.run_id is not None:
                     handlers[event.name](event.fields)
             except Exception as exc:
@@ -169,6 +171,15 @@ class MlflowTracker:
         if run is None:
             run = self._create(path, fields)
             atomic_write_bytes(path / TRACKING_FILE, _ids_json({**saved, self.uri: run}))
+        self._resume(run)
+        config = dict(fields["config"])
+        self._log(params={**config, "preset": fields.get("preset", config.get("preset"))})
+        for record in fields.get("history") or ():  # epochs done before this process
+            self._epoch_ended({"epoch": record["epoch"], "metrics": record})
+        self.epoch = int(fields.get("epoch") or 0)
+
+    def _resume(self, run: str) -> None:
+        """Continue the MLflow run `run`: RUNNING again, and which (metric, step) it holds."""
         self.run_id = run
         self.client.update_run(run, status="RUNNING")
         self.logged = {
@@ -176,11 +187,13 @@ class MlflowTracker:
             for key in self.client.get_run(run).data.metrics
             for m in self.client.get_metric_history(run, key)
         }
-        config = dict(fields["config"])
-        self._log(params={**config, "preset": fields.get("preset", config.get("preset"))})
-        for record in fields.get("history") or ():  # epochs done before this process
-            self._epoch_ended({"epoch": record["epoch"], "metrics": record})
-        self.epoch = int(fields.get("epoch") or 0)
+        self.epoch = max((step for _, step in self.logged), default=0)
+
+    def _attach(self, run_dir: Path) -> None:
+        """Continue the MLflow run of `run_dir`, if it has one (else nothing is tracked)."""
+        run = self._existing(_read_ids(run_dir).get(self.uri))
+        if run is not None:
+            self._resume(run)
 
     def _existing(self, run_id: str | None) -> str | None:
         """The MLflow run kept for this URI, if the store still has it (not deleted)."""

@@ -16,13 +16,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest
 from pipeline.errors import CheckpointError, ConfigError, DivergedError, ShardSetError
+from pipeline.events import CHECKPOINT, EPOCH_ENDED, EPOCH_STARTED, STEP, Events
 from pipeline.nn.network import Network
 from pipeline.nn.optimizers import Hyper
 from pipeline.nn.recipe import RecipeStep, Spec
@@ -32,21 +33,7 @@ from pipeline.training import checkpoint, distributed
 from pipeline.training.checkpoint import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 from pipeline.training.distributed import LOCAL, Comm
-from pipeline.training.rundir import RunDir, best_epoch
-
-
-class Reporter(Protocol):
-    """What the trainer tells a progress display; the CLI implements it with rich."""
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
-    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
-
-
-class Silent:
-    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
-    def advance(self, step: int, samples: int, loss_sum: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
+from pipeline.training.rundir import RunDir, best_epoch, stopped_early
 
 
 @dataclass
@@ -69,10 +56,10 @@ class Trainer:
         manifest: Manifest,
         run: RunDir,
         config: TrainConfig,
-        reporter: Reporter,
+        events: Events,
         comm: Comm = LOCAL,
     ) -> None:
-        self.manifest, self.rundir, self.config, self.reporter = manifest, run, config, reporter
+        self.manifest, self.rundir, self.config, self.events = manifest, run, config, events
         self.comm, self.writer = comm, comm.rank == 0
         self.reducer: distributed.GradientSum | None = None  # the Allreduce buffer, under MPI
         samples = manifest.split("train").samples
@@ -164,7 +151,10 @@ class Trainer:
         """The rest of the current epoch, from the shards, in calls of many batches each."""
         state, config = self.state, self.config
         size, every = config.batch_size, config.checkpoint_every
-        self.reporter.start_epoch(state.epoch, config.epochs, len(self.train_loader), state.step)
+        steps = len(self.train_loader)
+        self.events.emit(
+            EPOCH_STARTED, epoch=state.epoch, epochs=config.epochs, steps=steps, done=state.step
+        )
         # a block of rows per call: the step's call overhead is paid once per ~1,000 batches
         group = max(1, self.train_loader.block_rows // size)
         for x, y in self.train_loader.epoch(state.epoch, start_batch=state.step, group=group):
@@ -185,7 +175,7 @@ class Trainer:
                 state.loss_sum = loss_sum
                 if every and state.step % every == 0 and state.step < len(self.train_loader):
                     self.save()
-            self.reporter.advance(state.step, state.samples, state.loss_sum)
+            self.events.emit(STEP, step=state.step, samples=state.samples, loss_sum=state.loss_sum)
 
     def _steps(self, x: np.ndarray, y: np.ndarray, batches: int, loss_sum: float) -> float:
         """`batches` consecutive steps over the global batches in x, y (locally, or each rank
@@ -208,11 +198,7 @@ class Trainer:
 
     def stop_early(self) -> bool:
         """`patience` epochs in a row without a better val accuracy than the best before."""
-        patience, history = self.config.patience, self.state.history
-        if not patience or self.scored_split != "val" or len(history) <= patience:
-            return False
-        best = max(range(len(history)), key=lambda e: (history[e]["val_accuracy"], -e))
-        return len(history) - 1 - best >= patience
+        return stopped_early(self.state.history, self.config.patience)
 
     def end_epoch(self, seconds: float) -> None:
         """Score the val split (else test), log the epoch, checkpoint."""
@@ -224,15 +210,22 @@ class Trainer:
             "epoch": state.epoch + 1,
             "train_loss": state.loss_sum / state.samples,  # mean loss per sample
             f"{self.scored_split}_accuracy": float(np.trace(confusion) / confusion.sum()),
+            # the lr of the epoch's last step: in the record, so a resumed run's history (a
+            # tracker's backfill) has it too
+            "lr": self.schedule.lr_at((state.epoch + 1) * len(self.train_loader) - 1),
             "seconds": round(seconds, 3),
             "seconds_total": round(total + seconds, 3),
         }
         state.history.append(record)
+        rate = state.samples / seconds if seconds > 0 else 0.0  # over this session's part
         state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
         self.save()
         if self.writer:
             self.rundir.write_metrics(state.history)
-        self.reporter.end_epoch(record)
+        metrics = {k: v for k, v in record.items() if k != "epoch"}
+        self.events.emit(
+            EPOCH_ENDED, epoch=record["epoch"], metrics={**metrics, "samples_per_s": rate}
+        )
 
     def save(self) -> None:
         state = self.state
@@ -244,6 +237,7 @@ class Trainer:
         checkpoint.save(path, state.network, self._meta(), state=arrays)
         self.rundir.prune(newest=path)
         self.last = path
+        self.events.emit(CHECKPOINT, path=str(path), epoch=state.epoch, step=state.step)
 
     def _diverged(self, loss: float, steps: int) -> None:
         first = self.state.step + 1

@@ -23,10 +23,10 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError, OutputError
 from pipeline.fsutil import TMP_SUFFIX, atomic_write_bytes, dir_lock
@@ -41,6 +41,7 @@ CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
 REPORT_FILES = (REPORT_JSON, REPORT_MD, CONFUSION_PNG, CURVES_PNG)
 CHECKPOINT_NAME = re.compile(r"^checkpoint-e(?P<epoch>\d{4})-s(?P<step>\d{7})\.npz$")
 EVALUATED_NAME = re.compile(r"^evaluated-[0-9a-f]{16}\.npz$")
+T = TypeVar("T")
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
@@ -60,10 +61,36 @@ def best_epoch(history: Sequence[dict[str, Any]]) -> int | None:
     return -max(scored)[1] if scored else None
 
 
+def stopped_early(history: Sequence[dict[str, Any]], patience: int) -> bool:
+    """`patience` epochs in a row without a better val accuracy than the best before them."""
+    best = best_epoch(history)
+    return patience > 0 and best is not None and len(history) - best >= patience
+
+
 def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
     """The split an epoch record was scored on ("val" when the set has one) and its accuracy."""
     split = "val" if "val_accuracy" in record else "test"
     return split, float(record[f"{split}_accuracy"])
+
+
+def read_json(path: Path, parse: Callable[[object], T], what: str, hint: str = "") -> T | None:
+    """A JSON file of the run, parsed by `parse` (which raises ValueError naming the field at
+    fault); None if there is none. Strict JSON: NaN and Infinity are not numbers here.
+    Raises ConfigError naming the file for one that cannot be read or is not `what`."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return parse(json.loads(text, parse_constant=_not_a_number))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not {what} ({exc}){hint}") from None
+
+
+def _not_a_number(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
 
 
 @dataclass(frozen=True)
@@ -161,17 +188,7 @@ class RunDir:
     # --- run.json and metrics.jsonl -----------------------------------------------------------
 
     def read_run_file(self) -> RunFile | None:
-        path = self.path / RUN_FILE
-        try:
-            text = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-        try:
-            return RunFile.from_json(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}: not a readable run file ({exc})") from None
+        return read_json(self.path / RUN_FILE, RunFile.from_json, "a readable run file")
 
     def write_run_file(self, run: RunFile) -> None:
         atomic_write_bytes(

@@ -28,15 +28,16 @@ from typing import Any
 
 from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError
+from pipeline.events import RUN_STARTED, Events
 from pipeline.nn.network import Network
 from pipeline.training import distributed
 from pipeline.training.config import TrainConfig
 from pipeline.training.distributed import LOCAL, Comm
-from pipeline.training.loop import Reporter, Silent, Trainer
+from pipeline.training.loop import Trainer
 from pipeline.training.resume import check_compatible, position, restore
 from pipeline.training.rundir import RUN_FILE, RunDir, RunFile
 
-__all__ = ["Reporter", "Silent", "TrainResult", "train"]
+__all__ = ["TrainResult", "train"]
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,12 @@ def train(
     config: TrainConfig,
     *,
     resume: bool = False,
-    reporter: Reporter | None = None,
+    events: Events | None = None,
     comm: Comm = LOCAL,
 ) -> TrainResult:
     """Train (or continue) the run in `run_dir` on a shard set: `data` is the set as the
     caller opened it (`integrity.open_set`: verified, under its reader lock), or its
-    directory, opened here."""
+    directory, opened here. `events` hears RUN_STARTED, then each epoch, step and checkpoint."""
     config.check()
     distributed.check_batch(config.batch_size, comm)
     manifest = data if isinstance(data, Manifest) else load_manifest(data)
@@ -68,7 +69,7 @@ def train(
     run.create()
     try:
         with run.training():
-            return _train_locked(manifest, run, config, resume, reporter or Silent(), comm)
+            return _train_locked(manifest, run, config, resume, events or Events(), comm)
     except OSError as exc:  # a full disk, a read-only volume: whatever the OS refused
         raise OutputError(f"{run_dir}: cannot write the run ({exc})") from None
 
@@ -78,7 +79,7 @@ def _train_locked(
     run: RunDir,
     config: TrainConfig,
     resume: bool,
-    reporter: Reporter,
+    events: Events,
     comm: Comm,
 ) -> TrainResult:
     saved = run.read_run_file()
@@ -91,7 +92,7 @@ def _train_locked(
     if newest is not None and saved is not None:
         check_compatible(run.path / RUN_FILE, saved.data_identity, saved.config, config, manifest)
     # before run.json: bad input leaves none
-    trainer = Trainer(manifest, run, config, reporter, comm)
+    trainer = Trainer(manifest, run, config, events, comm)
     resumed_from = restore(trainer)  # the checkpoint's own config and data are checked too
     if newest is None or saved is None:  # a new run, one that failed before its first
         # checkpoint (started again with this config), or one whose run.json was lost
@@ -99,6 +100,19 @@ def _train_locked(
         data = str(manifest.directory.resolve())
         run.write_run_file(RunFile(config, manifest.identity, data, manifest.name, created))
     comm.broadcast(position(trainer, resumed_from))  # the followers start from here
+    events.emit(
+        RUN_STARTED,
+        run=run.path.name,
+        path=str(run.path),
+        config=config.to_json(),
+        preset=config.preset,
+        identity=manifest.identity,
+        dataset=manifest.name,
+        world_size=comm.size,
+        resumed_from=None if resumed_from is None else str(resumed_from),
+        epoch=trainer.state.epoch,
+        history=list(trainer.state.history),  # what a tracker may have missed
+    )
     last = trainer.run()
     return TrainResult(trainer.state.network, trainer.state.history, last, resumed_from)
 
@@ -108,7 +122,7 @@ def _train_follower(
 ) -> TrainResult:
     """Rank > 0: start where rank 0 starts (its checkpoint, read from the shared run
     directory), prove it by comparing positions and weight digests, then train in step."""
-    trainer = Trainer(manifest, run, config, Silent(), comm)
+    trainer = Trainer(manifest, run, config, Events(), comm)
     expected = comm.broadcast(None)
     name = expected["checkpoint"]
     resumed_from = restore(trainer, run.checkpoints / name if name else None)

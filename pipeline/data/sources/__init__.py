@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from pipeline.data.sources import csv, idx, images, npz, torchvision
-from pipeline.data.sources.base import RawDataset, RawFile, RawSplit, validate
+from pipeline.data.sources.base import RawDataset, RawFile, RawSplit, not_utf8, validate
 from pipeline.data.sources.idx import EMBEDDED_DIR, EMBEDDED_SHA256, SPLIT_FILES
 from pipeline.data.sources.split import carve_val
 from pipeline.errors import SourceError
@@ -52,8 +52,32 @@ def _spec_error(spec: str, why: str) -> SourceError:
     return SourceError(f"{why}; expected one of: {FORMS}", param="source", value=spec)
 
 
+def _local(spec: str, where: str, *, follow: bool = True) -> Path:
+    """The path `where` names, `~` expanded; with `follow`, absolute with symlinks resolved.
+    A symlink loop, an unknown user's `~user`, a name that is not UTF-8 (the manifest records
+    the path and names the dataset after it) are the spec's error."""
+    try:
+        path = Path(where).expanduser()
+        path = path.resolve() if follow else path
+    except (RuntimeError, OSError) as exc:  # RuntimeError: Python < 3.13's loop and ~user
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise SourceError(
+            f"{where!r}: cannot resolve ({reason})", param="source", value=spec
+        ) from None
+    for text in (where, str(path)):
+        shown = not_utf8(text)
+        if shown is not None:
+            raise SourceError(
+                ("" if text == where else f"(resolved: {shown}) ")
+                + "a name that is not valid UTF-8 (the manifest records it); rename it",
+                param="source",
+                value=not_utf8(spec),
+            )
+    return path
+
+
 def _path(spec: str, where: str, *, directory: bool) -> Path:
-    path = Path(where).expanduser()
+    path = _local(spec, where, follow=False)  # as written: a file's name may name the dataset
     if directory and not path.is_dir():
         raise SourceError("not a directory", param="source", value=spec)
     if not directory and not path.is_file():
@@ -71,14 +95,14 @@ def resolve(spec: str | None) -> str:
         name, sep, root = rest.partition(":")
         if not sep or not name or not root:
             raise _spec_error(spec, "torchvision needs NAME[/SPLIT]:ROOT")
-        return f"torchvision:{name}:{Path(root).expanduser().resolve()}"
+        return f"torchvision:{name}:{_local(spec, root)}"
     if kind == "csv":
         parts = rest.split(",")
         if len(parts) != 2 or not all(parts):
             raise _spec_error(spec, "csv needs two files, TRAIN,TEST")
-        return "csv:" + ",".join(str(Path(p).expanduser().resolve()) for p in parts)
+        return "csv:" + ",".join(str(_local(spec, p)) for p in parts)
     if kind in ("idx", "npz", "images") and rest:
-        return f"{kind}:{Path(rest).expanduser().resolve()}"
+        return f"{kind}:{_local(spec, rest)}"
     raise _spec_error(spec, "not a source")
 
 

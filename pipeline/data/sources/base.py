@@ -129,6 +129,16 @@ def file_size(path: Path) -> int:
 # --- validation -------------------------------------------------------------------------
 
 
+def not_utf8(text: str) -> str | None:
+    """`text` shown with its bytes that are not UTF-8 as \\xNN, if it has any (Python keeps
+    them, in file names and argv, as surrogates no encoder takes), else None."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode(errors="backslashreplace")
+    return None
+
+
 def to_uint8(images: np.ndarray, where: str) -> np.ndarray:
     """Any accepted pixel array -> uint8, by the rule in the module docstring."""
     if images.dtype == np.uint8:
@@ -227,6 +237,10 @@ def validate(
     found: Found, *, name: str | None = None, classes: list[str] | None = None
 ) -> RawDataset:
     """Check a source's data and bring it into the canonical form (see the module docstring)."""
+    for param, texts in (("name", [name] if name else []), ("classes", classes or [])):
+        if any(not_utf8(text) for text in texts):  # the manifest records them as text
+            shown = ",".join(not_utf8(text) or text for text in texts)
+            raise SourceError("not valid UTF-8", param=param, value=shown)
     missing = [s for s in SPLITS if s not in found.splits]
     if missing:
         raise SourceError(f"{found.source}: no {' or '.join(missing)} split")

@@ -1,15 +1,20 @@
 """`csv:TRAIN,TEST`: one image per row, the label in the first column, then the pixels.
 
 Both common MNIST layouts are read: "MNIST in CSV" (no header) and Kaggle's digit-recognizer
-`train.csv` (header `label,pixel0,...`). A header is a first row whose first field is not a
-number. Kaggle's `test.csv` carries no labels (header `pixel0,...`: it is for submissions) and
-is refused: a test split without labels cannot be scored; cut a labelled test file off
-`train.csv` instead (README). Pixels are integers 0..255, or floats in [0, 1] (a file with any
-non-integer pixel is a float file; 0/1 rows in it mean 0 and 255). The image side is inferred
-when the pixel count is a square; otherwise `image_shape` gives it (rows, cols[, channels]).
+`train.csv` (header `label,pixel0,...`). A header is a first row whose first field (a UTF-8
+byte order mark and quotes aside) is not a number. Kaggle's `test.csv` carries no labels
+(header `pixel0,...`: it is for submissions) and is refused: a test split without labels cannot
+be scored; cut a labelled test file off `train.csv` instead (README). The image side is
+inferred when the pixel count is a square; otherwise `image_shape` gives it (rows, cols[, ch]).
 
-Rows are parsed in blocks as they are read, each block turned into bytes at once, so memory
-follows the rows really present, never a count the file claims.
+Pixels are typed by how the file writes them, as a CSV reader types a column, never by their
+values: if any pixel of the file is written as a float (a `.` or an exponent: `0.5`, `1.0`,
+`1e-3`), all its pixels are floats in [0, 1] (`0` and `1` among them are 0.0 and 1.0, as
+`%g` writes them) and become rint(x * 255); otherwise they are integers 0..255, stored as is.
+
+Memory follows the rows really present, never a count the file claims: lines are read at most
+MAX_LINE_CHARS at a time (a longer one is refused), parsed in blocks of at most BLOCK_ROWS rows
+and BLOCK_CHARS characters, each block turned into bytes at once.
 """
 
 from __future__ import annotations
@@ -18,70 +23,157 @@ import hashlib
 import itertools
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
-from pipeline.data.sources.base import Found, FoundSplit, RawFile, file_size, to_uint8
+from pipeline.data.sources.base import (
+    MAX_CLASSES,
+    Found,
+    FoundSplit,
+    RawFile,
+    file_size,
+    to_uint8,
+)
 from pipeline.errors import SourceError
 
 BLOCK_ROWS = 1024
+BLOCK_CHARS = 1 << 22
+# a row is one image: 4 MiB holds a million pixels written `255,` (parsing costs ~15x a line)
+MAX_LINE_CHARS = 1 << 22
+FLOAT_TEXT = re.compile(r"[.eE]")  # a cell written as a float, not an integer
+
+
+class _Block:
+    """Consecutive non-blank lines parsed at once, kept as `pixels` (rows, features) uint8 read
+    by how the block writes them (module docstring) and `labels` (rows,) int64."""
+
+    def __init__(self, batch: list[tuple[int, str]], path: Path, columns: int | None) -> None:
+        self.numbers, self.path = [n for n, _ in batch], path  # each row's line in the file
+        values = _parse([line for _, line in batch], self.numbers, path)  # (rows, columns) f8
+        self.columns = values.shape[1]
+        if columns is not None and self.columns != columns:
+            raise SourceError(
+                f"{self.where(0)}: {self.columns} columns, earlier rows have {columns}"
+            )
+        if self.columns < 2:
+            raise SourceError(f"{self.where(0)}: a label but no pixels (one column)")
+        # the first line with a pixel (not the label) written as a float, if any
+        self.float_line = next(
+            (n for n, line in batch if FLOAT_TEXT.search(line, line.find(",") + 1)), None
+        )
+        self.floats = self.float_line is not None
+        self.pixels = self._pixels(values[:, 1:])
+        self.labels = self._labels(values[:, 0])
+
+    def where(self, row: int) -> str:
+        return f"{self.path}: line {self.numbers[row]}"
+
+    def _pixels(self, pixels: np.ndarray) -> np.ndarray:
+        high = 1.0 if self.floats else 255.0
+        bad = ~(np.isfinite(pixels) & (pixels >= 0.0) & (pixels <= high))  # NaN is bad too
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            why = "in a file of float pixels; floats must lie in [0, 1]"
+            raise SourceError(
+                f"{self.where(row)}: pixel {pixels[row, col]:g} "
+                + (why if self.floats else "is outside 0..255")
+            )
+        if self.floats:
+            return to_uint8(pixels, self.where(0))
+        return pixels.astype(np.uint8)  # integer-written: whole numbers (no '.' nor exponent)
+
+    def _labels(self, column: np.ndarray) -> np.ndarray:
+        good = np.isfinite(column) & (column == np.rint(column)) & (column >= 0)
+        good &= column < MAX_CLASSES  # before the cast: 1e30 or inf have no int64
+        if not good.all():
+            bad = int(np.argmin(good))
+            raise SourceError(
+                f"{self.where(bad)}: label {column[bad]:g} is not a class index "
+                f"(0..{MAX_CLASSES - 1})"
+            )
+        return column.astype(np.int64)
+
+
+def _lines(f: TextIO, path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line; none may exceed MAX_LINE_CHARS."""
+    number = 0
+    while line := f.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise SourceError(
+                f"{path}: line {number} is longer than {MAX_LINE_CHARS:,} characters; "
+                "a row holds one image (label, then pixels)"
+            )
+        if line.strip():
+            yield number, line
+
+
+def _batches(lines: Iterator[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]:
+    """The lines in batches of at most BLOCK_ROWS lines and about BLOCK_CHARS characters."""
+    batch: list[tuple[int, str]] = []
+    chars = 0
+    for number, line in lines:
+        batch.append((number, line))
+        chars += len(line)
+        if len(batch) == BLOCK_ROWS or chars >= BLOCK_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _is_header(first: str, path: Path) -> bool:
+    cell = first.split(",", 1)[0].strip().strip('"').strip()
+    if _is_number(cell):
+        return False
+    if re.fullmatch(r"pixel\d*", cell.lower()):
+        raise SourceError(
+            f"{path}: has no label column (header starts {cell!r}); an unlabelled file "
+            "(Kaggle's test.csv) cannot be a split"
+        )
+    return True
 
 
 def _rows(path: Path, image_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
     """(n, rows, cols[, channels]) uint8 images and (n,) int64 labels of one file."""
-    blocks: list[tuple[str, np.ndarray]] = []  # (kind, (rows, features) uint8)
-    labels: list[np.ndarray] = []
-    columns = 0
-    with path.open("r", encoding="utf-8", errors="strict", newline="") as f:
-        first = f.readline()
-        line_no = 1
-        cells = first.strip().split(",")
-        if not first.strip():
+    blocks: list[_Block] = []
+    # utf-8-sig: a byte order mark (Excel, Notepad) is no part of the first field
+    with path.open("r", encoding="utf-8-sig", errors="strict", newline="") as f:
+        lines = _lines(f, path)
+        first = next(lines, None)
+        if first is None:
             raise SourceError(f"{path}: empty file, no header or data rows")
-        pending = [first]
-        if not _is_number(cells[0]):  # a header row
-            if re.fullmatch(r"pixel\d*", cells[0].strip().strip('"').lower()):
-                raise SourceError(
-                    f"{path}: has no label column (header starts {cells[0].strip()!r}); an "
-                    "unlabelled file (Kaggle's test.csv) cannot be a split"
-                )
-            pending = []
-            line_no = 2
-        while True:
-            chunk = pending + list(itertools.islice(f, BLOCK_ROWS))
-            pending = []
-            if not chunk:
-                break
-            start = line_no
-            line_no += len(chunk)
-            chunk = [line for line in chunk if line.strip()]
-            if not chunk:
-                continue
-            values = _parse(chunk, path, start)
-            columns = columns or values.shape[1]
-            if values.shape[1] != columns:
-                raise SourceError(
-                    f"{path}: line {start}: {values.shape[1]} columns, earlier rows have {columns}"
-                )
-            kind, pixels = _block_pixels(values[:, 1:], path, start)
-            blocks.append((kind, pixels))
-            labels.append(_labels(values[:, 0], path, start))
+        if not _is_header(first[1], path):
+            lines = itertools.chain([first], lines)
+        for batch in _batches(lines):
+            blocks.append(_Block(batch, path, blocks[0].columns if blocks else None))
     if not blocks:
         raise SourceError(f"{path}: no data rows")
-    kinds = {kind for kind, _ in blocks}
-    if {"int", "float"} <= kinds:
-        raise SourceError(f"{path}: mixes integer pixels 0..255 with float pixels in [0, 1]")
-    # rows of only 0 and 1 are bytes 0/1 in an integer file, and 0.0/1.0 in a float file
-    scale = 255 if "float" in kinds else 1
-    images = np.concatenate(
-        [block * np.uint8(scale) if kind == "binary" else block for kind, block in blocks]
-    )  # (n, features) uint8
-    features = columns - 1
+    images = np.concatenate(_typed(blocks))  # (n, features) uint8
+    features = blocks[0].columns - 1
     shape = image_shape or _square(features, path)
     if math.prod(shape) != features:
         raise SourceError(f"{path}: {features} pixels per row do not make images of {list(shape)}")
-    return images.reshape(len(images), *shape), np.concatenate(labels)
+    return images.reshape(len(images), *shape), np.concatenate([b.labels for b in blocks])
+
+
+def _typed(blocks: list[_Block]) -> list[np.ndarray]:
+    """The blocks' pixels under the file's one type: a float file's integer-written blocks
+    may hold only 0 and 1 (checked), which mean 0.0 and 1.0."""
+    floats = next((b.float_line for b in blocks if b.floats), None)
+    if floats is None:
+        return [b.pixels for b in blocks]
+    for b in blocks:
+        if not b.floats and b.pixels.max() > 1:
+            row = int(np.argmax(b.pixels.max(axis=1) > 1))
+            raise SourceError(
+                f"{b.where(row)}: pixel {b.pixels[row].max()} in a file of float pixels "
+                f"(line {floats}); floats must lie in [0, 1]"
+            )
+    return [b.pixels if b.floats else b.pixels * np.uint8(255) for b in blocks]
 
 
 def _is_number(cell: str) -> bool:
@@ -92,7 +184,7 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _parse(lines: list[str], path: Path, start: int) -> np.ndarray:
+def _parse(lines: list[str], numbers: list[int], path: Path) -> np.ndarray:
     try:
         return np.loadtxt(lines, delimiter=",", quotechar='"', dtype=np.float64, ndmin=2)
     except ValueError as exc:
@@ -100,35 +192,12 @@ def _parse(lines: list[str], path: Path, start: int) -> np.ndarray:
         # loadtxt counts rows within the block (from 0 in conversion errors, else from 1):
         # name the file's line instead
         first = 0 if "could not convert" in message else 1
-        message = re.sub(r"row (\d+)", lambda m: f"line {start + int(m.group(1)) - first}", message)
-        raise SourceError(f"{path}: {message}") from None
-
-
-def _block_pixels(pixels: np.ndarray, path: Path, start: int) -> tuple[str, np.ndarray]:
-    """One block's pixels as uint8 and their kind: int (0..255), float, or binary (0/1 only)."""
-    if not np.isfinite(pixels).all():
-        raise SourceError(f"{path}: lines {start}-{start + len(pixels) - 1}: non-finite pixel")
-    if (pixels == np.rint(pixels)).all():
-        if pixels.min() < 0 or pixels.max() > 255:
-            raise SourceError(
-                f"{path}: lines {start}-{start + len(pixels) - 1}: pixel values "
-                f"{pixels.min():g}..{pixels.max():g} are outside 0..255"
-            )
-        kind = "binary" if pixels.max() <= 1 else "int"
-        return kind, pixels.astype(np.uint8)
-    if pixels.max() > 1:
-        raise SourceError(
-            f"{path}: lines {start}-{start + len(pixels) - 1}: mixes integer pixels 0..255 "
-            f"with fractions (up to {pixels.max():g}); floats must lie in [0, 1]"
+        message = re.sub(
+            r"row (\d+)",
+            lambda m: f"line {numbers[min(int(m.group(1)) - first, len(numbers) - 1)]}",
+            message,
         )
-    return "float", to_uint8(pixels, f"{path}: lines {start}-{start + len(pixels) - 1}")
-
-
-def _labels(column: np.ndarray, path: Path, start: int) -> np.ndarray:
-    if not (column == np.rint(column)).all() or column.min() < 0:
-        bad = int(np.argmax((column != np.rint(column)) | (column < 0)))
-        raise SourceError(f"{path}: line {start + bad}: label {column[bad]:g} is not a class index")
-    return column.astype(np.int64)
+        raise SourceError(f"{path}: {message}") from None
 
 
 def _square(features: int, path: Path) -> tuple[int, int]:

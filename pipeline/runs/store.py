@@ -3,15 +3,17 @@
     DIR/2026-11-29-3f9a0c1d2e4b/   a run (the trainer's run directory) named <date>-<id>, where
                                    the id hashes the data's content identity and the recipe
         .trigger.lock              held by the trigger working on the run; says who (pid, host)
-        outcome.json               written last: accuracy, gate, seconds. Present = finished
+        outcome.json               written last (after promotion): accuracy, gate, seconds
     DIR/latest -> 2026-11-29-...   the newest run that passed its gate (a symlink, replaced
                                    atomically: a reader sees the old target or the new one)
     DIR/.lock                      held for an instant to create a run, promote or prune
 
 A trigger whose run is finished touches nothing ("up to date"). A run without an outcome is
-unfinished (killed, or failed): the next trigger resumes it. Nothing here deletes a directory
-it cannot prove is a finished run of ours (our name, our run.json, our outcome.json).
-The locks (who works on a run) are `run_lock`'s.
+unfinished (killed, or failed): the next trigger resumes it; as the outcome is written after
+the promotion, a run that passed and has an outcome was promoted. Nothing here deletes or
+follows what it cannot prove is a finished run of ours: a real directory (never a symlink)
+named <date>-<id> whose run.json hashes to that id and whose outcome.json is ours.
+The locks (who works on a run) are `pipeline.runs.lock`'s.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from typing import Any
 from pipeline.data.shards import Manifest
 from pipeline.errors import ConfigError, OutputError
 from pipeline.fsutil import atomic_write_bytes, fsync
-from pipeline.run_lock import RunBusyError, hold, is_held, runs_dir_lock
+from pipeline.runs.lock import RunBusyError, hold, is_held, runs_dir_lock
 from pipeline.training.config import TrainConfig
-from pipeline.training.rundir import RUN_FILE, RunDir
+from pipeline.training.rundir import RUN_FILE, RunDir, read_json
 
 LATEST = "latest"
 OUTCOME = "outcome.json"
@@ -55,10 +57,15 @@ def run_id(identity: str, config: TrainConfig) -> str:
 
 
 def _ours(runs_dir: Path) -> list[Path]:
-    """Run directories by name pattern, oldest first (the date, then the creation time)."""
+    """Run directories by name pattern, oldest first (the date, then the creation time);
+    never a symlink, whatever it points to."""
     if not runs_dir.is_dir():
         return []
-    found = [p for p in runs_dir.iterdir() if RUN_NAME.match(p.name) and p.is_dir()]
+    found = [
+        p
+        for p in runs_dir.iterdir()
+        if RUN_NAME.match(p.name) and not p.is_symlink() and p.is_dir()
+    ]
     return sorted(found, key=lambda p: (p.name[:10], _created(p), p.name))
 
 
@@ -76,21 +83,41 @@ def find(runs_dir: Path, rid: str) -> Path | None:
 
 
 def read_outcome(run: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads((run / OUTCOME).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{run / OUTCOME}: not readable ({exc})") from None
+    """outcome.json, checked field by field (None: the run has none, it is unfinished).
+    Raises ConfigError for one that is not ours: an edited or damaged file is never a verdict."""
+    hint = "; move it away and the next trigger finishes the run again"
+    return read_json(run / OUTCOME, _check_outcome, "an outcome of ours", hint)
+
+
+def _check_outcome(doc: object) -> dict[str, Any]:
+    """`doc` if it is an outcome; else raises ValueError naming the field at fault."""
     if not isinstance(doc, dict):
-        raise ConfigError(f"{run / OUTCOME}: not a JSON object")
+        raise ValueError("not a JSON object")
+    for key, nullable in (("accuracy", False), ("min_accuracy", True), ("seconds", False)):
+        value = doc.get(key, "absent")
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (is_number and value >= 0) and not (nullable and value is None):
+            raise ValueError(f"{key!r} is {value!r}, not a number >= 0")
+    if not isinstance(doc.get("passed"), bool):
+        raise ValueError(f"'passed' is {doc.get('passed', 'absent')!r}, not true or false")
+    if not isinstance(doc.get("finished"), str):
+        raise ValueError("'finished' is not a string")
     return doc
 
 
-def finished(runs_dir: Path, manifest: Manifest, config: TrainConfig) -> Path | None:
-    """The finished run of this data and recipe, if there is one (reads, never writes)."""
-    run = find(runs_dir, run_id(manifest.identity, config))
-    return run if run is not None and read_outcome(run) is not None else None
+def proven(run: Path) -> bool:
+    """Whether `run` is a finished run of ours: a real directory, not a symlink, named
+    <date>-<id>, whose run.json parses and hashes to that id, with an outcome.json of ours."""
+    match = RUN_NAME.match(run.name)
+    if match is None or run.is_symlink() or not run.is_dir():
+        return False
+    try:
+        saved, outcome = RunDir(run).read_run_file(), read_outcome(run)
+    except ConfigError:
+        return False
+    if saved is None or outcome is None:
+        return False
+    return run_id(saved.data_identity, saved.config) == match["id"]
 
 
 @contextlib.contextmanager
@@ -117,9 +144,11 @@ def claim(runs_dir: Path, manifest: Manifest, config: TrainConfig) -> Iterator[P
 # --- finishing, promotion, pruning --------------------------------------------------------
 
 
-def finish(run: Path, *, accuracy: float, min_accuracy: float | None, seconds: float) -> bool:
-    """Record the run's outcome (its last file); returns whether it passed the gate."""
-    passed = min_accuracy is None or accuracy >= min_accuracy
+def finish(
+    run: Path, *, accuracy: float, min_accuracy: float | None, passed: bool, seconds: float
+) -> None:
+    """Record the run's outcome: its last file, written after the promotion of a run that
+    passed (so an outcome proves that promotion)."""
     doc = {
         "accuracy": accuracy,
         "min_accuracy": min_accuracy,
@@ -128,7 +157,6 @@ def finish(run: Path, *, accuracy: float, min_accuracy: float | None, seconds: f
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     atomic_write_bytes(run / OUTCOME, (json.dumps(doc, indent=2) + "\n").encode())
-    return passed
 
 
 def latest(runs_dir: Path) -> Path | None:
@@ -160,7 +188,7 @@ def prune(runs_dir: Path, keep: int) -> list[Path]:
     removed: list[Path] = []
     with runs_dir_lock(runs_dir):
         promoted = latest(runs_dir)
-        done = [r for r in _ours(runs_dir) if (r / OUTCOME).is_file() and (r / RUN_FILE).is_file()]
+        done = [r for r in _ours(runs_dir) if proven(r)]
         for run in done[: max(len(done) - keep, 0)]:
             if promoted is not None and run.name == promoted.name:
                 continue
@@ -183,7 +211,7 @@ class RunInfo:
     dataset: str | None
     data_identity: str | None
     recipe: dict[str, Any] | None
-    status: str  # finished | running | unfinished
+    status: str  # finished | running | unfinished | damaged (a file not ours)
     accuracy: float | None
     min_accuracy: float | None
     passed: bool | None
@@ -203,11 +231,14 @@ def listing(runs_dir: Path) -> list[RunInfo]:
     for run in _ours(runs_dir):
         match = RUN_NAME.match(run.name)
         assert match is not None  # _ours matched it
+        damaged = False
         try:
             saved, outcome = RunDir(run).read_run_file(), read_outcome(run)
-        except ConfigError:  # damaged: listed with what is known, never guessed
-            saved, outcome = None, None
-        status = "running" if is_held(run) else "finished" if outcome else "unfinished"
+        except ConfigError:  # damaged or not ours: listed as such, nothing guessed
+            saved, outcome, damaged = None, None, True
+        status = "unfinished" if outcome is None else "finished"
+        if damaged or is_held(run):
+            status = "running" if is_held(run) else "damaged"
         outcome = outcome or {}
         rows.append(
             RunInfo(
