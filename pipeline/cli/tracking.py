@@ -13,12 +13,15 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pipeline.errors import TrackingError
 from pipeline.events import Events, Listener
+
+if TYPE_CHECKING:
+    from pipeline.training.distributed import Comm
 
 Mlflow = Annotated[
     bool | None,
@@ -95,8 +98,25 @@ def tracker(tracking: Tracking, rank: int = 0) -> Iterator[Listener | None]:
         listener.close(status)
 
 
-def listening(events: Events, listener: Listener | None) -> Events:
-    """`events` with the tracker added, if there is one."""
-    if listener is not None:
-        events.add(listener)
-    return events
+@contextlib.contextmanager
+def watched(
+    distributed_mode: str, tracking: Tracking, how_to_continue: str = "rerun the same command"
+) -> Iterator[tuple[Comm, Events]]:
+    """What a training command runs in: the MPI world, one-line errors, the tracker and the
+    live display; yields (comm, the job's events: the terminal and the tracker on rank 0,
+    no listener on the other ranks)."""
+    from pipeline.cli import views
+    from pipeline.cli.errors import friendly_errors
+    from pipeline.cli.watch import Terminal
+    from pipeline.cli.world import world
+
+    with (
+        world(distributed_mode) as comm,
+        friendly_errors(how_to_continue),
+        tracker(tracking, comm.rank) as listener,
+        views.display(comm) as progress,
+    ):
+        events = Events(Terminal(progress)) if comm.rank == 0 else Events()
+        if listener is not None:
+            events.add(listener)
+        yield comm, events

@@ -33,10 +33,9 @@ from pipeline.cli.tracking import (
     MlflowExperiment,
     MlflowRequired,
     Tracking,
-    listening,
     tracker,
+    watched,
 )
-from pipeline.cli.watch import Terminal
 from pipeline.cli.world import Distributed, world
 from pipeline.events import Events
 from pipeline.training.config import TrainConfig
@@ -100,13 +99,11 @@ def train(
         return
     assert run_dir is not None
 
-    with (
-        world(distributed_mode) as comm,
-        friendly_errors("rerun the same command with --resume"),
-        tracker(Tracking(mlflow, mlflow_experiment, mlflow_required), comm.rank) as listener,
-        views.display(comm) as progress,
+    tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
+    with watched(distributed_mode, tracking, "rerun the same command with --resume") as (
+        comm,
+        events,
     ):
-        events = listening(Events(Terminal(progress)), listener) if comm.rank == 0 else Events()
         result = trainer.train(data, run_dir, config, resume=resume, events=events, comm=comm)
         if result.resumed_from is not None and comm.rank == 0:
             views.say(f"resumed from {result.resumed_from}")
@@ -235,27 +232,15 @@ def run(
             min_accuracy=min_accuracy,
             command=command_line(),
         )
+    tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
     if runs is not None:
         from pipeline.cli.scheduled import trigger
 
-        tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
-        trigger(
-            runs,
-            spec,
-            keep=keep,
-            export=export,
-            distributed_mode=distributed_mode,
-            tracking=tracking,
-        )
+        mode = distributed_mode
+        trigger(runs, spec, keep=keep, export=export, distributed_mode=mode, tracking=tracking)
         return
     assert run_dir is not None
-    with (
-        world(distributed_mode) as comm,
-        friendly_errors(),
-        tracker(Tracking(mlflow, mlflow_experiment, mlflow_required), comm.rank) as listener,
-        views.display(comm) as progress,
-    ):
-        events = listening(Events(Terminal(progress)), listener) if comm.rank == 0 else Events()
+    with watched(distributed_mode, tracking) as (comm, events):
         result = flow.run(spec, events, comm=comm)
     if comm.rank != 0:
         return

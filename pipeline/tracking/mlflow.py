@@ -1,25 +1,20 @@
 """MLflow tracking: a listener on the job's event stream, one MLflow run per pipeline run.
 
     tracker = MlflowTracker(uri, experiment=None, required=False, warn=print_warning)
-    events = Events(view, log, tracker)   # hears RUN_STARTED, EPOCH_ENDED, EVALUATED, EXPORTED
-    ...
+    events.add(tracker)                   # hears RUN_STARTED, EPOCH_ENDED, EVALUATED, EXPORTED
     tracker.close("FINISHED")             # flush (bounded in time), end the MLflow run
 
-Logged: every TrainConfig field (and the preset's name) as params; the data's identity,
-dataset, run id, world size, package version and git commit as tags; each epoch's metrics at
-step=epoch; evaluate's metrics as `test/accuracy`, `test/macro_f1`, `test/precision/CLASS`,
-`test/recall/CLASS`; the config, the report files and an exported model as artifacts.
-
-One MLflow run per pipeline run: its id is kept in RUN_DIR/tracking.json (per tracking URI),
-so a resumed or re-triggered run continues it. Every (metric, step) is logged once: on
-(re)start the tracker reads which ones the MLflow run holds and backfills the epochs the run
-has done (RUN_STARTED's `history`) that it lacks, so a kill at any instant, a server that was
-down for a while or a resume gives the metric history of an uninterrupted run.
-
-It never takes training down: events go through a bounded queue to one worker thread (the
-loop never waits on the network), the HTTP client has a bounded timeout and few retries, and
-the first failure is one warning, after which the tracker drops what comes. `required` makes
-an unreachable store an error (TrackingError) here, before training starts.
+Params: every TrainConfig field (the preset's name too); tags: data identity, dataset, run,
+world size, version, git commit; metrics: each epoch's at step=epoch, evaluate's as `test/...`;
+artifacts: the config, the report's files, an exported model. The MLflow run's id is kept in
+RUN_DIR/tracking.json (per tracking URI): a resumed or re-triggered run continues it. Each
+(metric, step) is logged once: on (re)start the tracker reads what the MLflow run holds and
+backfills the done epochs (RUN_STARTED's `history`) it lacks, so a kill, a server down for a
+while or a resume gives the metric history of an uninterrupted run.
+Training never waits on it: events go through a bounded queue to one worker thread, the HTTP
+client has a bounded timeout and few retries, and the first failure is one warning, after
+which the tracker drops what comes; `required` makes an unreachable store an error
+(TrackingError) here, before training starts.
 """
 
 from __future__ import annotations
@@ -46,11 +41,7 @@ from pipeline.training.rundir import TRACKING_FILE
 EXTRA = "pip install 'mnist-pipeline[mlflow]'"
 # our client's HTTP limits, unless the user set them: mlflow's own (120 s timeout, 7 retries
 # with exponential backoff) can hold a request for many minutes
-HTTP_LIMITS = {
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-}
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
 QUEUE_EVENTS = 1000  # events waiting for the worker; beyond, the tracker gives up (warning)
 FLUSH_SECONDS = 60.0  # how long close() waits for the worker to send what is queued
 IDS_BYTES = 1 << 16  # tracking.json: a few run ids
@@ -170,7 +161,8 @@ class MlflowTracker:
         run = self._existing(saved.get(self.uri))
         if run is None:
             run = self._create(path, fields)
-            atomic_write_bytes(path / TRACKING_FILE, _ids_json({**saved, self.uri: run}))
+            ids = json.dumps({"mlflow": {**saved, self.uri: run}}, indent=2) + "\n"
+            atomic_write_bytes(path / TRACKING_FILE, ids.encode())
         self._resume(run)
         config = dict(fields["config"])
         self._log(params={**config, "preset": fields.get("preset", config.get("preset"))})
@@ -305,7 +297,3 @@ def _read_ids(run_dir: Path) -> dict[str, str]:
     if not isinstance(runs, dict):
         return {}
     return {k: v for k, v in runs.items() if isinstance(k, str) and isinstance(v, str)}
-
-
-def _ids_json(runs: Mapping[str, str]) -> bytes:
-    return (json.dumps({"mlflow": dict(runs)}, indent=2) + "\n").encode()
