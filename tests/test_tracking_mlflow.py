@@ -337,7 +337,7 @@ def server(migrated: Path, tmp_path: Path) -> Iterator[str]:
         "--port", str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{db}",
         "--artifacts-destination", str(tmp_path / "artifacts"),
     ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "DO_NOT_TRACK": "true"}
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"

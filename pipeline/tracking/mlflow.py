@@ -39,9 +39,10 @@ from pipeline.fsutil import atomic_write_bytes, read_file
 from pipeline.training.rundir import TRACKING_FILE
 
 EXTRA = "pip install 'mnist-pipeline[mlflow]'"
-# our client's HTTP limits, unless the user set them: mlflow's own (120 s timeout, 7 retries
-# with exponential backoff) can hold a request for many minutes
-HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+# unless the user set them: our client's HTTP limits (mlflow's own, 120 s and 7 retries with
+# exponential backoff, can hold a request for many minutes); no usage telemetry sent to MLflow
+SETTINGS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+SETTINGS["MLFLOW_DISABLE_TELEMETRY"] = "true"
 QUEUE_EVENTS = 1000  # events waiting for the worker; beyond, the tracker gives up (warning)
 FLUSH_SECONDS = 60.0  # how long close() waits for the worker to send what is queued
 IDS_BYTES = 1 << 16  # tracking.json: a few run ids
@@ -82,12 +83,12 @@ class MlflowTracker:
         required: bool = False,
         warn: Callable[[str], None],
     ) -> None:
+        for name, value in SETTINGS.items():  # before mlflow reads them
+            os.environ.setdefault(name, value)
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise TrackingError(f"mlflow is not installed: {EXTRA}") from None
-        for name, value in HTTP_LIMITS.items():
-            os.environ.setdefault(name, value)
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines among ours
         self.warn, self.experiment = warn, experiment
         self.broken = False
