@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.data import prepare, sources
 from pipeline.data.shards import Manifest
 from pipeline.errors import ConfigError
 from pipeline.training import checkpoint, distributed
 from pipeline.training import trainer as train
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import RunDir
+from tests.conftest import random_split, write_idx_dir
 
 BIN = Path(sys.executable).parent
 MPIEXEC = shutil.which("mpiexec", path=str(BIN))
@@ -354,3 +356,58 @@ def test_a_modern_recipe_with_dropout_and_momentum_trains_like_one_process(
     accuracy = [json.loads((r / "metrics.jsonl").read_text().splitlines()[-1]) for r in (one, two)]
     assert abs(accuracy[0]["test_accuracy"] - accuracy[1]["test_accuracy"]) <= 0.005
     assert accuracy[1]["test_accuracy"] > 0.8
+
+
+@pytest.fixture(scope="module")
+def other_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another shard set (other images, so another identity) of the same shape and classes."""
+    rng = np.random.default_rng(3)
+    raw_dir = write_idx_dir(
+        tmp_path_factory.mktemp("other-raw"), random_split(rng, 300), random_split(rng, 100)
+    )
+    out = tmp_path_factory.mktemp("other-shards")
+    raw = sources.load(f"idx:{raw_dir}", classes=[str(d) for d in range(10)])
+    return prepare.prepare(out, raw, shard_size=1000).manifest.directory
+
+
+@pytest.mark.parametrize(
+    ("command", "rank_1", "code", "says"),
+    [
+        ("train", ["--lr", "1"], 2, "--lr 5.0: rank 1 has 1.0"),
+        ("train", ["--epochs", "3"], 2, "--epochs 2: rank 1 has 3"),  # it waited forever
+        ("train", ["--data", "OTHER"], 1, "--data shard set "),
+        ("run", ["--dropout", "0.5"], 2, "--dropout 0.0: rank 1 has 0.5"),
+        ("evaluate", ["--split", "train"], 1, "--split test: rank 1 has train"),
+    ],
+    ids=["train-lr", "train-epochs", "train-data", "run-recipe", "evaluate-split"],
+)
+def test_ranks_given_different_arguments_refuse_together_in_one_line(
+    mpiexec: str,
+    slice_shards: Manifest,
+    other_shards: Path,
+    tmp_path: Path,
+    command: str,
+    rank_1: list[str],
+    code: int,
+    says: str,
+) -> None:
+    """MPMD: rank 1 gets one argument (or a shard set) rank 0 does not. Every rank refuses
+    before the first step, together and at once (no abort, no rank left waiting), rank 0
+    naming what differs in one line; nothing is trained or written."""
+    run_dir = tmp_path / "run"
+    args = [command, "--run-dir", str(run_dir), "--data", str(slice_shards.directory)]
+    if command == "evaluate":
+        train.train(slice_shards.directory, run_dir, CONFIG)
+    else:
+        args += [*ARGS, "--epochs", "2"]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    theirs = [str(other_shards) if a == "OTHER" else a for a in rank_1]
+    cmd = [mpiexec, "-n", "1", str(BIN / "pipeline"), *args, ":"]
+    cmd += ["-n", "1", str(BIN / "pipeline"), *args, *theirs]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "200"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {says}"), proc.stderr
+    assert lines[0].endswith("every rank must be started with the same arguments and data")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written

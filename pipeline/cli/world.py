@@ -42,8 +42,10 @@ Distributed = Annotated[
 def world(mode: str) -> Iterator[Comm]:
     """The MPI world for `--distributed MODE` (one process unless launched under MPI). Under
     MPI, SIGTERM or SIGINT stops every rank after the same step (distributed.request_stop);
-    a rank that fails alone stops cleanly (its files are atomic) and then aborts the job, so
-    no rank waits forever for it in a collective."""
+    ranks given different arguments all refuse together, rank 0 alone saying why
+    (distributed.agree); a rank that fails alone stops cleanly (its files are atomic) and then
+    aborts the job, so no rank waits forever for it in a collective."""
+    from pipeline.cli.errors import exit_code
     from pipeline.training import distributed
 
     with friendly_errors():
@@ -58,6 +60,8 @@ def world(mode: str) -> Iterator[Comm]:
         if exc.exit_code and not distributed.stop_agreed():
             comm.abort(exc.exit_code)
         raise
+    except distributed.Refused as exc:  # rank 0 says why; this rank ends as it does
+        raise typer.Exit(exit_code(exc.error)) from None
     except BaseException:  # a bug: show it, then end the other ranks too
         traceback.print_exc()
         comm.abort(EXIT_ERROR)

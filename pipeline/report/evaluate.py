@@ -22,8 +22,9 @@ from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetE
 from pipeline.fsutil import atomic_write_bytes
 from pipeline.nn.network import Network, inference
 from pipeline.report.metrics import ClassificationReport, classification_report, confusion_matrix
-from pipeline.training import checkpoint
+from pipeline.training import checkpoint, distributed
 from pipeline.training.distributed import LOCAL, Comm
+from pipeline.training.history import history_of
 from pipeline.training.rundir import (
     CONFUSION_PNG,
     CURVES_PNG,
@@ -31,7 +32,6 @@ from pipeline.training.rundir import (
     REPORT_MD,
     RUN_FILE,
     RunDir,
-    best_epoch,
     epoch_accuracy,
 )
 
@@ -116,15 +116,18 @@ def evaluate(
     path = comm.broadcast(checkpoint_path or run.newest_checkpoint())
     if path is None:
         raise CheckpointError(f"{run_dir}: holds no checkpoint; train first")
-    ckpt = checkpoint.load(path)
-    run_history = list(ckpt.meta.history)  # every epoch the run has finished
-    best = best_epoch(run_history)
-    if checkpoint_path is None and best is not None and path != run.checkpoint_path(best, 0):
+    ckpt = checkpoint.load(path)  # every array finite, or one line naming the member
+    # the curves: the run's whole history (its newest checkpoint's), or the named checkpoint's
+    history = history_of(ckpt.path, ckpt.meta, strict=checkpoint_path is None)
+    best = ckpt.meta.best_epoch
+    if checkpoint_path is None and best and path != run.checkpoint_path(best, 0):
         # a run with a val split reports the epoch it chose by val accuracy, not its last
-        # (the report's curves still show the whole run)
         ckpt = checkpoint.load(run.checkpoint_path(best, 0))
     if manifest is None:
         manifest = load_manifest(_data_dir(run, data_dir))
+    claims: dict[str, object] = {"split": split, "data_dir": f"shard set {manifest.identity}"}
+    claims |= {"checkpoint_path": f"sha256 {ckpt.sha256}", "allow_other_data": allow_other_data}
+    distributed.agree(comm, claims)  # under MPI: every rank scores the same model and data
     sizes = ckpt.network.sizes
     if (sizes[0], sizes[-1]) != (manifest.features, manifest.n_classes):
         raise CheckpointError(
@@ -145,7 +148,6 @@ def evaluate(
     report = classification_report(confusion)
     if comm.rank != 0:
         return Evaluation(report, {}, run_dir)
-    history = run_history if checkpoint_path is None else list(ckpt.meta.history)
     from pipeline.report import plots  # matplotlib: only when a report is drawn
 
     try:

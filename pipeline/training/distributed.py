@@ -14,11 +14,18 @@ after the SAME step, at no extra message: a signal cannot interrupt a rank waiti
 `Allreduce`, so the handler only raises the flag (`request_stop`) and the step raises `Stopped`
 on all ranks together. Rank 0 is the only writer of the run; a rank that fails on its own
 stops cleanly and then aborts the job (`abort`), so no rank waits forever for one that is gone.
+
+Before the first collective step of a command (`train`, `run`, `evaluate`) every rank must
+hold the same arguments: `agree` compares a digest of each rank's resolved config and data
+identity, and on a difference every rank refuses together (rank 0 names what differs; no
+abort is needed, as no rank is left waiting): ranks given different recipes would train
+silently wrong, and ranks given different epochs would leave one waiting forever.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any, Protocol
 
@@ -44,6 +51,7 @@ class Comm(Protocol):
     def allreduce_sum(self, buf: np.ndarray) -> None: ...  # in place, every rank gets the sum
     def barrier(self) -> None: ...
     def broadcast(self, obj: Any) -> Any: ...  # rank 0's object, on every rank
+    def allgather(self, obj: Any) -> list[Any]: ...  # every rank's object, in rank order
     def abort(self, code: int) -> None: ...  # ends every rank of the job
 
 
@@ -60,6 +68,9 @@ class Local:
 
     def broadcast(self, obj: Any) -> Any:
         return obj
+
+    def allgather(self, obj: Any) -> list[Any]:
+        return [obj]
 
     def abort(self, code: int) -> None:
         raise SystemExit(code)
@@ -90,6 +101,9 @@ class MPIComm:
     def broadcast(self, obj: Any) -> Any:
         return self._comm.bcast(obj, root=0)
 
+    def allgather(self, obj: Any) -> list[Any]:
+        return list(self._comm.allgather(obj))
+
     def abort(self, code: int) -> None:
         self._comm.Abort(code)
 
@@ -98,7 +112,16 @@ class Stopped(KeyboardInterrupt):
     """Every rank saw a stop request in the same step's sum: the job ends without an abort."""
 
 
-_stop = {"requested": False, "agreed": False}
+class Refused(Exception):
+    """A rank > 0's side of a refusal every rank reached together (`agree`): rank 0 raises
+    `error` itself and says it; this rank ends with the same outcome, quietly."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+_stop = {"requested": False, "agreed": False}  # agreed: every rank ends together, no abort
 
 
 def request_stop(signum: int, frame: object) -> None:
@@ -107,7 +130,46 @@ def request_stop(signum: int, frame: object) -> None:
 
 
 def stop_agreed() -> bool:
+    """Every rank is ending together (a stop in the same step, or a refusal by `agree`)."""
     return _stop["agreed"]
+
+
+def agree(comm: Comm, claims: dict[str, Any]) -> None:
+    """Every rank must hold the same `claims` (parameter -> value: the resolved config, the data
+    identity...) before the first collective step. One small message when they agree (a sha256
+    per rank); otherwise every rank refuses together: rank 0 raises a ConfigError naming the
+    first parameter that differs and the ranks' values, the others raise `Refused` with it."""
+    if comm.size == 1:
+        return
+    text = {name: json.dumps(value, sort_keys=True, default=str) for name, value in claims.items()}
+    mine = hashlib.sha256(json.dumps(text, sort_keys=True).encode()).hexdigest()
+    if len(set(comm.allgather(mine))) == 1:
+        return
+    every = comm.allgather(text)  # (size,) of {name: value as JSON}: small, once
+    rank, name = next(
+        (rank, name)
+        for rank, theirs in enumerate(every)
+        for name in [*every[0], *theirs]
+        if every[0].get(name) != theirs.get(name)
+    )
+    error = ConfigError(
+        f"rank {rank} has {_shown(every[rank].get(name))}; every rank must be started with "
+        "the same arguments and data",
+        param=name,
+        value=_shown(every[0].get(name)),
+    )
+    _stop["agreed"] = True  # no rank waits for another: the job ends without an abort
+    if comm.rank == 0:
+        raise error
+    raise Refused(error)
+
+
+def _shown(text: str | None) -> str:
+    """A claim's value as a message shows it: a string bare, anything else as JSON."""
+    if text is None:
+        return "none"
+    value = json.loads(text)
+    return value if isinstance(value, str) else text
 
 
 def launched_by_mpi(environ: dict[str, str] | None = None) -> bool:

@@ -30,10 +30,11 @@ from pipeline.nn.recipe import RecipeStep, Spec
 from pipeline.nn.schedules import Schedule
 from pipeline.report.evaluate import EVAL_BATCH, confusion_on
 from pipeline.training import checkpoint, distributed
-from pipeline.training.checkpoint import CheckpointMeta
+from pipeline.training.checkpoint_meta import CheckpointMeta
 from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 from pipeline.training.distributed import LOCAL, Comm
-from pipeline.training.rundir import RunDir, best_epoch, stopped_early
+from pipeline.training.history import Metrics
+from pipeline.training.rundir import METRICS_FILE, RunDir, stopped_early
 
 
 @dataclass
@@ -45,7 +46,10 @@ class RunState:
     step: int = 0  # batches done in the current epoch
     loss_sum: float = 0.0  # summed loss over those batches
     samples: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # the epochs' records (rank 0)
+    seconds_total: float = 0.0  # the finished epochs' training time
+    best_epoch: int = 0  # of the best val accuracy (earliest on a tie); 0: none (no val split)
+    best_accuracy: float = 0.0
 
 
 class Trainer:
@@ -115,6 +119,7 @@ class Trainer:
             world_size=comm.size,
         )
         self.last: Path | None = None  # the newest checkpoint on disk
+        self.metrics = Metrics(run.path / METRICS_FILE)  # appended by rank 0 (resume.restore)
         self.recipe = None if config.is_original else self.make_recipe(network)
         per_epoch = len(self.train_loader)
         self.schedule = Schedule(
@@ -144,8 +149,8 @@ class Trainer:
             self.end_epoch(time.perf_counter() - started)
         if self.last is None:
             raise CheckpointError(f"{self.rundir.checkpoints}: no checkpoint written")
-        best = best_epoch(self.state.history)  # by val accuracy, when there is a val split
-        return self.last if best is None else self.rundir.checkpoint_path(best, 0)
+        best = self.state.best_epoch  # by val accuracy, when there is a val split
+        return self.rundir.checkpoint_path(best, 0) if best else self.last
 
     def train_epoch(self) -> None:
         """The rest of the current epoch, from the shards, in calls of many batches each."""
@@ -198,30 +203,35 @@ class Trainer:
 
     def stop_early(self) -> bool:
         """`patience` epochs in a row without a better val accuracy than the best before."""
-        return stopped_early(self.state.history, self.config.patience)
+        state = self.state  # every rank's (its history is rank 0's alone)
+        return stopped_early(state.epoch, state.best_epoch, self.config.patience)
 
     def end_epoch(self, seconds: float) -> None:
-        """Score the val split (else test), log the epoch, checkpoint."""
+        """Score the val split (else test), log the epoch (before its checkpoint, which
+        carries the log's sha256), checkpoint."""
         state = self.state
         confusion = confusion_on(state.network, self.test_loader)  # this rank's part
         self.comm.allreduce_sum(confusion)
-        total = state.history[-1]["seconds_total"] if state.history else 0.0
+        accuracy = float(np.trace(confusion) / confusion.sum())
         record = {
             "epoch": state.epoch + 1,
             "train_loss": state.loss_sum / state.samples,  # mean loss per sample
-            f"{self.scored_split}_accuracy": float(np.trace(confusion) / confusion.sum()),
+            f"{self.scored_split}_accuracy": accuracy,
             # the lr of the epoch's last step: in the record, so a resumed run's history (a
             # tracker's backfill) has it too
             "lr": self.schedule.lr_at((state.epoch + 1) * len(self.train_loader) - 1),
             "seconds": round(seconds, 3),
-            "seconds_total": round(total + seconds, 3),
+            "seconds_total": round(state.seconds_total + seconds, 3),
         }
+        if self.scored_split == "val" and (not state.best_epoch or accuracy > state.best_accuracy):
+            state.best_epoch, state.best_accuracy = state.epoch + 1, accuracy
         state.history.append(record)
+        state.seconds_total = record["seconds_total"]
         rate = state.samples / seconds if seconds > 0 else 0.0  # over this session's part
         state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
-        self.save()
         if self.writer:
-            self.rundir.write_metrics(state.history)
+            self.metrics.append(record)
+        self.save()
         metrics = {k: v for k, v in record.items() if k != "epoch"}
         self.events.emit(
             EPOCH_ENDED, epoch=record["epoch"], metrics={**metrics, "samples_per_s": rate}
@@ -257,7 +267,6 @@ class Trainer:
             step=state.step,
             loss_sum=state.loss_sum,
             samples=state.samples,
-            history=tuple(state.history),
             loader=asdict(self.train_loader.state(state.epoch, state.step)),
             rng=dict(self.rng.bit_generator.state),
             data_identity=manifest.identity,
@@ -272,4 +281,8 @@ class Trainer:
             recipe=f"mlp-{config.activation}-{config.loss}-{config.optimizer}",
             dropout_counter=self.recipe.dropout_counter if self.recipe else 0,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
+            seconds_total=state.seconds_total,
+            best_epoch=state.best_epoch,
+            best_accuracy=state.best_accuracy,
+            history_sha256=self.metrics.sha256,
         )

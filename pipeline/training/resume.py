@@ -41,6 +41,8 @@ def restore(trainer: Trainer, path: Path | None = None) -> Path | None:
     returns it."""
     path = path or trainer.rundir.newest_checkpoint()
     if path is None:
+        if trainer.writer:
+            trainer.metrics.start()
         return None
     ckpt = checkpoint.load(path)
     meta = ckpt.meta
@@ -65,11 +67,20 @@ def restore(trainer: Trainer, path: Path | None = None) -> Path | None:
         raise CheckpointError(f"{path}: unusable loader or generator state ({exc})") from None
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    trainer.state = RunState(
-        network, meta.epoch, meta.step, meta.loss_sum, meta.samples, list(meta.history)
-    )
+    history: list[dict[str, Any]] = []  # the writer's: the checkpoint's lines; beyond them, cut
     if trainer.writer:
-        trainer.rundir.write_metrics(trainer.state.history)
+        history = trainer.metrics.load(meta.epoch, meta.history_sha256, of=path.name, cut=True)
+    trainer.state = RunState(
+        network,
+        meta.epoch,
+        meta.step,
+        meta.loss_sum,
+        meta.samples,
+        history=history,
+        seconds_total=meta.seconds_total,
+        best_epoch=meta.best_epoch,
+        best_accuracy=meta.best_accuracy,
+    )
     trainer.last = path
     return path
 

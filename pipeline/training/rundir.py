@@ -1,7 +1,7 @@
 """The run directory: the one module that knows its layout, naming, retention and locks.
 
     run.json          the config and the data it trains on (rewritten while no checkpoint exists)
-    metrics.jsonl     one line per finished epoch (rewritten from the newest checkpoint)
+    metrics.jsonl     one line per finished epoch, only ever appended (history.py)
     tracking.json     an experiment tracker's run id, per tracking URI (pipeline.tracking)
     checkpoints/
       checkpoint-e{epochs done:04d}-s{steps into the next epoch:07d}.npz
@@ -56,15 +56,16 @@ def is_kept(path: Path) -> bool:
 
 def best_epoch(history: Sequence[dict[str, Any]]) -> int | None:
     """The epoch (1-based) with the best val accuracy, the earliest on a tie; None when the
-    run has no val split. Test accuracy never chooses."""
+    run has no val split. Test accuracy never chooses. (Training keeps it as it goes: the
+    checkpoint's `best_epoch`.)"""
     scored = [(r["val_accuracy"], -r["epoch"]) for r in history if "val_accuracy" in r]
     return -max(scored)[1] if scored else None
 
 
-def stopped_early(history: Sequence[dict[str, Any]], patience: int) -> bool:
-    """`patience` epochs in a row without a better val accuracy than the best before them."""
-    best = best_epoch(history)
-    return patience > 0 and best is not None and len(history) - best >= patience
+def stopped_early(epochs: int, best: int | None, patience: int) -> bool:
+    """`patience` epochs in a row without a better val accuracy than the best (epoch `best`,
+    None or 0: no val split) before them, after `epochs` epochs."""
+    return patience > 0 and bool(best) and epochs - (best or 0) >= patience
 
 
 def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
@@ -194,10 +195,6 @@ class RunDir:
         atomic_write_bytes(
             self.path / RUN_FILE, (json.dumps(run.to_json(), indent=2) + "\n").encode()
         )
-
-    def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
-        lines = "".join(json.dumps(record) + "\n" for record in history)
-        atomic_write_bytes(self.path / METRICS_FILE, lines.encode())
 
     # --- checkpoints: naming and retention ------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The train stage: stream batches from the shards through the network, checkpointing as it goes.
 
-    train()          open the run directory (its lock), refuse what cannot be resumed,
-                     write run.json, agree on the start under MPI, run the loop
+    train()          agree on the arguments under MPI, open the run directory (its lock),
+                     refuse what cannot be resumed, write run.json, agree on the start, run
+                     the loop
     resume.py        what must match to continue a checkpoint; restoring it; the start position
     loop.py          `Trainer`: the network, the loaders, the epoch loop, the checkpoints
 
@@ -61,8 +62,9 @@ def train(
     caller opened it (`integrity.open_set`: verified, under its reader lock), or its
     directory, opened here. `events` hears RUN_STARTED, then each epoch, step and checkpoint."""
     config.check()
-    distributed.check_batch(config.batch_size, comm)
     manifest = data if isinstance(data, Manifest) else load_manifest(data)
+    agree(comm, config, manifest)
+    distributed.check_batch(config.batch_size, comm)
     run = RunDir(run_dir)
     if comm.rank != 0:  # a follower: trains its share, writes nothing
         return _train_follower(manifest, run, config, comm)
@@ -72,6 +74,13 @@ def train(
             return _train_locked(manifest, run, config, resume, events or Events(), comm)
     except OSError as exc:  # a full disk, a read-only volume: whatever the OS refused
         raise OutputError(f"{run_dir}: cannot write the run ({exc})") from None
+
+
+def agree(comm: Comm, config: TrainConfig, manifest: Manifest) -> None:
+    """Under MPI, before the first step: every rank trains the same resolved config (every
+    field, `epochs` too: ranks that differ there would leave one waiting forever) on data of
+    the same identity (node-local copies of a set may sit at other paths)."""
+    distributed.agree(comm, {**config.to_json(), "data_dir": f"shard set {manifest.identity}"})
 
 
 def _train_locked(
