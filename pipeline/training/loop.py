@@ -239,6 +239,9 @@ class Trainer:
             "epoch": state.epoch + 1,
             "train_loss": state.loss_sum / state.samples,  # mean loss per sample
             f"{self.scored_split}_accuracy": accuracy,
+            # the lr of the epoch's last step: in the record, so a resumed run's history (a
+            # tracker's backfill) has it too
+            "lr": self.schedule.lr_at((state.epoch + 1) * len(self.train_loader) - 1),
             "seconds": round(seconds, 3),
             "seconds_total": round(state.seconds_total + seconds, 3),
         }
@@ -246,16 +249,14 @@ class Trainer:
             state.best_epoch, state.best_accuracy = state.epoch + 1, accuracy
         state.history.append(record)
         state.seconds_total = record["seconds_total"]
-        # the lr of the epoch's last step; samples/s over this session's part of the epoch
-        lr = self.schedule.lr_at((state.epoch + 1) * len(self.train_loader) - 1)
-        rate = state.samples / seconds if seconds > 0 else 0.0
+        rate = state.samples / seconds if seconds > 0 else 0.0  # over this session's part
         state.epoch, state.step, state.loss_sum, state.samples = state.epoch + 1, 0, 0.0, 0
         if self.writer:
             self.metrics.append(record)
         self.save()
         metrics = {k: v for k, v in record.items() if k != "epoch"}
         self.events.emit(
-            EPOCH_ENDED, epoch=record["epoch"], metrics={**metrics, "lr": lr, "samples_per_s": rate}
+            EPOCH_ENDED, epoch=record["epoch"], metrics={**metrics, "samples_per_s": rate}
         )
 
     def save(self) -> None:

@@ -2,6 +2,7 @@
 
     run.json          the config and the data it trains on (rewritten while no checkpoint exists)
     metrics.jsonl     one line per finished epoch, only ever appended (history.py)
+    tracking.json     an experiment tracker's run id, per tracking URI (pipeline.tracking)
     checkpoints/
       checkpoint-e{epochs done:04d}-s{steps into the next epoch:07d}.npz
                       epoch ends are kept for good; of the mid-epoch ones only the newest
@@ -33,6 +34,7 @@ from pipeline.training.config import TrainConfig
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
+TRACKING_FILE = "tracking.json"
 CHECKPOINT_DIR = "checkpoints"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
@@ -170,7 +172,7 @@ class RunDir:
     def training(self) -> Iterator[None]:
         """The train lock; holding it, remove what killed trains left half-written."""
         with dir_lock(self.path, what="train"):
-            self._remove_stale(self.path, (RUN_FILE, METRICS_FILE))
+            self._remove_stale(self.path, (RUN_FILE, METRICS_FILE, TRACKING_FILE))
             self._remove_stale(self.checkpoints, ("checkpoint-",), prefix=True)
             yield
 

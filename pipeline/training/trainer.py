@@ -121,6 +121,7 @@ def _train_locked(
         world_size=comm.size,
         resumed_from=None if resumed_from is None else str(resumed_from),
         epoch=trainer.state.epoch,
+        history=list(trainer.state.history),  # what a tracker may have missed
     )
     last = trainer.run()
     return TrainResult(trainer.state.network, trainer.state.history, last, resumed_from)
