@@ -9,96 +9,28 @@ its share of every global batch and rank 0 alone writes.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pipeline.communicator import LOCAL, Comm
 from pipeline.data.loader import Loader, LoaderState
 from pipeline.data.shards import Manifest
-from pipeline.errors import CheckpointError, ConfigError, DivergedError, ShardSetError
+from pipeline.errors import CheckpointError, ConfigError, DivergedError
 from pipeline.events import CHECKPOINT, EPOCH_ENDED, EPOCH_STARTED, STEP, Events
 from pipeline.metrics import EVAL_BATCH, confusion_on
-from pipeline.nn.network import Network
 from pipeline.nn.schedules import Schedule
-from pipeline.nn.step import StepState
 from pipeline.training import checkpoint
 from pipeline.training.checkpoint_meta import CheckpointMeta
-from pipeline.training.config import MAX_PARAMETERS, TrainConfig
+from pipeline.training.config import TrainConfig
 from pipeline.training.history import Metrics
 from pipeline.training.rundir import METRICS_FILE, RunDir, improves, stopped_early
+from pipeline.training.state import RunState, check_fits
 from pipeline.training.step import make_step
-
-
-@dataclass
-class RunState:
-    """The mutable part of a run: what every checkpoint saves and a run starts from."""
-
-    network: Network
-    rng: dict[str, Any]  # the run's generator state (numpy bit_generator.state)
-    epoch: int = 0  # epochs finished
-    step: int = 0  # batches done in the current epoch
-    loss_sum: float = 0.0  # summed loss over those batches
-    samples: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)  # the epochs' records (rank 0)
-    seconds_total: float = 0.0  # the finished epochs' training time
-    best_epoch: int = 0  # of the best val accuracy (earliest on a tie); 0: none (no val split)
-    best_accuracy: float = 0.0
-    step_state: StepState = field(default_factory=StepState)  # optimizer buffers, dropout
-    # loaded from a checkpoint: where the loader stood, the history's sha256, the file itself
-    loader: dict[str, Any] | None = None
-    history_sha256: str = ""
-    checkpoint: Path | None = None
-
-
-def check_fits(config: TrainConfig, manifest: Manifest) -> list[int]:
-    """The layer sizes of `config`'s network on `manifest`, refused if they cannot train:
-    before any array is allocated for them."""
-    samples = manifest.split("train").samples
-    if samples == 0:
-        raise ShardSetError(f"{manifest.directory}: the train split is empty: nothing to train on")
-    if config.batch_size > samples:  # refused, not clamped: the config is what runs
-        raise ConfigError(
-            f"larger than the {samples} samples of {manifest.name}'s train split",
-            param="batch_size",
-            value=config.batch_size,
-        )
-    sizes = [manifest.features, *config.hidden, manifest.n_classes]
-    if sum(a * b + b for a, b in itertools.pairwise(sizes)) > MAX_PARAMETERS:
-        raise ConfigError(
-            f"a {'-'.join(map(str, sizes))} network has more than the "
-            f"{MAX_PARAMETERS:,} parameters this project builds",
-            param="hidden",
-            value=list(config.hidden),
-        )
-    return sizes
-
-
-def fresh_state(config: TrainConfig, manifest: Manifest) -> RunState:
-    """A new run: weights drawn from the seed, at epoch 0."""
-    sizes = check_fits(config, manifest)
-    rng = np.random.default_rng(config.seed)
-    try:
-        network = Network.initialize(
-            sizes,
-            rng=rng,
-            std=config.init_std,
-            dtype=config.dtype,
-            init=config.init,
-            activation=config.activation,
-            loss=config.loss,
-        )
-    except MemoryError:
-        raise ConfigError(
-            "the network does not fit in memory", param="hidden", value=list(config.hidden)
-        ) from None
-    return RunState(network, dict(rng.bit_generator.state))
 
 
 class Trainer:

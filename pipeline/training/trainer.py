@@ -3,8 +3,11 @@
     train()          agree on the arguments under MPI, open the run directory (its lock),
                      refuse what cannot be resumed, write run.json, agree on the start, run
                      the loop
-    resume.py        what must match to continue a checkpoint; restoring it; the start position
-    loop.py          `Trainer`: the network, the loaders, the epoch loop, the checkpoints
+    state.py         `RunState`: fresh from the seed, or loaded from a checkpoint (what must
+                     match to continue it); the start position every rank agrees on
+    step.py          `make_step`: the one choice of a run's training step
+    loop.py          `Trainer`, built from a state: the step, the loaders, the epoch loop,
+                     the checkpoints
 
 The run directory's layout (run.json, metrics.jsonl, checkpoints/) is `rundir`'s. Every
 file is replaced atomically, so a run killed at any instant resumes from its newest
@@ -35,8 +38,8 @@ from pipeline.events import RUN_STARTED, Events
 from pipeline.nn.network import Network
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import Trainer
-from pipeline.training.resume import check_compatible, position, start_state
 from pipeline.training.rundir import RUN_FILE, RunDir, RunFile
+from pipeline.training.state import check_compatible, position, start_state
 from pipeline.training.step import check_batch
 
 __all__ = ["TrainResult", "train"]
@@ -109,7 +112,7 @@ def _train_locked(
         created = datetime.now(UTC).isoformat(timespec="seconds")
         data = str(manifest.directory.resolve())
         run.write_run_file(RunFile(config, manifest.identity, data, manifest.name, created))
-    comm.broadcast(position(trainer))  # the followers start from here
+    comm.broadcast(position(trainer.state, trainer.step))  # the followers start from here
     events.emit(
         RUN_STARTED,
         run=run.path.name,
@@ -137,7 +140,7 @@ def _train_follower(
     resumed_from = run.checkpoints / name if name else None
     state = start_state(resumed_from, config, manifest)
     trainer = Trainer(manifest, run, config, state, Events(), comm)
-    mine = position(trainer)
+    mine = position(trainer.state, trainer.step)
     if mine != expected:
         raise CheckpointError(
             f"{run.path}: rank {comm.rank} would start from {mine} but rank 0 from {expected}; "
