@@ -76,7 +76,7 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def kind(mode: int) -> str:
+def file_type(mode: int) -> str:
     """What a non-regular file is, for messages: "a character device", "a directory"."""
     for test, name in (
         (stat.S_ISDIR, "a directory"),
@@ -125,7 +125,7 @@ def open_regular(
     if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
         os.close(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path}: is {kind(info.st_mode)}, not a regular file")
+            raise error(f"{path}: is {file_type(info.st_mode)}, not a regular file")
         raise error(f"{path}: {info.st_size:,} bytes, more than the {limit:,} it may hold")
     return os.fdopen(fd, "rb")
 

@@ -180,8 +180,8 @@ def test_storage_does_not_import_compute() -> None:
     """Reading a checkpoint loads neither numba nor the network until one is asked for."""
     code = (
         "import sys\n"
-        "import pipeline.training.checkpoint, pipeline.training.rundir, pipeline.report.metrics\n"
-        "loaded = [m for m in ('numba', 'pipeline.nn.network', 'pipeline.nn.kernels',\n"
+        "import pipeline.training.checkpoint, pipeline.training.rundir, pipeline.metrics\n"
+        "loaded = [m for m in ('numba', 'pipeline.nn.network', 'pipeline.nn.sparse_step',\n"
         "          'pipeline.data.loader') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )

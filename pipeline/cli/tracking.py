@@ -21,7 +21,7 @@ from pipeline.errors import TrackingError
 from pipeline.events import Events, Listener
 
 if TYPE_CHECKING:
-    from pipeline.training.distributed import Comm
+    from pipeline.communicator import Comm
 
 Mlflow = Annotated[
     bool | None,

@@ -43,8 +43,7 @@ def checkpoint_of(model: Path) -> Path:
     newest = run.newest_checkpoint()
     if newest is None:
         raise CheckpointError(f"{model}: holds no checkpoint; train first")
-    best = checkpoint.load(newest).meta.best_epoch  # 0: no val split
-    return run.checkpoint_path(best, 0) if best else newest
+    return run.chosen_checkpoint(checkpoint.load(newest).meta.best_epoch, newest)
 
 
 def _image_shape(meta: checkpoint.CheckpointMeta, path: Path) -> tuple[int, ...]:

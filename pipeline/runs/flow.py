@@ -24,7 +24,7 @@ from pipeline.training.config import TrainConfig
 if TYPE_CHECKING:
     from pipeline.data.shards import Manifest
     from pipeline.report.evaluate import Evaluation
-    from pipeline.training.distributed import Comm
+    from pipeline.communicator import Comm
     from pipeline.training.trainer import TrainResult
 
 SHARDS = "shards"  # where a run keeps the shard set it made: RUN_DIR/shards
@@ -149,7 +149,7 @@ def standing_report(
         doc: dict[str, Any] = json.loads((run_dir / REPORT_JSON).read_bytes())
         history, saved = doc["history"], TrainConfig.from_json(doc["model"]["config"]).to_json()
         best = best_epoch(history)
-        chosen = run.checkpoint_path(best or epoch, 0)
+        chosen = run.chosen_checkpoint(best, run.checkpoint_path(epoch, 0))
         standing = (
             doc["split"] == "test"
             and doc["dataset"]["manifest_sha256"] == manifest.identity
@@ -207,10 +207,10 @@ def run(job: Job, events: Events | None = None, *, comm: Comm | None = None) -> 
     """Prepare if needed, train (resuming the run if it exists), evaluate; or nothing, if the
     run is done. Under MPI (`comm`), every rank calls this: the first writes the shard set if
     needed, all train and evaluate together."""
-    from pipeline.training import distributed
+    from pipeline import communicator
     from pipeline.training.trainer import agree
 
-    events, comm = events or Events(), comm or distributed.LOCAL
+    events, comm = events or Events(), comm or communicator.LOCAL
     manifest, prepared = open_set(job, events, comm)
     agree(comm, job.config, manifest)  # under MPI: every rank the same recipe and data
     if not prepared:

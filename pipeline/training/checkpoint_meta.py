@@ -41,7 +41,7 @@ class CheckpointMeta:
     classes: tuple[str, ...]  # its class names
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "sgd"})
     recipe: str = RECIPE
-    dropout_counter: int = 0  # the dropout generator's position (pipeline.nn.recipe)
+    dropout_counter: int = 0  # the dropout generator's position (pipeline.nn.general_step)
     created: str = ""
     image_shape: tuple[int, ...] = ()  # (rows, cols[, 3]) of the data; () in older checkpoints
     # of the finished epochs' records (metrics.jsonl): all the training needs of them

@@ -54,12 +54,20 @@ def is_kept(path: Path) -> bool:
     return match is not None and int(match["step"]) == 0
 
 
+def improves(accuracy: float, best_epoch: int | None, best_accuracy: float) -> bool:
+    """The one rule of a run's best epoch: a val accuracy above the best so far (the earliest
+    epoch keeps a tie). Test accuracy never chooses. Training applies it as it goes (the
+    checkpoint's `best_epoch`), `best_epoch` to a finished history."""
+    return not best_epoch or accuracy > best_accuracy
+
+
 def best_epoch(history: Sequence[dict[str, Any]]) -> int | None:
-    """The epoch (1-based) with the best val accuracy, the earliest on a tie; None when the
-    run has no val split. Test accuracy never chooses. (Training keeps it as it goes: the
-    checkpoint's `best_epoch`.)"""
-    scored = [(r["val_accuracy"], -r["epoch"]) for r in history if "val_accuracy" in r]
-    return -max(scored)[1] if scored else None
+    """The epoch (1-based) with the best val accuracy; None when the run has no val split."""
+    best, accuracy = None, 0.0
+    for record in history:
+        if "val_accuracy" in record and improves(record["val_accuracy"], best, accuracy):
+            best, accuracy = record["epoch"], record["val_accuracy"]
+    return best
 
 
 def stopped_early(epochs: int, best: int | None, patience: int) -> bool:
@@ -200,6 +208,11 @@ class RunDir:
 
     def checkpoint_path(self, epoch: int, step: int) -> Path:
         return self.checkpoints / checkpoint_name(epoch, step)
+
+    def chosen_checkpoint(self, best_epoch: int | None, last: Path) -> Path:
+        """The checkpoint the run reports and deploys: its best val epoch's (`best_epoch`,
+        None or 0 without a val split), else `last`."""
+        return self.checkpoint_path(best_epoch, 0) if best_epoch else last
 
     def all_checkpoints(self) -> list[Path]:
         """The run's own checkpoints, oldest first."""

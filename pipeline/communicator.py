@@ -1,4 +1,4 @@
-"""Data-parallel training over MPI: the communicator, the split of a batch, one gradient sum.
+"""The communicator: what data-parallel training over MPI needs, below every stage that uses it.
 
 N ranks (started by `mpiexec`, `srun` or an MPI Operator) each read the same epoch in the same
 order and take their contiguous share of every GLOBAL batch of `batch_size` rows, so the
@@ -34,7 +34,6 @@ import numpy as np
 from pipeline.errors import ConfigError
 
 MODES = ("auto", "mpi", "off")
-MIN_ROWS_PER_RANK = 16  # below this a step is all message and no arithmetic
 EXTRA_HINT = "pip install 'mnist-pipeline[mpi]' (mpi4py and an MPI)"
 # set by MPI launchers in every rank's environment: MPICH/hydra, Intel MPI and Slurm's PMI
 # (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE); PMIx (srun --mpi=pmix) only names the rank
@@ -206,19 +205,7 @@ def connect(mode: str) -> Comm:
         ) from None
 
 
-def check_batch(batch_size: int, comm: Comm) -> None:
-    """Refuse a batch too small to split: the original recipe (batch 3) stays one process."""
-    if comm.size > 1 and batch_size < MIN_ROWS_PER_RANK * comm.size:
-        raise ConfigError(
-            f"too small to split among {comm.size} ranks (data-parallel training needs at "
-            f"least {MIN_ROWS_PER_RANK} rows per rank, {MIN_ROWS_PER_RANK * comm.size} here); "
-            "run the original recipe (batch 3) in one process",
-            param="batch_size",
-            value=batch_size,
-        )
-
-
-def share(rows: int, rank: int, size: int) -> slice:
+def rows_of_rank(rows: int, rank: int, size: int) -> slice:
     """This rank's contiguous rows of a global batch: sizes differ by at most one."""
     base, extra = divmod(rows, size)
     start = rank * base + min(rank, extra)
@@ -253,37 +240,6 @@ class GradientSum:
             _stop["agreed"] = True
             raise Stopped
         return out, float(self.buf[-2])
-
-
-def network_steps(
-    comm: Comm,
-    network: Any,
-    reducer: GradientSum,
-    x: np.ndarray,
-    y: np.ndarray,
-    lr: float,
-    batch_size: int,
-    loss_sum: float = 0.0,
-) -> float:
-    """SGD steps over consecutive global batches of x (N, n_0), y (N, n_L), every rank holding
-    the same rows; this rank computes its share of each. Returns loss_sum plus each batch's
-    summed (global) loss, added one batch at a time."""
-    total = float(loss_sum)
-    for start in range(0, len(x), batch_size):
-        rows = min(batch_size, len(x) - start)
-        part = share(rows, comm.rank, comm.size)
-        mine = slice(start + part.start, start + part.stop)
-        if part.stop > part.start:
-            loss, grads_w, grads_b = network.backprop(x[mine], y[mine])
-        else:  # a last batch smaller than the world: this rank adds nothing
-            loss = 0.0
-            grads_w = [np.zeros_like(w) for w in network.weights]
-            grads_b = [np.zeros_like(b) for b in network.biases]
-        summed, loss = reducer(comm, [*grads_w, *grads_b], loss, (part.stop - part.start) / rows)
-        layers = len(grads_w)
-        network.update(summed[:layers], summed[layers:], lr)
-        total += loss
-    return total
 
 
 def digest(arrays: list[np.ndarray]) -> str:
