@@ -62,3 +62,7 @@ class DivergedError(PipelineError):
 
 class OutputError(PipelineError):
     """An output location cannot be created or written (permissions, full disk)."""
+
+
+class TrackingError(PipelineError):
+    """An experiment tracker asked for cannot be used: not installed, or (required) unreachable."""

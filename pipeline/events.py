@@ -27,7 +27,8 @@ DATA = "data"  # path, dataset, identity: the shard set a scheduled trigger uses
 UP_TO_DATE = "up-to-date"  # run, path: nothing to do
 CLAIMED = "claimed"  # run, path, id: a scheduled trigger took the run
 RUN_STARTED = "run-started"  # run, path, config (TrainConfig.to_json()), preset, identity,
-#                             dataset, world_size, resumed_from (path or None), epoch (done)
+#                             dataset, world_size, resumed_from (path or None), epoch (done),
+#                             history (the done epochs' records: a tracker sends what it missed)
 EPOCH_STARTED = "epoch-started"  # epoch (0-based), epochs, steps (in the epoch), done (steps)
 STEP = "step"  # step, samples, loss_sum: progress within the epoch (once per block of batches)
 EPOCH_ENDED = "epoch-ended"  # epoch (1-based, done), metrics: train_loss, {val,test}_accuracy,

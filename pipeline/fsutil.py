@@ -16,6 +16,7 @@ import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.errors import LockedError, OutputError, PipelineError
 
@@ -75,7 +76,7 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def kind(mode: int) -> str:
+def file_type(mode: int) -> str:
     """What a non-regular file is, for messages: "a character device", "a directory"."""
     for test, name in (
         (stat.S_ISDIR, "a directory"),
@@ -98,6 +99,22 @@ def read_file(
 ) -> bytes:
     """A regular file's bytes, or one `error` naming the file: missing, a device or FIFO (never
     opened for a blocking read), larger than `limit` (checked before reading), unreadable."""
+    with open_regular(path, error=error, missing=missing, limit=limit) as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def open_regular(
+    path: Path,
+    *,
+    error: type[PipelineError],
+    missing: str = "no such file",
+    limit: int | None = None,
+) -> BinaryIO:
+    """A regular file opened for reading, as `read_file` checks it (missing, not regular, larger
+    than `limit`: one `error` naming the file)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
     except FileNotFoundError:
@@ -108,13 +125,9 @@ def read_file(
     if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
         os.close(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path}: is {kind(info.st_mode)}, not a regular file")
+            raise error(f"{path}: is {file_type(info.st_mode)}, not a regular file")
         raise error(f"{path}: {info.st_size:,} bytes, more than the {limit:,} it may hold")
-    with os.fdopen(fd, "rb") as f:
-        try:
-            return f.read()
-        except OSError as exc:
-            raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return os.fdopen(fd, "rb")
 
 
 class ReaderLock:

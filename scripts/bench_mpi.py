@@ -48,13 +48,13 @@ def n_params(sizes: list[int]) -> int:
 
 def world() -> Any:
     """MPI.COMM_WORLD when launched with several ranks, else None (mpi4py not imported)."""
-    from pipeline.training import distributed
+    from pipeline import communicator
 
-    return distributed.connect("auto") if distributed.launched_by_mpi() else None
+    return communicator.connect("auto") if communicator.launched_by_mpi() else None
 
 
 def worker_allreduce(repeats: int) -> dict[str, float]:
-    from pipeline.training.distributed import MPIComm
+    from pipeline.communicator import MPIComm
 
     comm = MPIComm()
     out: dict[str, float] = {}

@@ -2,8 +2,8 @@
 
   speed (default)  per-epoch training time of a recipe (default: the `fast` preset; also the
                    issue's reference 784-800-10 ReLU, dropout 0.2, momentum 0.9, batch 128,
-                   cosine) through pipeline.nn.recipe, against PyTorch (CPU) on the same recipe,
-                   batch, data and machine; epochs alternate between the two so a change in
+                   cosine) through pipeline.nn.general_step, against PyTorch (CPU) on the same
+                   recipe, batch, data and machine; epochs alternate between the two so a change in
                    the machine's load hits both; prints the medians and the ratio.
   --accuracy P     trains preset P through the pipeline (`train.train` on HDF5 shards) once per
                    --seeds, and prints each test accuracy and training seconds.
@@ -39,9 +39,9 @@ import numpy as np
 from pipeline.data import prepare, sources
 from pipeline.data.loader import Loader
 from pipeline.nn import fused
+from pipeline.nn.general_step import GeneralStep, StepSettings
 from pipeline.nn.network import Network
-from pipeline.nn.optimizers import Hyper
-from pipeline.nn.recipe import RecipeStep, Spec
+from pipeline.nn.optimizers import OptimizerSettings
 from pipeline.nn.schedules import Schedule
 from pipeline.training import presets
 from pipeline.training import trainer as train
@@ -69,21 +69,23 @@ def in_memory(source: str | None, split: str = "train") -> tuple[np.ndarray, np.
     return x, y
 
 
-def ours(config: TrainConfig, x: np.ndarray, y: np.ndarray) -> tuple[RecipeStep, Schedule]:
+def ours(config: TrainConfig, x: np.ndarray, y: np.ndarray) -> tuple[GeneralStep, Schedule]:
     rng = np.random.default_rng(config.seed)
     net = Network.initialize([784, *config.hidden, 10], rng=rng, std=config.init_std,
                              dtype="float32", init=config.init, activation=config.activation,
                              loss=config.loss)  # fmt: skip
-    hyper = Hyper(config.optimizer, config.momentum, weight_decay=config.weight_decay)
-    spec = Spec(config.activation, config.loss, config.dropout, config.input_dropout,
-                config.max_norm, hyper)  # fmt: skip
+    settings = OptimizerSettings(
+        config.optimizer, config.momentum, weight_decay=config.weight_decay
+    )
+    spec = StepSettings(config.activation, config.loss, config.dropout, config.input_dropout,
+                config.max_norm, settings)  # fmt: skip
     per_epoch = -(-len(x) // config.batch_size)
     schedule = Schedule(config.schedule, config.lr, config.epochs * per_epoch, per_epoch)
-    return RecipeStep(net, spec, batch_size=config.batch_size, dropout_key=1), schedule
+    return GeneralStep(net, spec, batch_size=config.batch_size, dropout_key=1), schedule
 
 
 def our_epoch(
-    step: RecipeStep, schedule: Schedule, x: np.ndarray, y: np.ndarray, epoch: int, batch: int
+    step: GeneralStep, schedule: Schedule, x: np.ndarray, y: np.ndarray, epoch: int, batch: int
 ) -> float:
     order = np.random.default_rng(epoch).permutation(len(x))
     xs, ys = x[order], y[order]  # one gather per epoch, outside the timed loop for both

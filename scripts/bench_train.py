@@ -24,15 +24,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.communicator import LOCAL
 from pipeline.data import integrity, prepare, shards, sources
 from pipeline.data.loader import Loader
 from pipeline.nn.network import Network
 from pipeline.training import trainer as train
 from pipeline.training.config import TrainConfig
+from pipeline.training.step import make_step
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "bench" / "seed_reference.py"
@@ -63,21 +66,25 @@ def loader_overhead(manifest: shards.Manifest, repeats: int) -> tuple[float, flo
     y_all = np.concatenate([y for _, y in loader.epoch(0, group=group)])
     rows = group * config.batch_size
 
-    def fresh() -> Network:
+    def fresh() -> Callable[[np.ndarray, np.ndarray], float]:
         sizes = [manifest.features, *config.hidden, manifest.n_classes]
-        return Network.initialize(sizes, rng=np.random.default_rng(0), std=0.01, dtype="float32")
+        net = Network.initialize(sizes, rng=np.random.default_rng(0), std=0.01, dtype="float32")
+        step = make_step(config, net, LOCAL)  # the step the trainer takes
+        return lambda x, y: step.steps(x, y, [config.lr] * -(-len(x) // bs), bs)
+
+    bs = config.batch_size
 
     streamed, in_memory = [], []
     for _ in range(repeats):
-        net = fresh()
+        steps = fresh()
         start = time.perf_counter()
         for x, y in loader.epoch(0, group=group):
-            net.steps(x, y, config.lr, config.batch_size)
+            steps(x, y)
         streamed.append(time.perf_counter() - start)
-        net = fresh()
+        steps = fresh()
         start = time.perf_counter()
         for i in range(0, len(x_all), rows):
-            net.steps(x_all[i : i + rows], y_all[i : i + rows], config.lr, config.batch_size)
+            steps(x_all[i : i + rows], y_all[i : i + rows])
         in_memory.append(time.perf_counter() - start)
     return min(streamed), min(in_memory)
 

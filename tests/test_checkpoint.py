@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ from pipeline.data.shards import Manifest
 from pipeline.errors import CheckpointError
 from pipeline.training import checkpoint
 from pipeline.training import trainer as train
-from pipeline.training.checkpoint import MAX_FILE_BYTES, CheckpointMeta
+from pipeline.training.checkpoint import MAX_FILE_BYTES
+from pipeline.training.checkpoint_meta import CheckpointMeta
 from pipeline.training.config import TrainConfig
 
 TINY = TrainConfig(hidden=(4,), epochs=1, lr=1.0)
@@ -58,12 +61,17 @@ def test_meta_round_trips_as_a_frozen_dataclass(saved: Path) -> None:
         ("step", 1.5, "field 'step'"),
         ("loss_sum", "nan", "field 'loss_sum'"),
         ("samples", None, "field 'samples' is missing"),
-        ("history", [{"train_loss": 1.0}], "field 'history'"),
+        ("best_epoch", 2, "field 'best_epoch': 2 is beyond epoch 1"),
+        ("best_accuracy", "high", "field 'best_accuracy'"),
+        ("seconds_total", None, "field 'seconds_total' is missing"),
+        ("history_sha256", "ab" * 31, "field 'history_sha256'"),
+        ("format", 1, "field 'history' is missing"),
+        ("format", True, "format True"),
         ("sizes", [784, 0, 10], "field 'sizes'"),
         ("classes", [0, 1], "field 'classes'"),
         ("manifest_sha256", 7, "field 'manifest_sha256'"),
         ("loader", [], "field 'loader'"),
-        ("format", 2, "format 2"),
+        ("format", 3, "format 3"),
     ],
 )
 def test_every_meta_field_is_validated(
@@ -172,10 +180,98 @@ def test_storage_does_not_import_compute() -> None:
     """Reading a checkpoint loads neither numba nor the network until one is asked for."""
     code = (
         "import sys\n"
-        "import pipeline.training.checkpoint, pipeline.training.rundir, pipeline.report.metrics\n"
-        "loaded = [m for m in ('numba', 'pipeline.nn.network', 'pipeline.nn.kernels',\n"
+        "import pipeline.training.checkpoint, pipeline.training.rundir, pipeline.metrics\n"
+        "loaded = [m for m in ('numba', 'pipeline.nn.network', 'pipeline.nn.sparse_step',\n"
         "          'pipeline.data.loader') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+# --- what a checkpoint holds: finite numbers, a size that does not grow with the epochs -------
+
+MOMENTUM = TrainConfig(hidden=(4,), epochs=2, lr=0.1, batch_size=30, optimizer="momentum")
+
+
+def rewrite(path: Path, member: str, value: float) -> None:
+    """The checkpoint's own bytes as np.savez writes them, one number of `member` replaced: what
+    a diverged or damaged file holds."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays[member] = arrays[member].copy()
+    arrays[member].flat[3] = value
+    with path.open("wb") as f:
+        np.savez(f, allow_pickle=False, **arrays)
+
+
+def pipeline_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "pipeline", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+
+
+@pytest.mark.parametrize(
+    ("member", "value", "kind"),
+    [("w0", np.nan, "NaN"), ("b1", np.inf, "inf"), ("state_slot0_0", -np.inf, "inf")],
+)
+def test_non_finite_numbers_are_refused_by_train_and_evaluate(
+    slice_shards: Manifest, tmp_path: Path, member: str, value: float, kind: str
+) -> None:
+    """A NaN or inf weight, bias or optimizer buffer is never resumed, trained on, saved again
+    or scored: `train --resume` and `evaluate` each say one line naming the member (no numpy
+    warning), exit 1, and write nothing."""
+    run_dir = tmp_path / "run"
+    last = train.train(slice_shards.directory, run_dir, replace(MOMENTUM, epochs=1)).checkpoint
+    rewrite(last, member, value)
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    data = ["--data", str(slice_shards.directory), "--run-dir", str(run_dir)]
+    recipe = ["--hidden", "4", "--lr", "0.1", "--batch-size", "30", "--optimizer", "momentum"]
+    for args in (["train", *data, *recipe, "--epochs", "2", "--resume"], ["evaluate", *data]):
+        done = pipeline_cli(*args)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert done.stderr == (
+            f"error: {last}: member {member!r} holds non-finite values (1 {kind}); refused\n"
+        )
+        assert sorted(p.name for p in run_dir.rglob("*")) == before  # nothing written
+    with pytest.raises(CheckpointError, match=f"member {member!r} holds non-finite values"):
+        checkpoint.load(last)
+
+
+def test_a_non_finite_network_is_never_written(saved: Path, tmp_path: Path) -> None:
+    ckpt = checkpoint.load(saved)
+    ckpt.network.weights[1][0, 0] = np.nan
+    with pytest.raises(
+        CheckpointError,
+        match=r"member 'w1' holds non-finite values \(1 NaN\); refusing to write it",
+    ):
+        checkpoint.save(tmp_path / "c.npz", ckpt.network, ckpt.meta)
+    assert not list(tmp_path.iterdir())  # not even a temporary
+
+
+def test_a_checkpoint_does_not_grow_with_the_epochs(slice_shards: Manifest, tmp_path: Path) -> None:
+    """The epochs' records live in metrics.jsonl alone: checkpoint-e0001 and -e0040 differ by
+    the digits of a few numbers in the meta (4 bytes a character), not by 39 epochs' records
+    (a checkpoint that carried the history grew ~0.5 kB an epoch, a run's disk use with the
+    square of its epochs)."""
+    config = TrainConfig(hidden=(4,), epochs=40, lr=1.0, batch_size=1000)
+    train.train(slice_shards.directory, tmp_path / "run", config)
+    sizes = [p.stat().st_size for p in sorted((tmp_path / "run" / "checkpoints").iterdir())]
+    assert len(sizes) == 40 and max(sizes) - min(sizes) <= 4 * 40, sizes
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 40
+
+
+def test_a_format_1_checkpoint_with_its_history_inside_still_loads(saved: Path) -> None:
+    """Checkpoints written before the history moved out: its summary and the sha256 of the
+    metrics.jsonl lines that version wrote from it are derived."""
+    history = [
+        {"epoch": 1, "train_loss": 0.5, "val_accuracy": 0.8, "seconds": 1.5, "seconds_total": 1.5},
+        {"epoch": 2, "train_loss": 0.4, "val_accuracy": 0.9, "seconds": 1.0, "seconds_total": 2.5},
+        {"epoch": 3, "train_loss": 0.3, "val_accuracy": 0.9, "seconds": 1.0, "seconds_total": 3.5},
+    ]
+    doc = checkpoint.load(saved).meta.to_json()
+    for name in ("seconds_total", "best_epoch", "best_accuracy", "history_sha256"):
+        del doc[name]
+    meta = CheckpointMeta.from_json({**doc, "format": 1, "epoch": 3, "history": history})
+    assert (meta.seconds_total, meta.best_epoch, meta.best_accuracy) == (3.5, 2, 0.9)
+    lines = "".join(json.dumps(r) + "\n" for r in history).encode()
+    assert meta.history_sha256 == hashlib.sha256(lines).hexdigest()

@@ -145,7 +145,7 @@ def test_no_command_shows_the_help_without_calling_it_an_error() -> None:
 def test_importing_the_cli_loads_no_compiler_and_no_plotting() -> None:
     code = (
         "import sys, pipeline.cli, pipeline.runs.flow; "
-        "print([m for m in ('numba', 'matplotlib', 'pipeline.nn.kernels') if m in sys.modules])"
+        "print([m for m in ('numba', 'matplotlib', 'pipeline.nn.sparse_step') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -21,12 +21,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline import communicator
+from pipeline.data import prepare, sources
 from pipeline.data.shards import Manifest
 from pipeline.errors import ConfigError
-from pipeline.training import checkpoint, distributed
+from pipeline.training import checkpoint
 from pipeline.training import trainer as train
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import RunDir
+from pipeline.training.step import check_batch
+from tests.conftest import random_split, write_idx_dir
 
 BIN = Path(sys.executable).parent
 MPIEXEC = shutil.which("mpiexec", path=str(BIN))
@@ -74,7 +78,7 @@ def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 @pytest.mark.parametrize(("rows", "size"), [(64, 2), (65, 2), (1024, 8), (3, 4), (100, 7)])
 def test_shares_cover_the_batch_in_order(rows: int, size: int) -> None:
-    parts = [distributed.share(rows, r, size) for r in range(size)]
+    parts = [communicator.rows_of_rank(rows, r, size) for r in range(size)]
     assert parts[0].start == 0 and parts[-1].stop == rows
     assert all(a.stop == b.start for a, b in itertools.pairwise(parts))
     lengths = [p.stop - p.start for p in parts]
@@ -82,24 +86,24 @@ def test_shares_cover_the_batch_in_order(rows: int, size: int) -> None:
 
 
 def test_launcher_detection() -> None:
-    assert distributed.launched_by_mpi({"PMI_SIZE": "2", "PMI_RANK": "1"})
-    assert distributed.launched_by_mpi({"OMPI_COMM_WORLD_SIZE": "4"})
-    assert distributed.launched_by_mpi({"PMIX_RANK": "0"})
-    assert not distributed.launched_by_mpi({"PMI_SIZE": "1"})
-    assert not distributed.launched_by_mpi({"SLURM_NTASKS": "4"})  # a batch script's shell
-    assert not distributed.launched_by_mpi({})
+    assert communicator.launched_by_mpi({"PMI_SIZE": "2", "PMI_RANK": "1"})
+    assert communicator.launched_by_mpi({"OMPI_COMM_WORLD_SIZE": "4"})
+    assert communicator.launched_by_mpi({"PMIX_RANK": "0"})
+    assert not communicator.launched_by_mpi({"PMI_SIZE": "1"})
+    assert not communicator.launched_by_mpi({"SLURM_NTASKS": "4"})  # a batch script's shell
+    assert not communicator.launched_by_mpi({})
 
 
 def test_off_and_auto_without_launcher_stay_one_process_without_mpi4py() -> None:
     code = (
-        "import sys; from pipeline.training import distributed as d\n"
+        "import sys; from pipeline import communicator as d\n"
         "assert d.connect('off') is d.LOCAL and d.connect('auto') is d.LOCAL\n"
         "assert 'mpi4py' not in sys.modules\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     with pytest.raises(ConfigError, match="auto, mpi or off"):
-        distributed.connect("yes")
+        communicator.connect("yes")
 
 
 def test_asking_for_mpi_without_the_extra_is_one_line_naming_it(
@@ -120,20 +124,20 @@ def test_asking_for_mpi_without_the_extra_is_one_line_naming_it(
 
 def test_gradient_sum_scales_by_the_share_and_carries_the_loss() -> None:
     grads = [np.full((3, 2), 4.0), np.full(2, 8.0)]
-    reducer = distributed.GradientSum([(3, 2), (2,)], np.dtype("float64"))
-    summed, loss = reducer(distributed.LOCAL, grads, 5.0, 0.25)
+    reducer = communicator.GradientSum([(3, 2), (2,)], np.dtype("float64"))
+    summed, loss = reducer(communicator.LOCAL, grads, 5.0, 0.25)
     assert np.array_equal(summed[0], np.full((3, 2), 1.0)) and np.array_equal(summed[1], [2, 2])
-    assert loss == 5.0 and not distributed.stop_agreed()
+    assert loss == 5.0 and not communicator.stop_agreed()
 
 
 def test_the_original_recipe_is_refused_under_mpi() -> None:
-    class Two(distributed.Local):
+    class Two(communicator.Local):
         rank, size = 0, 2
 
     with pytest.raises(ConfigError, match="batch_size 3: too small to split among 2 ranks"):
-        distributed.check_batch(TrainConfig().batch_size, Two())
-    distributed.check_batch(64, Two())
-    distributed.check_batch(3, distributed.LOCAL)
+        check_batch(TrainConfig().batch_size, Two())
+    check_batch(64, Two())
+    check_batch(3, communicator.LOCAL)
 
 
 # --- real 2-rank jobs -----------------------------------------------------------------------
@@ -354,3 +358,58 @@ def test_a_modern_recipe_with_dropout_and_momentum_trains_like_one_process(
     accuracy = [json.loads((r / "metrics.jsonl").read_text().splitlines()[-1]) for r in (one, two)]
     assert abs(accuracy[0]["test_accuracy"] - accuracy[1]["test_accuracy"]) <= 0.005
     assert accuracy[1]["test_accuracy"] > 0.8
+
+
+@pytest.fixture(scope="module")
+def other_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another shard set (other images, so another identity) of the same shape and classes."""
+    rng = np.random.default_rng(3)
+    raw_dir = write_idx_dir(
+        tmp_path_factory.mktemp("other-raw"), random_split(rng, 300), random_split(rng, 100)
+    )
+    out = tmp_path_factory.mktemp("other-shards")
+    raw = sources.load(f"idx:{raw_dir}", classes=[str(d) for d in range(10)])
+    return prepare.prepare(out, raw, shard_size=1000).manifest.directory
+
+
+@pytest.mark.parametrize(
+    ("command", "rank_1", "code", "says"),
+    [
+        ("train", ["--lr", "1"], 2, "--lr 5.0: rank 1 has 1.0"),
+        ("train", ["--epochs", "3"], 2, "--epochs 2: rank 1 has 3"),  # it waited forever
+        ("train", ["--data", "OTHER"], 1, "--data shard set "),
+        ("run", ["--dropout", "0.5"], 2, "--dropout 0.0: rank 1 has 0.5"),
+        ("evaluate", ["--split", "train"], 1, "--split test: rank 1 has train"),
+    ],
+    ids=["train-lr", "train-epochs", "train-data", "run-recipe", "evaluate-split"],
+)
+def test_ranks_given_different_arguments_refuse_together_in_one_line(
+    mpiexec: str,
+    slice_shards: Manifest,
+    other_shards: Path,
+    tmp_path: Path,
+    command: str,
+    rank_1: list[str],
+    code: int,
+    says: str,
+) -> None:
+    """MPMD: rank 1 gets one argument (or a shard set) rank 0 does not. Every rank refuses
+    before the first step, together and at once (no abort, no rank left waiting), rank 0
+    naming what differs in one line; nothing is trained or written."""
+    run_dir = tmp_path / "run"
+    args = [command, "--run-dir", str(run_dir), "--data", str(slice_shards.directory)]
+    if command == "evaluate":
+        train.train(slice_shards.directory, run_dir, CONFIG)
+    else:
+        args += [*ARGS, "--epochs", "2"]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    theirs = [str(other_shards) if a == "OTHER" else a for a in rank_1]
+    cmd = [mpiexec, "-n", "1", str(BIN / "pipeline"), *args, ":"]
+    cmd += ["-n", "1", str(BIN / "pipeline"), *args, *theirs]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "200"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {says}"), proc.stderr
+    assert lines[0].endswith("every rank must be started with the same arguments and data")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline.report.metrics import ClassificationReport, classification_report, confusion_matrix
+from pipeline.metrics import ClassificationReport, classification_report, confusion_matrix
 
 # 3 classes, 8 samples. Class 1 is never predicted; class 2 is never the true label.
 Y_TRUE = np.array([0, 0, 0, 0, 1, 1, 1, 1])

@@ -10,8 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.communicator import LOCAL
 from pipeline.errors import ArrayError
 from pipeline.nn.network import Network, sigmoid
+from pipeline.nn.sparse_step import SparseStep
+from pipeline.training.config import TrainConfig
+from pipeline.training.step import make_step
 
 
 def make(sizes: list[int], seed: int = 0, dtype: str = "float64", std: float = 0.5) -> Network:
@@ -23,6 +27,15 @@ def batch(rng: np.random.Generator, n: int, n_in: int, n_out: int, dtype: str = 
     x[x < 0.5] = 0.0  # sparse like MNIST: exercises the kernel's skipped rows
     y = np.eye(n_out)[rng.integers(0, n_out, n)]
     return x.astype(dtype), y.astype(dtype)
+
+
+def steps(
+    net: Network, x: np.ndarray, y: np.ndarray, lr: float, batch_size: int, loss_sum: float = 0.0
+) -> float:
+    """SGD steps through the step the trainer takes for the original recipe's arithmetic: the
+    compiled kernel for one hidden layer, the general step for deeper networks."""
+    step = make_step(TrainConfig(batch_size=batch_size), net, LOCAL)
+    return step.steps(x, y, [lr] * -(-len(x) // batch_size), batch_size, loss_sum)
 
 
 def total_loss(net: Network, x: np.ndarray, y: np.ndarray) -> float:
@@ -97,7 +110,7 @@ def test_three_steps_match_a_scalar_hand_computation(step: str) -> None:
         w1, b1, w2, b2 = params
         loss_hand, *params = scalar_step(w1, b1, w2, b2, x.tolist(), y.tolist(), 0.1)
         if step == "kernel":
-            loss = net.step(x, y, 0.1)
+            loss = steps(net, x, y, 0.1, len(x))
         else:
             loss, gw, gb = net.backprop(x, y)
             net.update(gw, gb, 0.1)
@@ -118,7 +131,7 @@ def test_kernel_equals_plain_equations(dtype: str, size: int) -> None:
     )
     for _ in range(30):
         x, y = batch(rng, size, 784, 10, dtype)
-        loss_fast = fast.step(x, y, 0.1)
+        loss_fast = steps(fast, x, y, 0.1, len(x))
         loss_plain, gw, gb = plain.backprop(x, y)
         plain.update(gw, gb, 0.1)
         assert loss_fast == pytest.approx(loss_plain, rel=1e-5 if dtype == "float32" else 1e-12)
@@ -133,7 +146,7 @@ def test_kernel_leaves_weights_of_all_zero_pixels_alone() -> None:
     before = net.weights[0].copy()
     x = np.zeros((3, 784), np.float32)
     x[:, 100:110] = 0.5
-    net.step(x, np.eye(10, dtype=np.float32)[[1, 2, 3]], 0.1)
+    steps(net, x, np.eye(10, dtype=np.float32)[[1, 2, 3]], 0.1, 3)
     changed = np.flatnonzero((net.weights[0] != before).any(axis=1))
     assert set(changed.tolist()) <= set(range(100, 110)) and len(changed) > 0
 
@@ -145,7 +158,7 @@ def test_kernel_is_deterministic() -> None:
     for _ in range(2):
         net = make([784, 64, 10], seed=9, dtype="float32", std=0.01)
         for x, y in batches:
-            net.step(x, y, 0.1)
+            steps(net, x, y, 0.1, len(x))
         results.append(net.weights + net.biases)
     for a, b in zip(*results, strict=True):
         assert np.array_equal(a, b)
@@ -177,15 +190,16 @@ def test_predict_is_argmax_of_output() -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_many_steps_in_one_call_equal_one_call_per_batch(dtype: str) -> None:
-    """`steps` (the kernel's block path) is bit-identical to `step` batch by batch."""
+    """Many batches in one call (the kernel's block path) are bit-identical to one call per
+    batch."""
     rng = np.random.default_rng(12)
     x, y = batch(rng, 3 * 40 + 2, 784, 10, dtype)  # the last batch is partial
     blocked = make([784, 30, 10], seed=13, dtype=dtype, std=0.01)
     stepped = make([784, 30, 10], seed=13, dtype=dtype, std=0.01)
-    total = blocked.steps(x, y, 0.1, 3)
+    total = steps(blocked, x, y, 0.1, 3)
     running = 0.0  # the step losses added one at a time, in order
     for i in range(0, len(x), 3):
-        running += stepped.step(x[i : i + 3], y[i : i + 3], 0.1)
+        running += steps(stepped, x[i : i + 3], y[i : i + 3], 0.1, 3)
     assert total == running  # exactly: the kernel adds step by step too
     for a, b in zip(
         blocked.weights + blocked.biases, stepped.weights + stepped.biases, strict=True
@@ -193,13 +207,13 @@ def test_many_steps_in_one_call_equal_one_call_per_batch(dtype: str) -> None:
         assert np.array_equal(a, b)
 
 
-def test_deeper_networks_train_through_the_plain_equations() -> None:
+def test_deeper_networks_train_through_the_general_step() -> None:
     rng = np.random.default_rng(14)
     net = make([20, 8, 6, 4], seed=15, std=0.5)
     x, y = batch(rng, 9, 20, 4)
     before = total_loss(net, x, y)
     for _ in range(50):
-        net.steps(x, y, 0.5, 3)
+        steps(net, x, y, 0.5, 3)
     assert total_loss(net, x, y) < before
 
 
@@ -214,9 +228,25 @@ def test_a_running_loss_sum_does_not_depend_on_how_the_steps_are_split(sizes: li
         net = make(sizes, seed=17, dtype="float32", std=0.01)
         total = 0.0
         for a, b in itertools.pairwise(cuts):
-            total = net.steps(x[a:b], y[a:b], 0.1, 3, loss_sum=total)
+            total = steps(net, x[a:b], y[a:b], 0.1, 3, loss_sum=total)
         totals.append(total)
     assert totals[0] == totals[1] == totals[2]
+
+
+def sparse_steps(
+    w1: Any,
+    b1: Any,
+    w2: Any,
+    b2: Any,
+    x: Any,
+    y: Any,
+    lr: Any = 0.1,
+    batch: Any = 3,
+    loss_sum: Any = 0.0,
+) -> float:
+    """The compiled kernel's guard (`SparseStep`), handed the arrays and numbers as they are."""
+    rates = -(-len(x) // batch) if isinstance(batch, int) and batch > 0 else 1
+    return SparseStep(Network([w1, w2], [b1, b2])).steps(x, y, [lr] * rates, batch, loss_sum)
 
 
 def _recipe_arrays() -> dict[str, Any]:
@@ -262,13 +292,11 @@ def test_kernel_refuses_arrays_that_do_not_fit(
 ) -> None:
     """The compiled kernel checks no bounds: its Python boundary names the argument at fault,
     before anything is read or written."""
-    from pipeline.nn import kernels
-
     arrays = _recipe_arrays()
     before = {k: np.array(v, copy=True) for k, v in arrays.items()}
     arrays[param] = change(arrays[param])
     with pytest.raises(ArrayError, match=needle) as caught:
-        kernels.sgd_steps(**arrays, lr=0.1, batch=3)
+        sparse_steps(**arrays, lr=0.1, batch=3)
     assert caught.value.param == param
     for name in ("w1", "b1", "w2", "b2"):
         if name != param:
@@ -278,30 +306,26 @@ def test_kernel_refuses_arrays_that_do_not_fit(
 @pytest.mark.parametrize(
     ("param", "value"),
     [
-        ("batch", 0),
-        ("batch", -3),
-        ("batch", 2.5),
-        ("batch", True),
-        ("lr", math.nan),
-        ("lr", math.inf),
+        ("batch_size", 0),
+        ("batch_size", -3),
+        ("batch_size", 2.5),
+        ("batch_size", True),
+        ("lrs", math.nan),
+        ("lrs", math.inf),
         ("loss_sum", math.nan),
     ],
 )
 def test_kernel_refuses_bad_numbers(param: str, value: object) -> None:
-    from pipeline.nn import kernels
-
     args: dict[str, object] = {**_recipe_arrays(), "lr": 0.1, "batch": 3, "loss_sum": 0.0}
-    args[param] = value
+    args[{"batch_size": "batch", "lrs": "lr"}.get(param, param)] = value
     with pytest.raises(ArrayError) as caught:
-        kernels.sgd_steps(**args)  # type: ignore[arg-type]
+        sparse_steps(**args)
     assert caught.value.param == param
 
 
 def test_kernel_accepts_a_batch_larger_than_its_rows() -> None:
     """Its work arrays are sized by the rows it is given, not by the batch it is told."""
-    from pipeline.nn import kernels
-
     arrays, same = _recipe_arrays(), _recipe_arrays()
-    total = kernels.sgd_steps(**arrays, lr=0.1, batch=10**12)
-    assert total == kernels.sgd_steps(**same, lr=0.1, batch=len(same["x"]))
+    total = sparse_steps(**arrays, lr=0.1, batch=10**12)
+    assert total == sparse_steps(**same, lr=0.1, batch=len(same["x"]))
     assert np.array_equal(arrays["w1"], same["w1"])

@@ -21,9 +21,8 @@ from pipeline.data.shards import Manifest
 from pipeline.deploy import inputs
 from pipeline.deploy.model import Model
 from pipeline.errors import CheckpointError, SourceError
-from pipeline.nn.network import Network, inference
-from pipeline.report import evaluate
-from pipeline.report.metrics import classification_report
+from pipeline.metrics import EVAL_BATCH, classification_report, confusion_on, inference
+from pipeline.nn.network import Network
 from pipeline.training import checkpoint
 from tests.conftest import one_line_error
 
@@ -61,11 +60,11 @@ def test_predictions_equal_evaluate_on_the_mnist_test_set(
 
     # evaluate's own path: its loader's batches through Network.predict
     network = Model.load(run).ckpt.network
-    loader = Loader(mnist_shards, "test", batch_size=evaluate.EVAL_BATCH)
+    loader = Loader(mnist_shards, "test", batch_size=EVAL_BATCH)
     with inference():  # evaluate's rule for its products (one BLAS thread)
         theirs = np.concatenate([network.predict(x) for x, _ in loader.epoch(0)])
     assert (ours == theirs).all()
-    report = classification_report(evaluate.confusion_on(network, loader))
+    report = classification_report(confusion_on(network, loader, network.sizes[-1]))
     assert f"accuracy {report.accuracy:.2%} on 10,000 labelled" in result.stderr
     correct = int(report.confusion.trace())
     assert f"({correct:,} correct)" in result.stderr

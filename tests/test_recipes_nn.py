@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from pipeline.nn import fused, layers, losses
+from pipeline.nn.general_step import GeneralStep, StepSettings
 from pipeline.nn.network import Network
-from pipeline.nn.optimizers import OPTIMIZERS, Hyper, Optimizer
-from pipeline.nn.recipe import RecipeStep, Spec
+from pipeline.nn.optimizers import OPTIMIZERS, Optimizer, OptimizerSettings
 from pipeline.nn.schedules import Schedule
 
 ACTS = list(layers.ACTIVATIONS)
@@ -117,7 +117,7 @@ def test_dropout_mask_kernel_equals_the_reference_and_keeps_1_minus_p() -> None:
     assert not np.array_equal(reference, layers.keep_mask(99, 6, keep.shape, 0.3))
 
 
-def reference_update(name, w, g, state, lr, h: Hyper, t, decay):
+def reference_update(name, w, g, state, lr, h: OptimizerSettings, t, decay):
     """The optimizers' published formulas, one element at a time in plain Python."""
     w, g = w.ravel().tolist(), g.ravel().tolist()
     wd = h.weight_decay if decay else 0.0
@@ -148,7 +148,7 @@ def reference_update(name, w, g, state, lr, h: Hyper, t, decay):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_optimizers_match_their_formulas(name: str) -> None:
     rng = np.random.default_rng(4)
-    h = Hyper(name, momentum=0.8, beta1=0.85, beta2=0.99, eps=1e-6, weight_decay=0.05)
+    h = OptimizerSettings(name, momentum=0.8, beta1=0.85, beta2=0.99, eps=1e-6, weight_decay=0.05)
     params = [rng.normal(size=(3, 4)), rng.normal(size=4)]
     expected = [p.ravel().tolist() for p in params]
     states = [[[0.0] * p.size, [0.0] * p.size] for p in params]
@@ -172,7 +172,7 @@ def test_optimizer_descends_a_quadratic_to_its_minimum() -> None:
     solution = np.linalg.lstsq(a, c, rcond=None)[0]
     for name, lr in [("sgd", 0.05), ("momentum", 0.02), ("nesterov", 0.02), ("adam", 0.05)]:
         w = np.zeros((1, 3))
-        opt = Optimizer([w], Hyper(name))
+        opt = Optimizer([w], OptimizerSettings(name))
         for _ in range(3000):
             g = numeric_grad(lambda w=w: float(np.sum((a @ w[0] - c) ** 2) / 2), w)
             opt.step([w], [g], lr)
@@ -189,7 +189,7 @@ def test_schedules() -> None:
     assert Schedule("constant", 0.3, total=5, per_epoch=5).lr_at(4) == 0.3
 
 
-def reference_steps(net: Network, spec: Spec, key: int, batches, lrs):
+def reference_steps(net: Network, spec: StepSettings, key: int, batches, lrs):
     """The recipe's steps written plainly: masks from layers.keep_mask, numpy equations,
     the optimizer formulas of `reference_update`. Returns weights + biases."""
     f, f_prime = layers.ACTIVATIONS[spec.activation]
@@ -241,15 +241,19 @@ def reference_steps(net: Network, spec: Spec, key: int, batches, lrs):
 @pytest.mark.parametrize(
     "spec",
     [
-        Spec("relu", "cross_entropy", 0.3, 0.2, 0.0, Hyper("momentum", weight_decay=1e-3)),
-        Spec("tanh", "cross_entropy", 0.0, 0.0, 0.5, Hyper("nesterov")),
-        Spec("sigmoid", "mse", 0.25, 0.0, 0.0, Hyper("adam", weight_decay=1e-2)),
-        Spec("relu", "mse", 0.0, 0.1, 1.0, Hyper("adamw", weight_decay=1e-2)),
-        Spec("relu", "cross_entropy", 0.5, 0.0, 0.0, Hyper("sgd")),
+        StepSettings(
+            "relu", "cross_entropy", 0.3, 0.2, 0.0, OptimizerSettings("momentum", weight_decay=1e-3)
+        ),
+        StepSettings("tanh", "cross_entropy", 0.0, 0.0, 0.5, OptimizerSettings("nesterov")),
+        StepSettings(
+            "sigmoid", "mse", 0.25, 0.0, 0.0, OptimizerSettings("adam", weight_decay=1e-2)
+        ),
+        StepSettings("relu", "mse", 0.0, 0.1, 1.0, OptimizerSettings("adamw", weight_decay=1e-2)),
+        StepSettings("relu", "cross_entropy", 0.5, 0.0, 0.0, OptimizerSettings("sgd")),
     ],
     ids=lambda s: f"{s.activation}-{s.loss}-{s.optimizer.name}",
 )
-def test_recipe_step_matches_the_plain_reference(spec: Spec) -> None:
+def test_recipe_step_matches_the_plain_reference(spec: StepSettings) -> None:
     rng = np.random.default_rng(6)
     net = Network.initialize(
         [20, 12, 9, 4], rng=rng, std=0.3, dtype="float64", init="he",
@@ -260,7 +264,7 @@ def test_recipe_step_matches_the_plain_reference(spec: Spec) -> None:
     batches.append((rng.random((1, 20)), np.eye(4)[rng.integers(0, 4, 1)]))  # one half empty
     lrs = [0.1, 0.08, 0.05, 0.02, 0.01]
     expected = reference_steps(net, spec, 777, batches, lrs)
-    step = RecipeStep(net, spec, batch_size=8, dropout_key=777)
+    step = GeneralStep(net, spec, batch_size=8, dropout_key=777)
     for (x, y), lr in zip(batches, lrs, strict=True):
         step.step(x, y, lr)
     for got, want in zip(net.weights + net.biases, expected, strict=True):
@@ -272,13 +276,15 @@ def test_recipe_step_bits_do_not_depend_on_the_thread_count() -> None:
     split fixes the arithmetic, not the machine's cores), with dropout and max-norm."""
     from concurrent.futures import ThreadPoolExecutor
 
-    spec = Spec("relu", "cross_entropy", 0.3, 0.1, 0.8, Hyper("nesterov", weight_decay=1e-3))
+    spec = StepSettings(
+        "relu", "cross_entropy", 0.3, 0.1, 0.8, OptimizerSettings("nesterov", weight_decay=1e-3)
+    )
     steps, losses = [], []
     for worker in (ThreadPoolExecutor(max_workers=1), None):
         rng = np.random.default_rng(11)
         net = Network.initialize([50, 33, 17, 5], rng=rng, std=0.1, dtype="float32", init="he",
                                  activation="relu", loss="cross_entropy")  # fmt: skip
-        step = RecipeStep(net, spec, batch_size=9, dropout_key=5)
+        step = GeneralStep(net, spec, batch_size=9, dropout_key=5)
         step.worker = worker
         x = rng.random((37, 50), dtype=np.float32)  # 4 batches of 9, then 1 row
         y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 37)]
@@ -303,8 +309,8 @@ def test_recipe_step_allocates_no_batch_sized_arrays() -> None:
     rng = np.random.default_rng(7)
     net = Network.initialize([784, 256, 10], rng=rng, std=0.01, dtype="float32", init="he",
                              activation="relu", loss="cross_entropy")  # fmt: skip
-    step = RecipeStep(net, Spec(dropout=0.2, input_dropout=0.1, optimizer=Hyper("adam")),
-                      batch_size=64, dropout_key=1)  # fmt: skip
+    settings = StepSettings(dropout=0.2, input_dropout=0.1, optimizer=OptimizerSettings("adam"))
+    step = GeneralStep(net, settings, batch_size=64, dropout_key=1)
     x = rng.random((64, 784), dtype=np.float32)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 64)]
     step.step(x, y, 0.01)  # compiles the kernels
@@ -346,8 +352,8 @@ def test_recipe_step_matches_pytorch(name: str) -> None:
         "adamw": lambda: torch.optim.AdamW(groups, lr=0.01),
     }[name]()
     lr = 0.1 if name in ("sgd", "momentum", "nesterov") else 0.01
-    step = RecipeStep(net, Spec(optimizer=Hyper(name, weight_decay=0.01)), batch_size=12,
-                      dropout_key=0)  # fmt: skip
+    settings = StepSettings(optimizer=OptimizerSettings(name, weight_decay=0.01))
+    step = GeneralStep(net, settings, batch_size=12, dropout_key=0)
     for _ in range(4):
         x, labels = rng.random((12, 30)), rng.integers(0, 10, 12)
         step.step(x, np.eye(10)[labels], lr)

@@ -32,6 +32,7 @@ from pipeline.errors import (
 )
 from pipeline.events import EPOCH_STARTED, STEP, Event, Events
 from pipeline.fsutil import dir_lock, sha256_file
+from pipeline.report import evaluate
 from pipeline.training import checkpoint, rundir
 from pipeline.training import trainer as train
 from pipeline.training.config import TrainConfig
@@ -105,6 +106,64 @@ def test_resume_in_process_matches_uninterrupted(slice_shards: Manifest, tmp_pat
     part_log = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     drop_time = lambda line: {k: v for k, v in json.loads(line).items() if "seconds" not in k}  # noqa: E731
     assert [drop_time(x) for x in full_log] == [drop_time(x) for x in part_log]
+
+
+FAST_EPOCHS = TrainConfig(hidden=(16,), epochs=3, lr=1.0, batch_size=100, shuffle=True)
+
+
+@pytest.mark.parametrize("killed", ["after-the-append", "mid-append"])
+def test_metrics_lines_beyond_the_checkpoint_are_cut_on_resume(
+    slice_shards: Manifest, tmp_path: Path, killed: str
+) -> None:
+    """metrics.jsonl is only appended, each record before its epoch's checkpoint. A kill after
+    epoch 3 was logged but before its checkpoint, or in the middle of the append (the half line
+    it leaves), leaves what the newest checkpoint (epoch 2) has not seen: the resume cuts it and
+    logs epoch 3 again, so weights and every logged number are those of the run never killed."""
+    data = slice_shards.directory
+    train.train(data, tmp_path / "full", FAST_EPOCHS)
+    train.train(data, tmp_path / "part", replace(FAST_EPOCHS, epochs=2))
+    metrics = tmp_path / "part" / "metrics.jsonl"
+    logged = metrics.read_bytes()
+    epoch_3 = (tmp_path / "full" / "metrics.jsonl").read_bytes().splitlines(keepends=True)[2]
+    with metrics.open("ab") as f:  # what each kill leaves: the whole line, or its first part
+        f.write(epoch_3 if killed == "after-the-append" else epoch_3[:40])
+    resumed = train.train(data, tmp_path / "part", FAST_EPOCHS, resume=True)
+    assert_identical(weights(tmp_path / "full"), weights(tmp_path / "part"))
+    assert untimed_metrics(tmp_path / "full") == untimed_metrics(tmp_path / "part")
+    assert metrics.read_bytes().startswith(logged)  # the checkpoint's lines, kept as they were
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+
+
+def test_a_history_that_is_not_the_checkpoints_is_refused(
+    slice_shards: Manifest, tmp_path: Path
+) -> None:
+    """The newest checkpoint carries the sha256 of its epochs' lines: a metrics.jsonl short of
+    them, or holding another run's, stops the resume (and the run's report) with one line
+    naming the file, before anything is cut or written."""
+    data, run_dir = slice_shards.directory, tmp_path / "run"
+    train.train(data, run_dir, replace(FAST_EPOCHS, epochs=2))
+    train.train(data, tmp_path / "other", replace(FAST_EPOCHS, epochs=2, seed=1))
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    for damaged, says in [
+        (lines[0], "line 2 is not epoch 2's record"),
+        (b"", "line 1 is not epoch 1's record"),
+        ((tmp_path / "other" / "metrics.jsonl").read_bytes(), "its first 2 lines are other"),
+    ]:
+        metrics.write_bytes(damaged)
+        for call in (
+            lambda: train.train(data, run_dir, FAST_EPOCHS, resume=True),
+            lambda: evaluate.evaluate(run_dir),
+        ):
+            with pytest.raises(ConfigError) as caught:
+                call()
+            message = str(caught.value)
+            assert message.startswith(f"{metrics}: {says}") and "\n" not in message
+            assert message.endswith("history of checkpoint-e0002-s0000000.npz")
+            assert metrics.read_bytes() == damaged
+    assert [p.name for p in rundir.RunDir(run_dir).all_checkpoints()][-1].startswith(
+        "checkpoint-e0002"
+    )
 
 
 class _Interrupted(Exception):

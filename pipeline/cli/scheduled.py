@@ -14,10 +14,8 @@ from pipeline.cli import views
 from pipeline.cli.errors import EXIT_GATE, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import Logs
+from pipeline.cli.tracking import Tracking, watched
 from pipeline.cli.views import log, out
-from pipeline.cli.watch import Terminal
-from pipeline.cli.world import world
-from pipeline.events import Events
 from pipeline.runs import flow
 
 if TYPE_CHECKING:  # the stages load when a command runs, not for --help
@@ -32,17 +30,17 @@ def trigger(
     distributed_mode: str = "auto",
     train_only: bool = False,
     export: str | None = None,
+    tracking: Tracking | None = None,
 ) -> None:
     """One trigger (`schedule.trigger`), shown; under MPI one trigger of every rank."""
     from pipeline.runs import schedule, store
 
-    with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
+    with watched(distributed_mode, tracking or Tracking()) as (comm, events):
         if export is not None:  # a missing extra is found before training, not after
             from pipeline.deploy.onnx_export import require_onnx
 
             require_onnx()
         lead = comm.rank == 0
-        events = Events(Terminal(progress)) if lead else Events()
         one = schedule.Trigger(
             runs_dir=runs_dir, job=spec, keep=keep, train_only=train_only, export=export
         )

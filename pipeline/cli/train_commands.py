@@ -28,7 +28,14 @@ from pipeline.cli.options import (
     command_line,
     train_options,
 )
-from pipeline.cli.watch import Terminal
+from pipeline.cli.tracking import (
+    Mlflow,
+    MlflowExperiment,
+    MlflowRequired,
+    Tracking,
+    tracker,
+    watched,
+)
 from pipeline.cli.world import Distributed, world
 from pipeline.events import Events
 from pipeline.training.config import TrainConfig
@@ -61,6 +68,9 @@ def train(
     ] = False,
     distributed_mode: Distributed = "auto",
     log_format: Logs = LogFormat.plain,
+    mlflow: Mlflow = None,
+    mlflow_experiment: MlflowExperiment = None,
+    mlflow_required: MlflowRequired = False,
     *,
     config: TrainConfig,
 ) -> None:
@@ -77,16 +87,23 @@ def train(
 
         assert runs is not None
         spec = flow.Job(run_dir=runs, config=config, data_dir=data)
-        trigger(runs, spec, keep=0, train_only=True, distributed_mode=distributed_mode)
+        tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
+        trigger(
+            runs,
+            spec,
+            keep=0,
+            train_only=True,
+            distributed_mode=distributed_mode,
+            tracking=tracking,
+        )
         return
     assert run_dir is not None
 
-    with (
-        world(distributed_mode) as comm,
-        friendly_errors("rerun the same command with --resume"),
-        views.display(comm) as progress,
+    tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
+    with watched(distributed_mode, tracking, "rerun the same command with --resume") as (
+        comm,
+        events,
     ):
-        events = Events(Terminal(progress)) if comm.rank == 0 else Events()
         result = trainer.train(data, run_dir, config, resume=resume, events=events, comm=comm)
         if result.resumed_from is not None and comm.rank == 0:
             views.say(f"resumed from {result.resumed_from}")
@@ -122,13 +139,22 @@ def evaluate(
             "or another shard set); the report's headline then names both.",
         ),
     ] = False,
+    mlflow: Mlflow = None,
+    mlflow_experiment: MlflowExperiment = None,
+    mlflow_required: MlflowRequired = False,
 ) -> None:
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
     from pipeline.report import evaluate as evaluate_stage
+    from pipeline.runs import flow
 
     views.log.use(log_format)
 
-    with world(distributed_mode) as comm, friendly_errors():
+    tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
+    with (
+        world(distributed_mode) as comm,
+        friendly_errors(),
+        tracker(tracking, comm.rank) as listener,
+    ):
         evaluation = evaluate_stage.evaluate(
             run_dir,
             data_dir=data,
@@ -137,6 +163,8 @@ def evaluate(
             allow_other_data=allow_other_data,
             comm=comm,
         )
+        if listener is not None:  # into the run's MLflow run, if it has one
+            flow.gate(run_dir, evaluation.doc, min_accuracy, Events(listener))
     if comm.rank != 0:
         return
     views.report_table(evaluation)
@@ -172,6 +200,9 @@ def run(
     distributed_mode: Distributed = "auto",
     log_format: Logs = LogFormat.plain,
     export: ScheduledExport = None,
+    mlflow: Mlflow = None,
+    mlflow_experiment: MlflowExperiment = None,
+    mlflow_required: MlflowRequired = False,
     *,
     config: TrainConfig,
 ) -> None:
@@ -201,14 +232,15 @@ def run(
             min_accuracy=min_accuracy,
             command=command_line(),
         )
+    tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
     if runs is not None:
         from pipeline.cli.scheduled import trigger
 
-        trigger(runs, spec, keep=keep, export=export, distributed_mode=distributed_mode)
+        mode = distributed_mode
+        trigger(runs, spec, keep=keep, export=export, distributed_mode=mode, tracking=tracking)
         return
     assert run_dir is not None
-    with world(distributed_mode) as comm, friendly_errors(), views.display(comm) as progress:
-        events = Events(Terminal(progress)) if comm.rank == 0 else Events()
+    with watched(distributed_mode, tracking) as (comm, events):
         result = flow.run(spec, events, comm=comm)
     if comm.rank != 0:
         return

@@ -27,11 +27,11 @@ from rich.text import Text
 from pipeline.cli.logs import Log
 
 if TYPE_CHECKING:  # the stages (numpy, h5py, matplotlib) load only when a command runs
+    from pipeline.communicator import Comm
     from pipeline.data.integrity import ShardCheck
     from pipeline.data.prepare import PrepareResult
     from pipeline.report.dataset import DataSummary
     from pipeline.report.evaluate import Evaluation
-    from pipeline.training.distributed import Comm
 
 out = Console(soft_wrap=True)  # long paths stay on one line in logs
 log = Log(out)  # plain lines, or JSON ones with --log-format json

@@ -37,7 +37,7 @@ from pipeline.data.manifest import DATASETS, Manifest, ShardInfo
 from pipeline.data.manifest_file import read
 from pipeline.data.shards import open_shard, read_rows
 from pipeline.errors import ShardCorruptError, ShardSetError
-from pipeline.fsutil import ReaderLock, kind
+from pipeline.fsutil import ReaderLock, file_type
 
 StatKey = tuple[int, ...]  # device, inode, size, mtime_ns, ctime_ns
 VERIFY_ROWS = 4096  # verify reads and checks this many rows at a time
@@ -129,7 +129,7 @@ def shard_problem(manifest: Manifest, shard: ShardInfo) -> tuple[StatKey | None,
     except OSError as exc:
         return None, f"unreadable ({exc.strerror or exc})"
     if not stat.S_ISREG(info.st_mode):
-        return None, f"is {kind(info.st_mode)}, not a shard file"
+        return None, f"is {file_type(info.st_mode)}, not a shard file"
     if info.st_size != shard.bytes:
         return None, f"size {info.st_size} bytes, manifest lists {shard.bytes}"
     key, problem = _sha256_checked(path, shard)

@@ -23,7 +23,8 @@ from pipeline.data.pixels import NORMALIZATION, normalize
 from pipeline.errors import CheckpointError
 from pipeline.nn.losses import log_softmax
 from pipeline.training import checkpoint
-from pipeline.training.rundir import REPORT_JSON, RunDir, best_epoch
+from pipeline.training.history import history_of
+from pipeline.training.rundir import REPORT_JSON, RunDir
 
 LATEST = "latest"  # a runs directory's promoted run (pipeline.runs.LATEST)
 
@@ -42,8 +43,7 @@ def checkpoint_of(model: Path) -> Path:
     newest = run.newest_checkpoint()
     if newest is None:
         raise CheckpointError(f"{model}: holds no checkpoint; train first")
-    best = best_epoch(checkpoint.load(newest).meta.history)
-    return newest if best is None else run.checkpoint_path(best, 0)
+    return run.chosen_checkpoint(checkpoint.load(newest).meta.best_epoch, newest)
 
 
 def _image_shape(meta: checkpoint.CheckpointMeta, path: Path) -> tuple[int, ...]:
@@ -98,7 +98,8 @@ class Model:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         meta = self.ckpt.meta
-        scored = [r for r in meta.history if r["epoch"] == meta.epoch and "test_accuracy" in r]
+        history = history_of(self.ckpt.path, meta, strict=False)
+        scored = [r for r in history if r["epoch"] == meta.epoch and "test_accuracy" in r]
         return float(scored[0]["test_accuracy"]) if scored and meta.step == 0 else None
 
     def describe(self) -> dict[str, Any]:

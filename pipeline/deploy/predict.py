@@ -19,9 +19,9 @@ import numpy as np
 
 from pipeline.deploy.inputs import Batch
 from pipeline.deploy.model import Model
-from pipeline.nn.network import inference
+from pipeline.metrics import EVAL_BATCH, inference
 
-BATCH = 1000  # rows per forward pass: evaluate's (pipeline.report.evaluate.EVAL_BATCH)
+BATCH = EVAL_BATCH  # rows per forward pass: evaluate's, so the bits are evaluate's
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Where the compiled kernels are cached: a directory of the user's, never the package.
 
-numba's default cache, `__pycache__` beside kernels.py, writes into site-packages; a later
+numba's default cache, `__pycache__` beside the kernels' modules, writes into site-packages; a later
 `pip install -e .` then leaves that directory behind as a stale namespace package that shadows
 the project. And a user who can write neither the package nor ~/.cache got a traceback on every
 command. Here: the first writable of $NUMBA_CACHE_DIR (if set), $XDG_CACHE_HOME (else ~/.cache)

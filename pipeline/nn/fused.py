@@ -19,9 +19,10 @@ import math
 import numpy as np
 
 from pipeline.nn.compile_cache import jit
+from pipeline.nn.layers import GOLDEN
 
 ACT_CODE = {"relu": 0, "tanh": 1, "sigmoid": 2}  # the kernels' names for layers.ACTIVATIONS
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN = np.uint64(GOLDEN)  # a typed constant inside the kernels: layers' splitmix64 increment
 
 
 @jit(nogil=True, inline="always")

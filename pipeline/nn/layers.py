@@ -100,9 +100,6 @@ def dropout(a: Array, keep: Array, p: float) -> Array:
 
 
 # ---- initialisation ------------------------------------------------------------------------
-INITS = ("normal", "he", "xavier")
-
-
 def init_std(init: str, n_in: int, n_out: int, std: float) -> float:
     """The standard deviation of a layer's weights: N(0, std) (the original), He (ReLU:
     sqrt(2/n_in)) or Xavier/Glorot (tanh, sigmoid: sqrt(2/(n_in + n_out)))."""

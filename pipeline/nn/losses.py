@@ -14,7 +14,6 @@ from collections.abc import Callable
 import numpy as np
 
 Array = np.ndarray
-LOSSES = ("mse", "cross_entropy")
 
 
 def mse(a: Array, y: Array, act_prime: Callable[[Array], Array]) -> tuple[float, Array]:

@@ -12,35 +12,20 @@ textbook equations read, for a batch of B rows (delta and a are row-per-sample):
     dw_l = a_{l-1}^T delta_l / B,   db_l = sum over rows of delta_l / B
     w_l -= lr * dw_l,   b_l -= lr * db_l
 
-`backprop` and `update` are those equations, plainly; `step` runs the same update through the
-fused kernel in `pipeline.nn.kernels` when the network has one hidden layer (the default recipe),
-and the tests hold the two to each other. Other recipes train through `pipeline.nn.recipe`.
+`backprop` and `update` are those equations, plainly: the reference the training steps
+(`pipeline.nn.step`: the original recipe's compiled kernel, the general step) are held to.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Iterator
 
 import numpy as np
 
 from pipeline.nn.layers import ACTIVATIONS, init_std, sigmoid, sigmoid_prime
 from pipeline.nn.losses import cross_entropy, mse
 
-__all__ = ["Network", "inference", "sigmoid", "sigmoid_prime"]
-
-
-@contextlib.contextmanager
-def inference() -> Iterator[None]:
-    """Scoring and predicting run their products on one BLAS thread: on a shared machine
-    OpenBLAS's threads wait on each other's cores (`fast` at batch 256, load 9 on 2 cores:
-    5,900 predictions/s on two threads, 38,900 on one). One rule for `evaluate` and `predict`,
-    so the two compute the same bits for the same batches."""
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
-    with threadpool_limits(1, user_api="blas"):
-        yield
+__all__ = ["Network", "sigmoid", "sigmoid_prime"]
 
 
 class Network:
@@ -134,33 +119,3 @@ class Network:
         for w, b, gw, gb in zip(self.weights, self.biases, grads_w, grads_b, strict=True):
             w -= (lr * gw).astype(w.dtype)
             b -= (lr * gb).astype(b.dtype)
-
-    def steps(
-        self, x: np.ndarray, y: np.ndarray, lr: float, batch_size: int, *, loss_sum: float = 0.0
-    ) -> float:
-        """SGD steps over consecutive batches of x (N, n_0), y (N, n_L), the last batch possibly
-        smaller; returns `loss_sum` plus each batch's summed loss, added one batch at a time, so
-        a running sum threaded through many calls does not depend on how the batches were
-        split into calls (a resumed run records the same numbers). One hidden layer (the
-        recipe) runs the fused kernel."""
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        y = np.ascontiguousarray(y, dtype=self.dtype)
-        if len(self.weights) == 2 and (self.activation, self.loss) == ("sigmoid", "mse"):
-            from pipeline.nn import kernels  # numba: compiled (or loaded) only when training
-
-            (w1, w2), (b1, b2) = self.weights, self.biases
-            return kernels.sgd_steps(
-                w1, b1, w2, b2, x, y, lr=lr, batch=batch_size, loss_sum=loss_sum
-            )
-        total = float(loss_sum)
-        for start in range(0, len(x), batch_size):
-            loss, grads_w, grads_b = self.backprop(
-                x[start : start + batch_size], y[start : start + batch_size]
-            )
-            self.update(grads_w, grads_b, lr)
-            total += loss
-        return total
-
-    def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        """One SGD step on a (B, n_0) batch; returns its summed loss."""
-        return self.steps(x, y, lr, len(x))

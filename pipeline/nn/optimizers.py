@@ -30,7 +30,7 @@ def _part(a: np.ndarray, half: int | None) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Hyper:
+class OptimizerSettings:
     """The optimizer's settings (from TrainConfig)."""
 
     name: str = "sgd"
@@ -42,12 +42,12 @@ class Hyper:
 
 
 class Optimizer:
-    def __init__(self, params: list[np.ndarray], hyper: Hyper) -> None:
-        assert hyper.name in OPTIMIZERS, hyper.name
-        self.hyper = hyper
+    def __init__(self, params: list[np.ndarray], settings: OptimizerSettings) -> None:
+        assert settings.name in OPTIMIZERS, settings.name
+        self.settings = settings
         self.step_count = 0
         # per parameter: momentum buffer (sgd family) or first and second moments (adam)
-        slots = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}[hyper.name]
+        slots = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}[settings.name]
         self.slots = [[np.zeros_like(p) for p in params] for _ in range(slots)]
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray], lr: float) -> None:
@@ -63,8 +63,8 @@ class Optimizer:
         self, params: list[np.ndarray], grads: list[np.ndarray], lr: float, half: int | None = None
     ) -> None:
         """Update every parameter's elements, or `half` of them (two threads update one half
-        each: `pipeline.nn.recipe`); element by element, so the split never changes a bit."""
-        h = self.hyper
+        each: `pipeline.nn.general_step`); element by element, so the split never changes a bit."""
+        h = self.settings
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             wd = h.weight_decay if p.ndim == 2 else 0.0  # weights decay, biases do not
             p, g = _part(p, half), _part(g, half)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-SCHEDULES = ("constant", "step", "cosine")
-
 
 @dataclass(frozen=True)
 class Schedule:

@@ -16,7 +16,7 @@ fastmath stays off and every sum runs in a fixed order: results are deterministi
 bit, and one call over many batches equals one call per batch. The kernels release the GIL,
 so the loader's reader thread runs beside them. One thread: at ~40 us a step, syncing two
 threads costs more than it saves (measured: 3.5 s against 0.8 s an epoch).
-Compiled on first use, cached outside the package (`compile_cache`); called through `kernels`.
+Compiled on first use, cached outside the package (`compile_cache`); called through `sparse_step`.
 """
 
 from __future__ import annotations

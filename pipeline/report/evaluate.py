@@ -14,16 +14,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from pipeline import communicator
+from pipeline.communicator import LOCAL, Comm
 from pipeline.data.loader import Loader
 from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
 from pipeline.fsutil import atomic_write_bytes
-from pipeline.nn.network import Network, inference
-from pipeline.report.metrics import ClassificationReport, classification_report, confusion_matrix
+from pipeline.metrics import (
+    EVAL_BATCH,
+    ClassificationReport,
+    classification_report,
+    confusion_on,
+)
 from pipeline.training import checkpoint
-from pipeline.training.distributed import LOCAL, Comm
+from pipeline.training.history import history_of
 from pipeline.training.rundir import (
     CONFUSION_PNG,
     CURVES_PNG,
@@ -31,12 +35,10 @@ from pipeline.training.rundir import (
     REPORT_MD,
     RUN_FILE,
     RunDir,
-    best_epoch,
     epoch_accuracy,
 )
 
-__all__ = ["EVAL_BATCH", "REPORT_MD", "Evaluation", "confusion_on", "evaluate"]
-EVAL_BATCH = 1000  # rows per forward pass when scoring a split
+__all__ = ["REPORT_MD", "Evaluation", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -44,16 +46,6 @@ class Evaluation:
     report: ClassificationReport
     doc: dict[str, Any]  # what report.json holds
     run_dir: Path
-
-
-def confusion_on(network: Network, loader: Loader) -> np.ndarray:
-    """(classes, classes) counts of (true, predicted) over one streamed pass of a split."""
-    n = network.sizes[-1]
-    confusion = np.zeros((n, n), np.int64)
-    with inference():
-        for x, y in loader.epoch(0):  # x (batch, features), y (batch, classes) one-hot
-            confusion += confusion_matrix(y.argmax(axis=1), network.predict(x), n)
-    return confusion
 
 
 def _data_dir(run: RunDir, data_dir: Path | None) -> Path:
@@ -116,15 +108,18 @@ def evaluate(
     path = comm.broadcast(checkpoint_path or run.newest_checkpoint())
     if path is None:
         raise CheckpointError(f"{run_dir}: holds no checkpoint; train first")
-    ckpt = checkpoint.load(path)
-    run_history = list(ckpt.meta.history)  # every epoch the run has finished
-    best = best_epoch(run_history)
-    if checkpoint_path is None and best is not None and path != run.checkpoint_path(best, 0):
+    ckpt = checkpoint.load(path)  # every array finite, or one line naming the member
+    # the curves: the run's whole history (its newest checkpoint's), or the named checkpoint's
+    history = history_of(ckpt.path, ckpt.meta, strict=checkpoint_path is None)
+    chosen = run.chosen_checkpoint(ckpt.meta.best_epoch, path)
+    if checkpoint_path is None and chosen != path:
         # a run with a val split reports the epoch it chose by val accuracy, not its last
-        # (the report's curves still show the whole run)
-        ckpt = checkpoint.load(run.checkpoint_path(best, 0))
+        ckpt = checkpoint.load(chosen)
     if manifest is None:
         manifest = load_manifest(_data_dir(run, data_dir))
+    claims: dict[str, object] = {"split": split, "data_dir": f"shard set {manifest.identity}"}
+    claims |= {"checkpoint_path": f"sha256 {ckpt.sha256}", "allow_other_data": allow_other_data}
+    communicator.agree(comm, claims)  # under MPI: every rank scores the same model and data
     sizes = ckpt.network.sizes
     if (sizes[0], sizes[-1]) != (manifest.features, manifest.n_classes):
         raise CheckpointError(
@@ -140,12 +135,12 @@ def evaluate(
         )
 
     part = Loader(manifest, split, batch_size=EVAL_BATCH, rank=comm.rank, world_size=comm.size)
-    confusion = confusion_on(ckpt.network, part)  # (classes, classes) int64, this rank's part
+    # (classes, classes) int64, this rank's part
+    confusion = confusion_on(ckpt.network, part, ckpt.network.sizes[-1])
     comm.allreduce_sum(confusion)
     report = classification_report(confusion)
     if comm.rank != 0:
         return Evaluation(report, {}, run_dir)
-    history = run_history if checkpoint_path is None else list(ckpt.meta.history)
     from pipeline.report import plots  # matplotlib: only when a report is drawn
 
     try:

@@ -24,7 +24,7 @@ from pipeline.training.config import TrainConfig
 if TYPE_CHECKING:
     from pipeline.data.shards import Manifest
     from pipeline.report.evaluate import Evaluation
-    from pipeline.training.distributed import Comm
+    from pipeline.communicator import Comm
     from pipeline.training.trainer import TrainResult
 
 SHARDS = "shards"  # where a run keeps the shard set it made: RUN_DIR/shards
@@ -148,12 +148,13 @@ def standing_report(
     try:
         doc: dict[str, Any] = json.loads((run_dir / REPORT_JSON).read_bytes())
         history, saved = doc["history"], TrainConfig.from_json(doc["model"]["config"]).to_json()
-        chosen = run.checkpoint_path(best_epoch(history) or epoch, 0)
+        best = best_epoch(history)
+        chosen = run.chosen_checkpoint(best, run.checkpoint_path(epoch, 0))
         standing = (
             doc["split"] == "test"
             and doc["dataset"]["manifest_sha256"] == manifest.identity
             and [r["epoch"] for r in history] == list(range(1, epoch + 1))
-            and (epoch == config.epochs or stopped_early(history, config.patience))
+            and (epoch == config.epochs or stopped_early(epoch, best, config.patience))
             and doc["checkpoint"]["file"] == str(chosen.relative_to(run_dir))
             and doc["checkpoint"]["sha256"] == sha256_file(chosen)
             and all(
@@ -206,15 +207,20 @@ def run(job: Job, events: Events | None = None, *, comm: Comm | None = None) -> 
     """Prepare if needed, train (resuming the run if it exists), evaluate; or nothing, if the
     run is done. Under MPI (`comm`), every rank calls this: the first writes the shard set if
     needed, all train and evaluate together."""
-    from pipeline.training import distributed
+    from pipeline import communicator
+    from pipeline.training.trainer import agree
 
-    events, comm = events or Events(), comm or distributed.LOCAL
+    events, comm = events or Events(), comm or communicator.LOCAL
     manifest, prepared = open_set(job, events, comm)
+    agree(comm, job.config, manifest)  # under MPI: every rank the same recipe and data
     if not prepared:
         built_from = manifest.raw.get("source", {}).get("spec")
         where = f"{job.shards} already holds {manifest.name} (from {built_from})"
         events.emit(SAY, message=f"shards: {where}; using it")
-    if (doc := standing_report(job.run_dir, manifest, job.config)) is not None:
+    # rank 0's answer for all: a rank left training while the others return would wait forever
+    standing = standing_report(job.run_dir, manifest, job.config) if comm.rank == 0 else None
+    doc = comm.broadcast(standing)
+    if doc is not None:
         events.emit(UP_TO_DATE, run=job.run_dir.name, path=str(job.run_dir))
         passed = job.min_accuracy is None or doc["accuracy"] >= job.min_accuracy
         return JobResult(manifest, prepared, None, None, doc, passed)

@@ -24,7 +24,7 @@ from pipeline.events import CLAIMED, DATA, EXPORTED, PROMOTED, PRUNED, UP_TO_DAT
 from pipeline.report import evaluate as evaluate_stage
 from pipeline.training import trainer as train_stage
 from pipeline.training.config import TrainConfig
-from pipeline.training.distributed import LOCAL, Comm
+from pipeline.communicator import LOCAL, Comm
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The run directory: the one module that knows its layout, naming, retention and locks.
 
     run.json          the config and the data it trains on (rewritten while no checkpoint exists)
-    metrics.jsonl     one line per finished epoch (rewritten from the newest checkpoint)
+    metrics.jsonl     one line per finished epoch, only ever appended (history.py)
+    tracking.json     an experiment tracker's run id, per tracking URI (pipeline.tracking)
     checkpoints/
       checkpoint-e{epochs done:04d}-s{steps into the next epoch:07d}.npz
                       epoch ends are kept for good; of the mid-epoch ones only the newest
@@ -33,6 +34,7 @@ from pipeline.training.config import TrainConfig
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
+TRACKING_FILE = "tracking.json"
 CHECKPOINT_DIR = "checkpoints"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
@@ -52,17 +54,26 @@ def is_kept(path: Path) -> bool:
     return match is not None and int(match["step"]) == 0
 
 
+def improves(accuracy: float, best_epoch: int | None, best_accuracy: float) -> bool:
+    """The one rule of a run's best epoch: a val accuracy above the best so far (the earliest
+    epoch keeps a tie). Test accuracy never chooses. Training applies it as it goes (the
+    checkpoint's `best_epoch`), `best_epoch` to a finished history."""
+    return not best_epoch or accuracy > best_accuracy
+
+
 def best_epoch(history: Sequence[dict[str, Any]]) -> int | None:
-    """The epoch (1-based) with the best val accuracy, the earliest on a tie; None when the
-    run has no val split. Test accuracy never chooses."""
-    scored = [(r["val_accuracy"], -r["epoch"]) for r in history if "val_accuracy" in r]
-    return -max(scored)[1] if scored else None
+    """The epoch (1-based) with the best val accuracy; None when the run has no val split."""
+    best, accuracy = None, 0.0
+    for record in history:
+        if "val_accuracy" in record and improves(record["val_accuracy"], best, accuracy):
+            best, accuracy = record["epoch"], record["val_accuracy"]
+    return best
 
 
-def stopped_early(history: Sequence[dict[str, Any]], patience: int) -> bool:
-    """`patience` epochs in a row without a better val accuracy than the best before them."""
-    best = best_epoch(history)
-    return patience > 0 and best is not None and len(history) - best >= patience
+def stopped_early(epochs: int, best: int | None, patience: int) -> bool:
+    """`patience` epochs in a row without a better val accuracy than the best (epoch `best`,
+    None or 0: no val split) before them, after `epochs` epochs."""
+    return patience > 0 and bool(best) and epochs - (best or 0) >= patience
 
 
 def epoch_accuracy(record: dict[str, Any]) -> tuple[str, float]:
@@ -161,7 +172,7 @@ class RunDir:
     def training(self) -> Iterator[None]:
         """The train lock; holding it, remove what killed trains left half-written."""
         with dir_lock(self.path, what="train"):
-            self._remove_stale(self.path, (RUN_FILE, METRICS_FILE))
+            self._remove_stale(self.path, (RUN_FILE, METRICS_FILE, TRACKING_FILE))
             self._remove_stale(self.checkpoints, ("checkpoint-",), prefix=True)
             yield
 
@@ -193,14 +204,15 @@ class RunDir:
             self.path / RUN_FILE, (json.dumps(run.to_json(), indent=2) + "\n").encode()
         )
 
-    def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
-        lines = "".join(json.dumps(record) + "\n" for record in history)
-        atomic_write_bytes(self.path / METRICS_FILE, lines.encode())
-
     # --- checkpoints: naming and retention ------------------------------------------------------
 
     def checkpoint_path(self, epoch: int, step: int) -> Path:
         return self.checkpoints / checkpoint_name(epoch, step)
+
+    def chosen_checkpoint(self, best_epoch: int | None, last: Path) -> Path:
+        """The checkpoint the run reports and deploys: its best val epoch's (`best_epoch`,
+        None or 0 without a val split), else `last`."""
+        return self.checkpoint_path(best_epoch, 0) if best_epoch else last
 
     def all_checkpoints(self) -> list[Path]:
         """The run's own checkpoints, oldest first."""

@@ -1,4 +1,5 @@
-"""The general training step: any activation, loss, dropout and optimizer, on reused buffers.
+"""The general training step: any depth, activation, loss, dropout and optimizer, on reused
+buffers, in one process or data-parallel over MPI.
 
 For a batch of B rows, with a_0 = x (after input dropout), layers l = 1..L:
     z_l = a_{l-1} w_l + b_l;   a_l = dropout(act(z_l))   (hidden layers)
@@ -19,7 +20,7 @@ the bits are the same on any machine. Why not BLAS's own two threads: beside ano
 process they wait on each other, and an epoch took 5-6x longer; alone they were 14% slower
 (`scripts/bench_recipes.py --contended` measures both ways side by side).
 
-Under MPI (`comm`, `pipeline.training.distributed`) the batch is the GLOBAL batch: every rank
+Under MPI (`comm`, `pipeline.communicator`) the batch is the GLOBAL batch: every rank
 draws the dropout masks of all its rows (so the generator and the masks are those of one
 process), computes its share of the rows with delta_L scaled by 1 / (global rows), and one
 Allreduce sums the gradients (and the loss) before the identical optimizer step on every rank.
@@ -28,7 +29,7 @@ Allreduce sums the gradients (and the loss) before the identical optimizer step 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,15 +37,16 @@ from functools import cache
 
 import numpy as np
 
+from pipeline.communicator import LOCAL, Comm, GradientSum, rows_of_rank
 from pipeline.nn import fused
 from pipeline.nn.layers import GOLDEN, MASK64, dropout_threshold, words_for
 from pipeline.nn.network import Network
-from pipeline.nn.optimizers import Hyper, Optimizer
-from pipeline.training.distributed import LOCAL, Comm, GradientSum, share
+from pipeline.nn.optimizers import Optimizer, OptimizerSettings
+from pipeline.nn.step import StepState
 
 
 @dataclass(frozen=True)
-class Spec:
+class StepSettings:
     """What the step needs to know of the recipe (from TrainConfig)."""
 
     activation: str = "relu"
@@ -52,14 +54,14 @@ class Spec:
     dropout: float = 0.0  # hidden layers
     input_dropout: float = 0.0
     max_norm: float = 0.0  # 0: off
-    optimizer: Hyper = field(default_factory=Hyper)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
 
 
-class RecipeStep:
+class GeneralStep:
     def __init__(
         self,
         network: Network,
-        spec: Spec,
+        spec: StepSettings,
         *,
         batch_size: int,
         dropout_key: int,
@@ -95,7 +97,7 @@ class RecipeStep:
     def _step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
         spec, net = self.spec, self.network
         total = len(x)
-        mine = share(total, self.comm.rank, self.comm.size)  # all rows in one process
+        mine = rows_of_rank(total, self.comm.rank, self.comm.size)  # all rows in one process
         x, y = x[mine], y[mine]
         rows = len(x)
         if spec.input_dropout > 0:  # every layer's mask for the global batch, in layer order
@@ -110,16 +112,16 @@ class RecipeStep:
         def backprop(k: int) -> None:
             losses[k] = self.backprop(x, y, inputs, keep, _half(rows, k), 1.0 / total)
 
-        self._both(backprop)
-        self._both(lambda k: self.gradients(inputs, rows, k))
+        self._halves(backprop)
+        self._halves(lambda k: self.gradients(inputs, rows, k))
         grads, loss = self.grad_w + self.grad_b, losses[0] + losses[1]
         if self.reducer is not None:  # sum over the ranks: the global batch's mean gradient
             grads, loss = self.reducer(self.comm, grads, loss, 1.0)
         params = net.weights + net.biases
         self.optimizer.begin()
-        self._both(lambda k: self.optimizer.update(params, grads, lr, half=k))
+        self._halves(lambda k: self.optimizer.update(params, grads, lr, half=k))
         if spec.max_norm > 0:  # over whole columns of w: after every row is updated
-            self._both(lambda k: self.limit_norms(k))
+            self._halves(lambda k: self.limit_norms(k))
         return float(loss)
 
     def backprop(
@@ -171,7 +173,7 @@ class RecipeStep:
         for w in self.network.weights:
             fused.max_norm(w[:, _half(w.shape[1], k)], self.spec.max_norm)
 
-    def _both(self, work: Callable[[int], None]) -> None:
+    def _halves(self, work: Callable[[int], None]) -> None:
         """work(0) and work(1): at once on two cores (the worker takes half 1), else in turn."""
         if self.worker is None:
             work(0)
@@ -187,9 +189,8 @@ class RecipeStep:
         self,
         x: np.ndarray,
         y: np.ndarray,
-        lrs: list[float],
+        lrs: Sequence[float],
         batch_size: int,
-        *,
         loss_sum: float = 0.0,
     ) -> float:
         """Consecutive batches of x (N, n_0), one per rate in lrs; returns loss_sum plus each
@@ -200,6 +201,14 @@ class RecipeStep:
                 rows = slice(k * batch_size, (k + 1) * batch_size)
                 total += self._step(x[rows], y[rows], lr)
         return total
+
+    def state(self) -> StepState:
+        arrays = self.optimizer.state_arrays()
+        return StepState(arrays, self.optimizer.step_count, self.dropout_counter)
+
+    def load_state(self, state: StepState) -> None:
+        self.optimizer.load_state(state.arrays, state.step_count)  # ValueError: does not fit
+        self.dropout_counter = state.dropout_counter
 
     @contextmanager
     def blas_threads(self) -> Iterator[None]:

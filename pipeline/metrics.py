@@ -1,16 +1,50 @@
-"""Classification metrics for the MNIST evaluator, in numpy only.
+"""Classification metrics, in numpy only: what training scores each epoch and the report shows.
 
-Everything is derived from one integer confusion matrix, so an evaluator can stream the test
-set batch by batch, add up `confusion_matrix` per batch, and call `classification_report` once
-at the end without ever holding all predictions in memory.
+Everything is derived from one integer confusion matrix, so a split is streamed batch by batch
+(`confusion_on`), `confusion_matrix` added up per batch, and `classification_report` called
+once at the end without ever holding all predictions in memory. Below both the trainer and
+the report, which share it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+
+EVAL_BATCH = 1000  # rows per forward pass when scoring a split
+
+
+@contextlib.contextmanager
+def inference() -> Iterator[None]:
+    """Scoring and predicting run their products on one BLAS thread: on a shared machine
+    OpenBLAS's threads wait on each other's cores (README, "Using the model": measured).
+    One rule for `evaluate` and `predict`, so the two compute the same bits for the same
+    batches."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+class Classifier(Protocol):
+    def predict(self, x: np.ndarray) -> np.ndarray: ...  # (B, features) -> (B,) classes
+
+
+class Split(Protocol):
+    def epoch(self, epoch: int) -> Iterable[tuple[np.ndarray, np.ndarray]]: ...
+
+
+def confusion_on(model: Classifier, split: Split, n_classes: int) -> np.ndarray:
+    """(classes, classes) counts of (true, predicted) over one streamed pass of a split."""
+    confusion = np.zeros((n_classes, n_classes), np.int64)
+    with inference():  # the bits `predict` computes too
+        for x, y in split.epoch(0):  # x (batch, features), y (batch, classes) one-hot
+            confusion += confusion_matrix(y.argmax(axis=1), model.predict(x), n_classes)
+    return confusion
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Data-parallel training over MPI: the communicator, the split of a batch, one gradient sum.
+"""The communicator: what data-parallel training over MPI needs, below every stage that uses it.
 
 N ranks (started by `mpiexec`, `srun` or an MPI Operator) each read the same epoch in the same
 order and take their contiguous share of every GLOBAL batch of `batch_size` rows, so the
@@ -14,11 +14,18 @@ after the SAME step, at no extra message: a signal cannot interrupt a rank waiti
 `Allreduce`, so the handler only raises the flag (`request_stop`) and the step raises `Stopped`
 on all ranks together. Rank 0 is the only writer of the run; a rank that fails on its own
 stops cleanly and then aborts the job (`abort`), so no rank waits forever for one that is gone.
+
+Before the first collective step of a command (`train`, `run`, `evaluate`) every rank must
+hold the same arguments: `agree` compares a digest of each rank's resolved config and data
+identity, and on a difference every rank refuses together (rank 0 names what differs; no
+abort is needed, as no rank is left waiting): ranks given different recipes would train
+silently wrong, and ranks given different epochs would leave one waiting forever.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any, Protocol
 
@@ -27,7 +34,6 @@ import numpy as np
 from pipeline.errors import ConfigError
 
 MODES = ("auto", "mpi", "off")
-MIN_ROWS_PER_RANK = 16  # below this a step is all message and no arithmetic
 EXTRA_HINT = "pip install 'mnist-pipeline[mpi]' (mpi4py and an MPI)"
 # set by MPI launchers in every rank's environment: MPICH/hydra, Intel MPI and Slurm's PMI
 # (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE); PMIx (srun --mpi=pmix) only names the rank
@@ -44,6 +50,7 @@ class Comm(Protocol):
     def allreduce_sum(self, buf: np.ndarray) -> None: ...  # in place, every rank gets the sum
     def barrier(self) -> None: ...
     def broadcast(self, obj: Any) -> Any: ...  # rank 0's object, on every rank
+    def allgather(self, obj: Any) -> list[Any]: ...  # every rank's object, in rank order
     def abort(self, code: int) -> None: ...  # ends every rank of the job
 
 
@@ -60,6 +67,9 @@ class Local:
 
     def broadcast(self, obj: Any) -> Any:
         return obj
+
+    def allgather(self, obj: Any) -> list[Any]:
+        return [obj]
 
     def abort(self, code: int) -> None:
         raise SystemExit(code)
@@ -90,6 +100,9 @@ class MPIComm:
     def broadcast(self, obj: Any) -> Any:
         return self._comm.bcast(obj, root=0)
 
+    def allgather(self, obj: Any) -> list[Any]:
+        return list(self._comm.allgather(obj))
+
     def abort(self, code: int) -> None:
         self._comm.Abort(code)
 
@@ -98,7 +111,16 @@ class Stopped(KeyboardInterrupt):
     """Every rank saw a stop request in the same step's sum: the job ends without an abort."""
 
 
-_stop = {"requested": False, "agreed": False}
+class Refused(Exception):
+    """A rank > 0's side of a refusal every rank reached together (`agree`): rank 0 raises
+    `error` itself and says it; this rank ends with the same outcome, quietly."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+_stop = {"requested": False, "agreed": False}  # agreed: every rank ends together, no abort
 
 
 def request_stop(signum: int, frame: object) -> None:
@@ -107,7 +129,46 @@ def request_stop(signum: int, frame: object) -> None:
 
 
 def stop_agreed() -> bool:
+    """Every rank is ending together (a stop in the same step, or a refusal by `agree`)."""
     return _stop["agreed"]
+
+
+def agree(comm: Comm, claims: dict[str, Any]) -> None:
+    """Every rank must hold the same `claims` (parameter -> value: the resolved config, the data
+    identity...) before the first collective step. One small message when they agree (a sha256
+    per rank); otherwise every rank refuses together: rank 0 raises a ConfigError naming the
+    first parameter that differs and the ranks' values, the others raise `Refused` with it."""
+    if comm.size == 1:
+        return
+    text = {name: json.dumps(value, sort_keys=True, default=str) for name, value in claims.items()}
+    mine = hashlib.sha256(json.dumps(text, sort_keys=True).encode()).hexdigest()
+    if len(set(comm.allgather(mine))) == 1:
+        return
+    every = comm.allgather(text)  # (size,) of {name: value as JSON}: small, once
+    rank, name = next(
+        (rank, name)
+        for rank, theirs in enumerate(every)
+        for name in [*every[0], *theirs]
+        if every[0].get(name) != theirs.get(name)
+    )
+    error = ConfigError(
+        f"rank {rank} has {_shown(every[rank].get(name))}; every rank must be started with "
+        "the same arguments and data",
+        param=name,
+        value=_shown(every[0].get(name)),
+    )
+    _stop["agreed"] = True  # no rank waits for another: the job ends without an abort
+    if comm.rank == 0:
+        raise error
+    raise Refused(error)
+
+
+def _shown(text: str | None) -> str:
+    """A claim's value as a message shows it: a string bare, anything else as JSON."""
+    if text is None:
+        return "none"
+    value = json.loads(text)
+    return value if isinstance(value, str) else text
 
 
 def launched_by_mpi(environ: dict[str, str] | None = None) -> bool:
@@ -144,19 +205,7 @@ def connect(mode: str) -> Comm:
         ) from None
 
 
-def check_batch(batch_size: int, comm: Comm) -> None:
-    """Refuse a batch too small to split: the original recipe (batch 3) stays one process."""
-    if comm.size > 1 and batch_size < MIN_ROWS_PER_RANK * comm.size:
-        raise ConfigError(
-            f"too small to split among {comm.size} ranks (data-parallel training needs at "
-            f"least {MIN_ROWS_PER_RANK} rows per rank, {MIN_ROWS_PER_RANK * comm.size} here); "
-            "run the original recipe (batch 3) in one process",
-            param="batch_size",
-            value=batch_size,
-        )
-
-
-def share(rows: int, rank: int, size: int) -> slice:
+def rows_of_rank(rows: int, rank: int, size: int) -> slice:
     """This rank's contiguous rows of a global batch: sizes differ by at most one."""
     base, extra = divmod(rows, size)
     start = rank * base + min(rank, extra)
@@ -191,37 +240,6 @@ class GradientSum:
             _stop["agreed"] = True
             raise Stopped
         return out, float(self.buf[-2])
-
-
-def network_steps(
-    comm: Comm,
-    network: Any,
-    reducer: GradientSum,
-    x: np.ndarray,
-    y: np.ndarray,
-    lr: float,
-    batch_size: int,
-    loss_sum: float = 0.0,
-) -> float:
-    """SGD steps over consecutive global batches of x (N, n_0), y (N, n_L), every rank holding
-    the same rows; this rank computes its share of each. Returns loss_sum plus each batch's
-    summed (global) loss, added one batch at a time."""
-    total = float(loss_sum)
-    for start in range(0, len(x), batch_size):
-        rows = min(batch_size, len(x) - start)
-        part = share(rows, comm.rank, comm.size)
-        mine = slice(start + part.start, start + part.stop)
-        if part.stop > part.start:
-            loss, grads_w, grads_b = network.backprop(x[mine], y[mine])
-        else:  # a last batch smaller than the world: this rank adds nothing
-            loss = 0.0
-            grads_w = [np.zeros_like(w) for w in network.weights]
-            grads_b = [np.zeros_like(b) for b in network.biases]
-        summed, loss = reducer(comm, [*grads_w, *grads_b], loss, (part.stop - part.start) / rows)
-        layers = len(grads_w)
-        network.update(summed[:layers], summed[layers:], lr)
-        total += loss
-    return total
 
 
 def digest(arrays: list[np.ndarray]) -> str:
