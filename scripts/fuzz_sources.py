@@ -1,15 +1,18 @@
-"""Fuzz the raw sources: mutated files through `pipeline prepare`, each outcome a clean success
-or exactly one `error:` line (exit 1, no traceback, no warning, nothing written).
+"""Fuzz the inputs the CLI reads: mutated files through `pipeline prepare` (csv, png, npz) and
+`pipeline evaluate --checkpoint` (checkpoint), each outcome a clean success or exactly one
+`error:` line (exit 1, no traceback, no warning, nothing written), within an RSS bound.
 
-    .venv/bin/python scripts/fuzz_sources.py --count 400 --seed 0 [--form csv] [--case 17]
+    .venv/bin/python scripts/fuzz_sources.py --count 400 --seed 0 [--form npz] [--case 17]
 
-A form (FORMS) writes a small good source once; each case copies it, applies one to three
-mutations drawn from the form's list to one of its files, and runs `pipeline prepare` on it in
-this process (typer's CliRunner). Case k of a form draws from its own seeded generator, so
-`--form F --case k` replays it (and keeps its files). Prints per form the outcome counts, the
-most frequent error kinds, the peak RSS of its cases and the most one case added to the RSS it
-started at; exits 1 if any case failed. A new form is one more `Form` in FORMS: a writer and
-its mutations (the byte-level ones, and running a case, are in fuzzlib.py).
+A form (FORMS) writes a small good input once (checkpoint: a run trained for an epoch); each
+case copies it, applies one to three mutations drawn from the form's list to one of its files,
+and runs its command on it in this process (typer's CliRunner). Case k of a form draws from its
+own seeded generator, so `--form F --case k` replays it (and keeps its files). Prints per form
+the outcome counts, the most frequent error kinds, the highest peak RSS of one case (the peak
+is reset before each) and the most one case added to the RSS it started at; a case adding more
+than --max-case-mib fails; exits 1 if any case failed. A new form is one more `Form` in FORMS:
+a writer and its mutations (the byte-level ones, and running a case, are in fuzzlib.py; the
+zip- and .npy-level ones in fuzzlib_npz.py).
 """
 
 from __future__ import annotations
@@ -28,7 +31,18 @@ from pathlib import Path
 import numpy as np
 from benchlib import table
 from fuzzlib import BYTES, Form, flip_bits, run_form, truncate
+from fuzzlib_npz import NPZ, npy_labels
 from PIL import Image
+
+from pipeline.data import prepare as data_prepare
+from pipeline.data import sources
+from pipeline.training import trainer
+from pipeline.training.config import TrainConfig
+
+
+def prepare(d: Path, spec: str) -> list[str]:
+    return ["prepare", "--out", str(d / "out"), "--source", spec]
+
 
 # --- csv: text-level mutations ----------------------------------------------------------------
 
@@ -102,7 +116,7 @@ def csv_whole(data: bytes, rng: random.Random) -> bytes:
             return _joined(lines)
 
 
-def write_csv(d: Path) -> tuple[str, list[Path]]:
+def write_csv(d: Path) -> tuple[list[str], list[Path]]:
     rng = np.random.default_rng(1)
     paths = []
     for split, n in (("train", 18), ("test", 6)):
@@ -112,7 +126,7 @@ def write_csv(d: Path) -> tuple[str, list[Path]]:
         path = d / f"digits_{split}.csv"
         path.write_text("\n".join(header + rows) + "\n")
         paths.append(path)
-    return "csv:" + ",".join(map(str, paths)), paths
+    return prepare(d, "csv:" + ",".join(map(str, paths))), paths
 
 
 # --- png: chunk-level mutations ----------------------------------------------------------------
@@ -185,7 +199,7 @@ def png_other(data: bytes, rng: random.Random) -> bytes:
     return buffer.getvalue()
 
 
-def write_png(d: Path) -> tuple[str, list[Path]]:
+def write_png(d: Path) -> tuple[list[str], list[Path]]:
     rng = np.random.default_rng(2)
     paths = []
     for split, n in (("train", 3), ("test", 1)):
@@ -195,12 +209,36 @@ def write_png(d: Path) -> tuple[str, list[Path]]:
                 path = d / split / cls / f"{k:03d}.png"
                 Image.fromarray(rng.integers(0, 256, (6, 6), np.uint8)).save(path)
                 paths.append(path)
-    return f"images:{d}", paths
+    return prepare(d, f"images:{d}"), paths
+
+
+# --- npz and checkpoint: zip- and .npy-level mutations (fuzzlib_npz.py) ---------------------
+
+
+def write_npz(d: Path) -> tuple[list[str], list[Path]]:
+    """A Keras-layout npz: x_train (12, 6, 6) uint8, y_train (12,) of 3 classes, 4 tests."""
+    images = np.random.default_rng(3).integers(0, 256, (12, 6, 6), np.uint8)
+    labels = (np.arange(12) % 3).astype(np.uint8)
+    path = d / "digits.npz"
+    np.savez(path, x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])
+    return prepare(d, f"npz:{path}"), [path]
+
+
+def write_checkpoint(d: Path) -> tuple[list[str], list[Path]]:
+    """A run trained for an epoch on the npz form's data; its checkpoint is mutated."""
+    _, (npz,) = write_npz(d)
+    raw = sources.load(f"npz:{npz}", name="digits")
+    shards = data_prepare.prepare(d / "shards", raw, shard_size=8).manifest
+    trainer.train(shards, d / "run", TrainConfig(hidden=(8,), epochs=1))
+    (checkpoint,) = (d / "run").glob("**/*.npz")
+    return ["evaluate", "--run-dir", str(d / "run"), "--checkpoint", str(checkpoint)], [checkpoint]
 
 
 FORMS = [
     Form("csv", write_csv, [*BYTES, csv_cell, csv_cell, csv_lines, csv_lines, csv_whole]),
     Form("png", write_png, [*BYTES, png_header, png_header, png_data, png_data, png_other]),
+    Form("npz", write_npz, [*BYTES, *NPZ, *NPZ, npy_labels, npy_labels, npy_labels]),
+    Form("checkpoint", write_checkpoint, [*BYTES, *NPZ, *NPZ]),
 ]
 
 
@@ -211,12 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--form", action="append", choices=[f.name for f in FORMS])
     parser.add_argument("--case", type=int, help="replay one case, keeping its files")
     parser.add_argument("--top", type=int, default=6, help="error kinds shown per form")
+    parser.add_argument("--max-case-mib", type=float, default=300.0, help="RSS one case may add")
     args = parser.parse_args(argv)
     forms = [f for f in FORMS if not args.form or f.name in args.form]
     scratch = Path(tempfile.mkdtemp(prefix="fuzz-sources-"))
     rows, failures = [], []
     for form in forms:
-        tally = run_form(form, args.count, args.seed, scratch, args.case)
+        tally = run_form(form, args.count, args.seed, scratch, args.case, args.max_case_mib)
         count = sum(tally.outcomes.values())
         rows.append(
             [form.name, str(count)]

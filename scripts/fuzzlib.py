@@ -1,10 +1,11 @@
 """What source fuzzing needs besides the forms: a `Form`, the byte-level mutations every form
-shares, and one case run through `pipeline prepare` in this process, its outcome classified
+shares, and one case run through the CLI in this process, its outcome classified
 (scripts/fuzz_sources.py runs the forms).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -25,7 +26,8 @@ Mutation = Callable[[bytes, random.Random], bytes]
 @dataclass(frozen=True)
 class Form:
     name: str
-    write: Callable[[Path], tuple[str, list[Path]]]  # a good source: its spec, files to mutate
+    # a good input written under a directory: the CLI's argv on it, the files to mutate
+    write: Callable[[Path], tuple[list[str], list[Path]]]
     mutations: Sequence[Mutation]
 
 
@@ -34,8 +36,8 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)  # ok, error, fail
     errors: Counter[str] = field(default_factory=Counter)  # error lines, numbers and paths out
     failures: list[str] = field(default_factory=list)
-    peak_mib: float = 0.0  # the process's peak RSS during the cases' `prepare`
-    growth_mib: float = 0.0  # the most one `prepare` raised it above the RSS it started at
+    peak_mib: float = 0.0  # the highest of the process's peak RSS during one case's command
+    growth_mib: float = 0.0  # the most one case's command raised it above the RSS it started at
     seconds: float = 0.0
 
 
@@ -92,8 +94,9 @@ BYTES: list[Mutation] = [
 # --- running ----------------------------------------------------------------------------------
 
 
-def outcome(stderr: str, exit_code: int, exception: BaseException | None, out: Path) -> str:
-    """ "ok", "error: <kind>", or "fail: <why>" for anything the contract does not allow."""
+def outcome(stderr: str, exit_code: int, exception: BaseException | None, wrote: list[str]) -> str:
+    """ "ok", "error: <kind>", or "fail: <why>" for anything the contract does not allow
+    (`wrote`: the files the command added)."""
     if exception is not None and not isinstance(exception, SystemExit):
         return f"fail: {type(exception).__name__}: {exception}"
     if exit_code == 0:
@@ -101,53 +104,65 @@ def outcome(stderr: str, exit_code: int, exception: BaseException | None, out: P
     lines = stderr.splitlines()
     if exit_code != 1 or len(lines) != 1 or not lines[0].startswith("error: "):
         return f"fail: exit {exit_code}, stderr {stderr[-400:]!r}"
-    if out.exists() and any(out.iterdir()):
-        return f"fail: wrote {sorted(p.name for p in out.iterdir())} and failed"
+    if wrote:
+        return f"fail: wrote {wrote} and failed"
     # the kind: the line without its paths and numbers
     return "error: " + re.sub(r"\S*/\S*|-?\d[\d,.e+-]*", "_", lines[0][len("error: ") :])
 
 
+def _files(d: Path) -> set[str]:
+    return {str(p.relative_to(d)) for p in d.rglob("*") if not p.is_dir()}
+
+
 def run_case(
-    form: Form, template: Path, seed: int, case: int, work: Path
+    form: Form, template: Path, seed: int, case: int, work: Path, max_mib: float
 ) -> tuple[str, str, float]:
-    """(outcome, what was done, how far `prepare` raised the RSS above its start, MiB) of case
-    `case`: a mutated copy, in `work`, of the form's good source under `template` (src/; its
-    spec and files in spec)."""
+    """(outcome, what was done, how far the command raised the RSS above its start, MiB) of
+    case `case`: a mutated copy, in `work`, of the form's good input under `template` (src/;
+    its argv and files in case.json). Raising it by more than `max_mib` is a failure too."""
     rng = random.Random(f"{seed}:{form.name}:{case}")
-    spec, *files = (template / "spec").read_text().splitlines()
+    spec = json.loads((template / "case.json").read_text())
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(template / "src", work / "src", symlinks=True)
-    target = work / "src" / rng.choice(files)
+    target = work / "src" / rng.choice(spec["files"])
     data, done = target.read_bytes(), []
     for _ in range(rng.randint(1, 3)):
         mutation = rng.choice(form.mutations)
         data = mutation(data, rng)
         done.append(mutation.__name__)
     target.write_bytes(data)
-    out = work / "out"
-    spec = spec.replace(str(template / "src"), str(work / "src"))
-    reset_peak_rss()  # the peak of `prepare` alone, not of the mutations before it
+    argv = [a.replace(str(template / "src"), str(work / "src")) for a in spec["argv"]]
+    before_files = _files(work / "src")
+    reset_peak_rss()  # the peak of this command alone, not of the cases or mutations before it
     before = rss_mib()
-    result = CliRunner().invoke(app, ["prepare", "--out", str(out), "--source", spec])
+    result = CliRunner().invoke(app, argv)
     growth = peak_rss_mib() - before
-    return (
-        outcome(result.stderr, result.exit_code, result.exception, out),
-        f"{target}: {done}",
-        growth,
-    )
+    wrote = sorted(_files(work / "src") - before_files)
+    verdict = outcome(result.stderr, result.exit_code, result.exception, wrote)
+    if growth > max_mib and not verdict.startswith("fail"):
+        verdict = f"fail: raised the RSS by {growth:.0f} MiB, more than {max_mib:.0f}"
+    return verdict, f"{target}: {done}", growth
 
 
-def run_form(form: Form, count: int, seed: int, scratch: Path, only: int | None = None) -> Tally:
-    """Cases 0..count-1 of `form` (or case `only`, its files kept) under `scratch`."""
+def run_form(
+    form: Form,
+    count: int,
+    seed: int,
+    scratch: Path,
+    only: int | None = None,
+    max_mib: float = 300.0,
+) -> Tally:
+    """Cases 0..count-1 of `form` (or case `only`, its files kept) under `scratch`; a case
+    whose command raises the RSS by more than `max_mib` fails."""
     template = scratch / f"{form.name}-template"
     (template / "src").mkdir(parents=True)
-    spec, files = form.write(template / "src")
+    argv, files = form.write(template / "src")
     names = [str(f.relative_to(template / "src")) for f in files]
-    (template / "spec").write_text("\n".join([spec, *names]) + "\n")
+    (template / "case.json").write_text(json.dumps({"argv": argv, "files": names}))
     tally, start = Tally(), time.perf_counter()
     for case in range(count) if only is None else [only]:
         work = scratch / (f"{form.name}-case-{case}" if only is not None else f"{form.name}-case")
-        result, what, growth = run_case(form, template, seed, case, work)
+        result, what, growth = run_case(form, template, seed, case, work, max_mib)
         tally.growth_mib = max(tally.growth_mib, growth)
         tally.peak_mib = max(tally.peak_mib, peak_rss_mib())
         kind = result.partition(":")[0]

@@ -1,17 +1,15 @@
 """CSV and image sources read as written (issue 19): a byte order mark is no header, pixels
 are typed by how the file writes them, a line's memory is bounded, an image's pixels are
-bounded by us, names that are not UTF-8; and the sources fuzzed (scripts/fuzz_sources.py).
+bounded by us, names that are not UTF-8; (tests/test_fuzz_sources.py fuzzes them).
 Broken forms refused with one line are in test_sources_broken.py.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from PIL import Image
 from pipeline.data import sources
 from pipeline.data.sources.images import MAX_PIXELS, read_image
 from pipeline.errors import SourceError
-from tests.conftest import REPO
 
 # 6 images of 2x2 pixels, labels 0, 1, 2, 0, 1, 2
 PIXELS = np.array([[0, 1, 128, 255], [1, 1, 0, 0], [3, 2, 1, 0]] * 2, np.uint8)
@@ -157,19 +154,3 @@ def test_read_image_is_one_file_to_uint8(tmp_path: Path) -> None:
     Image.new("1", (MAX_PIXELS + 1, 1)).save(tmp_path / "wide.png")
     with pytest.raises(SourceError, match=r"wide.png: 16777217x1 pixels, more than the 16,777,216"):
         read_image(tmp_path / "wide.png")
-
-
-def fuzz_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(REPO / "scripts")  # the script and its `benchlib`
-    return importlib.import_module("fuzz_sources")
-
-
-@pytest.mark.parametrize("form", ["csv", "png"])
-def test_fuzzed_sources_succeed_or_fail_in_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
-) -> None:
-    """A few seeded cases of scripts/fuzz_sources.py (the script runs hundreds)."""
-    fuzz = fuzz_script(monkeypatch)
-    tally = fuzz.run_form(next(f for f in fuzz.FORMS if f.name == form), 12, 19, tmp_path)
-    assert tally.failures == [] and sum(tally.outcomes.values()) == 12
-    assert tally.outcomes["error"] > 0  # the mutations do break things
