@@ -134,7 +134,7 @@ def test_keep_prunes_oldest_finished_never_latest_nor_held(tmp_path: Path, slice
     assert os.readlink(runs_dir / runs.LATEST) == oldest.name
     foreign = runs_dir / "2020-01-01-not-a-run"
     foreign.mkdir()
-    with run_lock.hold(second):  # a trigger working on it (same flock as another process's)
+    with run_lock.trigger_lock(second):  # a trigger working on it (same flock as another process's)
         assert runs.prune(runs_dir, keep=1) == [third]
     assert runs.prune(runs_dir, keep=1) == [second]
     assert [p.name for p in runs._ours(runs_dir)] == [oldest.name, newest.name]

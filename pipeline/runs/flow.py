@@ -98,7 +98,7 @@ def shard_set(job: Job, events: Events) -> tuple[Manifest, bool]:
         command=job.command,
         on_progress=lambda split, samples: events.emit(PREPARED, split=split, samples=samples),
     )
-    return integrity.hold(result.manifest), True  # read under the reader lock, as a found set
+    return integrity.under_reader_lock(result.manifest), True  # read under the reader lock, as a found set
 
 
 def open_set(job: Job, events: Events, comm: Comm) -> tuple[Manifest, bool]:
