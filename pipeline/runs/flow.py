@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.data import MANIFEST, Manifest
 from pipeline.errors import ConfigError
 from pipeline.events import EVALUATED, PREPARED, PREPARING, SAY, TRAINED, UP_TO_DATE, Events
 from pipeline.training.config import TrainConfig
 
 if TYPE_CHECKING:
-    from pipeline.data.shards import Manifest
     from pipeline.report.evaluate import Evaluation
     from pipeline.communicator import Comm
     from pipeline.training.trainer import TrainResult
@@ -68,11 +68,10 @@ def shard_set(job: Job, events: Events) -> tuple[Manifest, bool]:
     lock while it lives: train and evaluate read through it."""
     from pipeline.data import integrity, sources
     from pipeline.data.prepare import prepare
-    from pipeline.data.shards import MANIFEST, load_manifest
 
     directory = job.shards
     if (directory / MANIFEST).exists():  # a set is there: use it, never replace it
-        manifest = load_manifest(directory)  # damaged: the error says what and where
+        manifest = integrity.open_set(directory)  # damaged: the error says what and where
         built_from = manifest.raw.get("source", {}).get("spec")
         if job.source is not None and built_from != sources.resolve(job.source):
             raise ConfigError(

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.shards import Manifest
+from pipeline.data import Manifest
 from pipeline.errors import ConfigError, OutputError
 from pipeline.fsutil import atomic_write_bytes, fsync
 from pipeline.runs.lock import RunBusyError, is_held, runs_dir_lock, trigger_lock
