@@ -574,7 +574,7 @@ def read_only_digest(directory: Path) -> str:
 READ_AS_NOBODY = f"""from __future__ import annotations
 import hashlib, os, sys
 from pathlib import Path
-from pipeline.data.loader import Loader
+from pipeline.data import Loader, open_set
 {textwrap.dedent(inspect.getsource(epoch_digest))}
 {textwrap.dedent(inspect.getsource(read_only_digest))}
 directory = Path(sys.argv[1])
@@ -672,7 +672,7 @@ def test_file_locking_can_be_turned_off(small: EncodedSet, tmp_path: Path) -> No
         # the environment variable has the same effect on a loader with locking on
         env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
         script = (
-            "import sys; from pathlib import Path; from pipeline.data import shards;"
+            "import sys; from pathlib import Path; from pipeline.data import open_set;"
             " from pipeline.data.loader import Loader;"
             " m = open_set(Path(sys.argv[1]));"
             " print(sum(len(x) for x, _ in Loader(m, 'train', batch_size=7).epoch(0)))"

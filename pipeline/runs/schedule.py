@@ -78,7 +78,7 @@ def trigger(spec: Trigger, events: Events | None = None, comm: Comm = LOCAL) -> 
     if spec.train_only:  # train never prepares: the set must be there
         manifest = open_set(data)
     else:
-        manifest, _ = flow.open_set(spec.job, events, comm)
+        manifest, _ = flow.open_set(spec.job, events, comm, any_source=True)
     events.emit(DATA, path=str(data), dataset=manifest.name, identity=manifest.identity)
     return _bring_up_to_date(spec, manifest, events, comm)
 
