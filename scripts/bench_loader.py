@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from benchlib import peak_rss_mib, rss_mib, table
 
-from pipeline.data import prepare, shards, sources
+from pipeline.data import Manifest, open_set, prepare, shards, sources
 from pipeline.data.loader import Loader
 
 SPLIT = "train"
@@ -47,7 +47,7 @@ RSS_BATCH = 128
 # --- 1. throughput ----------------------------------------------------------------------
 
 
-def loader_sps(manifest: shards.Manifest, batch: int, shuffle: bool, repeats: int) -> float:
+def loader_sps(manifest: Manifest, batch: int, shuffle: bool, repeats: int) -> float:
     loader = Loader(manifest, SPLIT, batch_size=batch, shuffle=shuffle, seed=0)
     best = float("inf")
     for epoch in range(repeats):
@@ -59,7 +59,7 @@ def loader_sps(manifest: shards.Manifest, batch: int, shuffle: bool, repeats: in
     return samples / best
 
 
-def h5py_sps(manifest: shards.Manifest, repeats: int) -> float:
+def h5py_sps(manifest: Manifest, repeats: int) -> float:
     """The storage's own speed: the file-order loader's reads alone (same 4,096-row blocks,
     fletcher32 checked), in this thread, with no queue and no batching."""
     block = 16 * shards.CHUNK_ROWS
@@ -88,7 +88,7 @@ def memory_sps(x: np.ndarray, y: np.ndarray, batch: int, repeats: int) -> float:
     return samples / best
 
 
-def throughput(sets: dict[str, shards.Manifest], raw: sources.RawDataset, repeats: int) -> bool:
+def throughput(sets: dict[str, Manifest], raw: sources.RawDataset, repeats: int) -> bool:
     """Print the table; True when the file-order (default) loader meets the bound."""
     data = raw.splits[SPLIT]
     x = np.divide(data.images, np.float32(255), dtype=np.float32)  # (60000, 784), whole
@@ -153,7 +153,7 @@ def reader_thread() -> threading.Thread:
     return reader
 
 
-def gil(manifest: shards.Manifest) -> None:
+def gil(manifest: Manifest) -> None:
     """Python-loop speed in the main thread, alone and while the reader thread reads.
 
     The loader gets a queue deep enough for the whole epoch, so its reader thread reads
@@ -222,7 +222,7 @@ def gil(manifest: shards.Manifest) -> None:
 # --- 3. memory --------------------------------------------------------------------------
 
 
-def tiled_set(out: Path, raw: sources.RawDataset, scratch: Path) -> shards.Manifest:
+def tiled_set(out: Path, raw: sources.RawDataset, scratch: Path) -> Manifest:
     """MNIST's train split TILES times over, prepared as a shard set by the real prepare stage.
 
     The tiled raw images go to a memory-mapped file, so building the set never holds them.
@@ -252,7 +252,7 @@ def tiled_set(out: Path, raw: sources.RawDataset, scratch: Path) -> shards.Manif
 
 def stream_child(directory: Path, shuffle: bool) -> None:
     """In a fresh process: stream one epoch, print the memory figures as JSON."""
-    manifest = shards.load_manifest(directory)
+    manifest = open_set(directory)
     before = rss_mib()
     samples = 0
     for x, _ in Loader(manifest, SPLIT, batch_size=RSS_BATCH, shuffle=shuffle).epoch(0):
@@ -271,7 +271,7 @@ def measure_rss(directory: Path, shuffle: bool) -> dict[str, float]:
     return report
 
 
-def memory(mnist: shards.Manifest, big: shards.Manifest) -> None:
+def memory(mnist: Manifest, big: Manifest) -> None:
     header = ("order", "MNIST peak RSS MiB", f"{TILES}x set peak RSS MiB", "ratio", "samples")
     rows = []
     for shuffle in (False, True):

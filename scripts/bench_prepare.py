@@ -23,8 +23,8 @@ from typing import Any
 import benchlib
 from benchlib import peak_rss_mib
 
+from pipeline.data import Compression
 from pipeline.data.prepare import DEFAULT_SHARD_SIZE
-from pipeline.data.shards import Compression
 
 DEFAULT_COMPRESSION = "none"  # what `pipeline prepare` uses without --compression
 LIMIT_SECONDS = 10.0  # the bound for a default prepare of the full MNIST

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.communicator import LOCAL
-from pipeline.data import integrity, prepare, shards, sources
+from pipeline.data import Manifest, integrity, prepare, sources
 from pipeline.data.loader import Loader
 from pipeline.nn.network import Network
 from pipeline.training import trainer as train
@@ -57,7 +57,7 @@ def reference_epochs(epochs: int) -> list[float]:
     return [b - a for a, b in zip([0.0, *totals[:-1]], totals, strict=True)]
 
 
-def loader_overhead(manifest: shards.Manifest, repeats: int) -> tuple[float, float]:
+def loader_overhead(manifest: Manifest, repeats: int) -> tuple[float, float]:
     """Best seconds for one training epoch fed by the loader vs from in-memory arrays."""
     config = TrainConfig()
     loader = Loader(manifest, "train", batch_size=config.batch_size)
@@ -103,7 +103,7 @@ def open_costs(directory: Path) -> tuple[float, float]:
     return cold, warm
 
 
-def torch_epoch(manifest: shards.Manifest) -> float | None:
+def torch_epoch(manifest: Manifest) -> float | None:
     """Seconds for one epoch of the same recipe in PyTorch (float32, CPU), or None."""
     try:
         import torch

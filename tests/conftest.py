@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.data import prepare, shards, sources
+from pipeline.data import MANIFEST, Manifest, open_set, prepare, sources
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(__file__).resolve().parents[1] / "pipeline" / "data" / "mnist"
@@ -115,16 +115,14 @@ def mnist_slice_idx(
 @pytest.fixture(scope="session")
 def mnist_shards(
     tmp_path_factory: pytest.TempPathFactory, real_mnist: sources.RawDataset
-) -> shards.Manifest:
+) -> Manifest:
     """The full real MNIST prepared once per session (read-only for the tests using it)."""
     out = tmp_path_factory.mktemp("mnist-shards")
     return prepare.prepare(out, real_mnist).manifest
 
 
 @pytest.fixture(scope="session")
-def slice_shards(
-    tmp_path_factory: pytest.TempPathFactory, mnist_slice_idx: Path
-) -> shards.Manifest:
+def slice_shards(tmp_path_factory: pytest.TempPathFactory, mnist_slice_idx: Path) -> Manifest:
     """The 3,000/1,000 real-MNIST slice prepared with 1,000-sample shards."""
     out = tmp_path_factory.mktemp("slice-shards")
     raw = sources.load(
@@ -180,9 +178,9 @@ def mount_tmpfs() -> Iterator[Callable[[Path, str], bool]]:
 
 def assert_clean(directory: Path) -> None:
     """Only the manifest, the lock and the shards the manifest lists: no orphan, no tmp."""
-    manifest = shards.load_manifest(directory)
+    manifest = open_set(directory)
     listed = {s.file for split in manifest.splits.values() for s in split.shards}
-    assert {p.name for p in directory.iterdir()} == {shards.MANIFEST, ".lock", *listed}
+    assert {p.name for p in directory.iterdir()} == {MANIFEST, ".lock", *listed}
 
 
 def flip_chunk_byte(path: Path, dataset: str, chunk: int) -> None:
@@ -239,7 +237,7 @@ def warm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def deploy_runs(
-    tmp_path_factory: pytest.TempPathFactory, slice_shards: shards.Manifest
+    tmp_path_factory: pytest.TempPathFactory, slice_shards: Manifest
 ) -> dict[str, Path]:
     """Three briefly trained models (one epoch on the 3,000-image slice) for predict and
     export: the original recipe (sigmoid, MSE), `fast` (ReLU, softmax) and a 3-layer tanh."""

@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from pipeline.cli import app
-from pipeline.data.shards import load_manifest
+from pipeline.data import open_set
 from tests.conftest import idx_bytes
 
 TINY = ["--epochs", "2", "--hidden", "16", "--batch-size", "10"]
@@ -81,7 +81,7 @@ def test_train_and_evaluate_any_shape(tmp_path, make, shape: list[int], classes:
     run_dir = tmp_path / "run"
     invoke("run", "--run-dir", run_dir, "--source", source, "--val-fraction", "0.25", *TINY)
 
-    manifest = load_manifest(run_dir / "shards")
+    manifest = open_set(run_dir / "shards")
     assert manifest.image_shape == shape
     assert manifest.n_classes == classes
     assert set(manifest.splits) == {"train", "val", "test"}
@@ -112,10 +112,10 @@ def test_run_reuses_its_val_split_and_refuses_another(tmp_path: Path) -> None:
         *TINY,
     ]
     invoke(*args)
-    identity = load_manifest(run_dir / "shards").identity
+    identity = open_set(run_dir / "shards").identity
     again = invoke(*args)
     assert "already holds" in again.stdout
-    assert load_manifest(run_dir / "shards").identity == identity
+    assert open_set(run_dir / "shards").identity == identity
     other = CliRunner().invoke(app, [str(a) for a in args[:5]] + ["--val-fraction", "0.5", *TINY])
     assert other.exit_code == 1
     assert other.stderr.startswith("error: ") and other.stderr.count("\n") == 1
@@ -127,7 +127,7 @@ def test_show_summarizes_and_draws(tmp_path: Path) -> None:
     invoke("prepare", "--out", tmp_path / "shards", "--source", source, "--val-fraction", "0.2")
     grid = tmp_path / "grid.png"
     result = invoke("show", tmp_path / "shards", "--grid", grid, "--per-class", "3")
-    manifest = load_manifest(tmp_path / "shards")
+    manifest = open_set(tmp_path / "shards")
     assert "rgb: 32x32x3 images, 10 classes" in result.stdout
     assert manifest.identity[:16] in result.stdout
     assert f"images:{(tmp_path / 'rgb').resolve()}" in result.stdout

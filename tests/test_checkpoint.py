@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data.shards import Manifest
+from pipeline.data import Manifest
 from pipeline.errors import CheckpointError
 from pipeline.training import checkpoint
 from pipeline.training import trainer as train

@@ -25,7 +25,7 @@ from pipeline import __version__
 from pipeline.cli import app
 from pipeline.cli.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, FLAGS
 from pipeline.cli.options import HELP, NOT_OPTIONS
-from pipeline.data.shards import Manifest
+from pipeline.data import Manifest
 from pipeline.errors import ConfigError
 from pipeline.runs import store as runs
 from pipeline.training import checkpoint

@@ -21,7 +21,7 @@ from typer.testing import CliRunner, Result
 
 from pipeline import fsutil
 from pipeline.cli import app
-from pipeline.data import shards, sources
+from pipeline.data import MANIFEST, Manifest, ShardInfo, open_set, sources
 from tests.conftest import (
     REPO,
     assert_clean,
@@ -116,8 +116,8 @@ def test_a_warning_is_a_json_object_with_json_logs(tmp_path: Path, small_idx: Pa
     assert warning["event"] == "warning" and "train-00007-0123abcd.h5" in warning["message"]
 
 
-def manifest(out: Path, split: str) -> list[shards.ShardInfo]:
-    return shards.load_manifest(out).split(split).shards
+def manifest(out: Path, split: str) -> list[ShardInfo]:
+    return open_set(out).split(split).shards
 
 
 @pytest.mark.parametrize("compression", ["none", "lzf", "gzip"])
@@ -127,7 +127,7 @@ def test_prepare_compression_option(tmp_path: Path, small_idx: Path, compression
         "prepare", "--out", out, "--source", f"idx:{small_idx}", "--compression", compression
     )
     assert result.exit_code == 0, result.stderr
-    assert shards.load_manifest(out).compression == compression
+    assert open_set(out).compression == compression
     assert invoke("verify", out).exit_code == 0
 
 
@@ -139,7 +139,7 @@ def test_prepare_fashion_mnist(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert "fashionmnist shard set" in result.stdout
 
-    manifest = shards.load_manifest(out)
+    manifest = open_set(out)
     assert manifest.name == "fashionmnist"
     assert manifest.classes == [
         "T-shirt/top",
@@ -180,7 +180,7 @@ def test_prepare_as_a_real_process_records_its_command(tmp_path: Path, small_idx
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert "\x1b[" not in done.stdout  # plain output in a pipe: no escape sequences, no bar
-    doc = json.loads((out / shards.MANIFEST).read_text())
+    doc = json.loads((out / MANIFEST).read_text())
     expected = "pipeline " + " ".join(args)
     assert doc["provenance"]["command"] == expected
     for shard in doc["splits"]["train"]["shards"]:
@@ -420,17 +420,17 @@ def test_verify_counts_every_problem(prepared: Path) -> None:
 @pytest.mark.parametrize("content", [None, "[]", '{"schema_version": 2}'])
 def test_verify_a_directory_without_a_valid_manifest(prepared: Path, content: str | None) -> None:
     if content is None:
-        (prepared / shards.MANIFEST).unlink()
+        (prepared / MANIFEST).unlink()
     else:
-        (prepared / shards.MANIFEST).write_text(content)
-    assert_error(invoke("verify", prepared), prepared / shards.MANIFEST)
+        (prepared / MANIFEST).write_text(content)
+    assert_error(invoke("verify", prepared), prepared / MANIFEST)
 
 
 def test_verify_a_missing_directory(tmp_path: Path) -> None:
     assert_error(invoke("verify", tmp_path / "none"), tmp_path / "none")
 
 
-def test_verify_the_real_mnist(mnist_shards: shards.Manifest) -> None:
+def test_verify_the_real_mnist(mnist_shards: Manifest) -> None:
     result = invoke("verify", mnist_shards.directory)
     assert result.exit_code == 0, result.stderr
     rows = table_rows(result.stdout)

@@ -16,8 +16,7 @@ from typer.testing import CliRunner, Result
 
 from pipeline import events, fsutil
 from pipeline.cli import app
-from pipeline.data import integrity, manifest_file, shards
-from pipeline.data.shards import Manifest, ShardInfo
+from pipeline.data import Manifest, ShardInfo, integrity, manifest_file, open_set
 from pipeline.events import EPOCH_STARTED, Event, Events
 from pipeline.runs import flow as job
 from pipeline.training.config import TrainConfig
@@ -234,7 +233,7 @@ def test_a_run_that_writes_its_set_parses_it_once_and_reads_it_under_the_lock(
     assert opened.parsed == [data]  # the manifest it wrote, parsed as written, and no more
     assert opened.checked == []  # its shards were hashed as they were written
     assert probe.free == [False, False]  # train read them under the reader lock
-    assert result.manifest.identity == shards.load_manifest(data).identity
+    assert result.manifest.identity == open_set(data).identity
 
 
 def test_one_stream_tells_the_run_in_the_vocabulary(slice_shards: Manifest, tmp_path: Path) -> None:

@@ -206,17 +206,24 @@ def compose_trigger(
     host: Host, volumes: dict[str, Path], view: Callable[[Path], Path], target: str = "runs"
 ) -> list[subprocess.CompletedProcess[str]]:
     """`docker compose up` (or `run --rm job`): each service once, stopping at a failure."""
+
+    def mounts_of(name: str) -> dict[str, Path]:
+        mounts = {}
+        for volume in COMPOSE["services"][name]["volumes"]:
+            source, inside, *mode = interpolate(volume, {}).split(":")
+            directory = volumes[source]
+            mounts[inside] = view(directory) if mode == ["ro"] else directory
+        return mounts
+
+    # a container path is the same string in every service (`PIPELINE_SOURCE=idx:/raw` names
+    # the set's source also where /raw is not mounted): each maps to one host path everywhere
+    everywhere = {k: v for name in chain(target) for k, v in mounts_of(name).items()}
     done = []
     for name in chain(target):
         service = COMPOSE["services"][name]
         assert service["restart"] == "no" and service["read_only"] is True
-        mounts = {}
-        for volume in service["volumes"]:
-            source, inside, *mode = interpolate(volume, {}).split(":")
-            directory = volumes[source]
-            mounts[inside] = view(directory) if mode == ["ro"] else directory
         env = {k: interpolate(v, SETTINGS) for k, v in service["environment"].items()}
-        done.append(host.run(service["command"], env, mounts))
+        done.append(host.run(service["command"], env, {**everywhere, **mounts_of(name)}))
         assert done[-1].returncode == 0, (name, done[-1].stdout, done[-1].stderr)
     return done
 

@@ -25,7 +25,7 @@ from typer.testing import CliRunner, Result
 
 from pipeline import fsutil
 from pipeline.cli import app
-from pipeline.data import prepare, shards, sources
+from pipeline.data import open_set, prepare, sources
 from pipeline.data.loader import Loader
 from pipeline.data.manifest import MANIFEST, identity_of
 from pipeline.errors import ShardCorruptError, ShardSetError
@@ -290,13 +290,13 @@ def test_the_loader_reads_only_the_file_that_was_verified(tmp_path: Path, tiny: 
     """A shard replaced after the set was opened (and verified) is refused when the loader
     opens it, even with identical bytes: it is not the file that was checked."""
     data = Path(shutil.copytree(tiny[0], tmp_path / "set"))
-    manifest = shards.load_manifest(data)
+    manifest = open_set(data)
     victim = manifest.path(manifest.split("train").shards[1])
     shutil.copyfile(victim, tmp_path / "copy.h5")
     os.replace(tmp_path / "copy.h5", victim)  # same bytes, another inode
     with pytest.raises(ShardCorruptError, match=f"{victim}: changed since the set was opened"):
         list(Loader(manifest, "train", batch_size=7).epoch(0))
-    assert shards.load_manifest(data).identity == manifest.identity  # reopened: fine
+    assert open_set(data).identity == manifest.identity  # reopened: fine
 
 
 def test_a_verified_result_is_cached_outside_the_set_and_keyed_by_the_file(
@@ -305,11 +305,11 @@ def test_a_verified_result_is_cached_outside_the_set_and_keyed_by_the_file(
     data = Path(shutil.copytree(tiny[0], tmp_path / "set"))
     cache = Path(os.environ["PIPELINE_CACHE_DIR"])
     before = set(cache.rglob("*"))
-    shards.load_manifest(data)  # a copy: new inodes, so new entries
+    open_set(data)  # a copy: new inodes, so new entries
     added = {p for p in set(cache.rglob("*")) - before if p.is_file()}
     assert len(added) == 3  # one per shard
     names = {p.name for p in data.iterdir()}
-    shards.load_manifest(data)
+    open_set(data)
     assert {p for p in set(cache.rglob("*")) - before if p.is_file()} == added
     assert {p.name for p in data.iterdir()} == names  # nothing written into the set
 
@@ -392,7 +392,7 @@ def test_an_empty_train_split_is_called_empty(tmp_path: Path, tiny: Any) -> None
     line = outcome(invoke(*TRAIN, "--data", data, "--run-dir", tmp_path / "run"))
     assert line.startswith(f"error: {data}") and "empty" in line and "consumers" not in line
     with pytest.raises(ShardSetError, match=f"{data}: split 'train' is empty"):
-        Loader(shards.load_manifest(data), "train", batch_size=1)
+        Loader(open_set(data), "train", batch_size=1)
 
 
 def test_prepare_onto_an_up_to_date_set_on_a_read_only_volume_does_nothing(

@@ -13,7 +13,7 @@ import typer
 import yaml
 
 from pipeline.cli import app
-from pipeline.data.shards import Manifest
+from pipeline.data import Manifest
 from tests.test_distributed import BIN, MPIEXEC
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 
 from pipeline import communicator
-from pipeline.data import prepare, sources
-from pipeline.data.shards import Manifest
+from pipeline.data import Manifest, prepare, sources
 from pipeline.errors import ConfigError
 from pipeline.training import checkpoint
 from pipeline.training import trainer as train

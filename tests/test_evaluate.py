@@ -18,8 +18,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from pipeline.cli.app import EXIT_ERROR, EXIT_GATE, app
-from pipeline.data import prepare, sources
-from pipeline.data.shards import MANIFEST, Manifest
+from pipeline.data import MANIFEST, Manifest, prepare, sources
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
 from pipeline.fsutil import sha256_file
 from pipeline.report import evaluate

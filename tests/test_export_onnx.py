@@ -16,8 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
-from pipeline.data import sources
-from pipeline.data.shards import Manifest
+from pipeline.data import Manifest, sources
 from pipeline.deploy.model import Model
 from pipeline.deploy.onnx_export import OPSET, export_onnx
 from tests.conftest import REPO

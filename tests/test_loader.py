@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.data import integrity, prepare, shards, sources
+from pipeline.data import MANIFEST, Manifest, integrity, open_set, prepare, sources
 from pipeline.data.loader import Batch, Loader, LoaderState
 from pipeline.errors import ConfigError, ShardCorruptError, ShardSetError
 from tests.conftest import write_idx_dir
@@ -45,7 +45,7 @@ BIG_BATCH = 100  # 4,096-row blocks: batch 40 straddles the first block boundary
 
 @dataclass(frozen=True)
 class EncodedSet:
-    manifest: shards.Manifest
+    manifest: Manifest
     images: np.ndarray  # (train samples, 784) uint8, the raw train images in file order
 
 
@@ -132,7 +132,7 @@ def open_hdf5_files() -> int:
     return int(h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE))
 
 
-def copy_set(manifest: shards.Manifest, to: Path) -> Path:
+def copy_set(manifest: Manifest, to: Path) -> Path:
     shutil.copytree(manifest.directory, to)
     return to
 
@@ -178,7 +178,7 @@ def test_file_order_without_shuffle_is_the_raw_order_exactly(
 
 
 def test_file_order_on_real_mnist_pixels(
-    slice_shards: shards.Manifest, real_mnist: sources.RawDataset
+    slice_shards: Manifest, real_mnist: sources.RawDataset
 ) -> None:
     train = real_mnist.splits["train"]
     batches = batches_of(Loader(slice_shards, "train", batch_size=7))
@@ -283,7 +283,7 @@ def test_resume_yields_exactly_the_remaining_batches(
     for k in ks:
         saved = json.loads(json.dumps(dataclasses.asdict(loader.state(epoch, k))))
         # a new process: the manifest read again, a fresh loader, the state from a checkpoint
-        fresh = Loader(shards.load_manifest(s.manifest.directory), "train", **options)  # type: ignore[arg-type]
+        fresh = Loader(open_set(s.manifest.directory), "train", **options)  # type: ignore[arg-type]
         rest = list(fresh.resume(LoaderState(**saved)))
         assert_same_batches(rest, whole[k:])
 
@@ -454,11 +454,11 @@ def test_a_corrupted_shard_is_reported_by_name_in_the_consumer(
     small: EncodedSet, tmp_path: Path, dataset: str, shuffle: bool
 ) -> None:
     directory = copy_set(small.manifest, tmp_path / "set")
-    manifest = shards.load_manifest(directory)  # opened (and verified) before the damage
+    manifest = open_set(directory)  # opened (and verified) before the damage
     victim = manifest.path(manifest.splits["train"].shards[5])
     flip_a_byte_in_a_chunk(victim, dataset, 0)
     with pytest.raises(ShardCorruptError, match=f"{victim.name}: sha256 differs"):
-        shards.load_manifest(directory)  # opened after it: refused at once
+        open_set(directory)  # opened after it: refused at once
 
     baseline = open_hdf5_files()
     loader = Loader(manifest, "train", batch_size=7, shuffle=shuffle, seed=0)
@@ -476,7 +476,7 @@ def test_a_corrupted_shard_is_reported_by_name_in_the_consumer(
 
 
 def edit_manifest(directory: Path, change: object) -> None:
-    path = directory / shards.MANIFEST
+    path = directory / MANIFEST
     doc = json.loads(path.read_text())
     change(doc)  # type: ignore[operator]
     path.write_text(json.dumps(doc))
@@ -486,10 +486,10 @@ def test_a_missing_or_resized_shard_is_refused_by_name(small: EncodedSet, tmp_pa
     directory = copy_set(small.manifest, tmp_path / "set")
     victim = directory / small.manifest.splits["train"].shards[3].file
 
-    manifest = shards.load_manifest(directory)
+    manifest = open_set(directory)
     victim.rename(victim.with_suffix(".away"))
     with pytest.raises(ShardSetError, match=victim.name):
-        shards.load_manifest(directory)
+        open_set(directory)
     # removed after the manifest was checked: reported by name when the loader reaches it
     with pytest.raises(ShardSetError, match=victim.name):
         batches_of(Loader(manifest, "train", batch_size=7))
@@ -499,7 +499,7 @@ def test_a_missing_or_resized_shard_is_refused_by_name(small: EncodedSet, tmp_pa
     with victim.open("ab") as fh:
         fh.write(b"\0")
     with pytest.raises(ShardSetError, match=victim.name):
-        shards.load_manifest(directory)
+        open_set(directory)
 
 
 @pytest.mark.parametrize(
@@ -524,17 +524,17 @@ def test_a_manifest_the_pipeline_does_not_understand_is_refused(
     directory = copy_set(small.manifest, tmp_path / "set")
     edit_manifest(directory, change)
     with pytest.raises(ShardSetError, match=needle):
-        shards.load_manifest(directory)
+        open_set(directory)
 
 
 def test_a_manifest_that_is_not_json_is_refused(small: EncodedSet, tmp_path: Path) -> None:
     directory = copy_set(small.manifest, tmp_path / "set")
-    (directory / shards.MANIFEST).write_bytes(b'{"schema_version": 1, "name": ')
+    (directory / MANIFEST).write_bytes(b'{"schema_version": 1, "name": ')
     with pytest.raises(ShardSetError, match="not valid JSON"):
-        shards.load_manifest(directory)
-    (directory / shards.MANIFEST).unlink()
+        open_set(directory)
+    (directory / MANIFEST).unlink()
     with pytest.raises(ShardSetError, match="missing"):
-        shards.load_manifest(directory)
+        open_set(directory)
 
 
 # --- read-only directories, file locking, fork ------------------------------------------
@@ -563,9 +563,7 @@ def read_only_digest(directory: Path) -> str:
     """A digest of a file-order and a shuffled epoch read from the shard set in `directory`."""
     digests = []
     for shuffle in (False, True):
-        loader = Loader(
-            shards.load_manifest(directory), "train", batch_size=7, shuffle=shuffle, seed=1
-        )
+        loader = Loader(open_set(directory), "train", batch_size=7, shuffle=shuffle, seed=1)
         digests.append(epoch_digest(loader.epoch(0)))
     return hashlib.sha256(" ".join(digests).encode()).hexdigest()
 
@@ -576,8 +574,7 @@ def read_only_digest(directory: Path) -> str:
 READ_AS_NOBODY = f"""from __future__ import annotations
 import hashlib, os, sys
 from pathlib import Path
-from pipeline.data import shards
-from pipeline.data.loader import Loader
+from pipeline.data import Loader, open_set
 {textwrap.dedent(inspect.getsource(epoch_digest))}
 {textwrap.dedent(inspect.getsource(read_only_digest))}
 directory = Path(sys.argv[1])
@@ -617,7 +614,7 @@ def test_a_read_only_shard_directory_works(
             (mounted / "probe").write_bytes(b"")
         assert refused.value.errno == errno.EROFS
         assert read_only_digest(mounted) == expected
-        unlocked = Loader(shards.load_manifest(mounted), "train", batch_size=7, locking=False)
+        unlocked = Loader(open_set(mounted), "train", batch_size=7, locking=False)
         assert epoch_digest(unlocked.epoch(0)) == epoch_digest(
             Loader(small.manifest, "train", batch_size=7).epoch(0)
         )
@@ -658,7 +655,7 @@ def test_file_locking_can_be_turned_off(small: EncodedSet, tmp_path: Path) -> No
     NFS mounts), where HDF5 would otherwise fail to open any shard. Shown here with a lock
     that is really held: another process has a shard open for writing."""
     directory = copy_set(small.manifest, tmp_path / "set")
-    manifest = shards.load_manifest(directory)
+    manifest = open_set(directory)
     held = manifest.path(manifest.splits["train"].shards[0])
     expected = batches_of(Loader(manifest, "train", batch_size=7))
     holder = subprocess.Popen(
@@ -675,9 +672,9 @@ def test_file_locking_can_be_turned_off(small: EncodedSet, tmp_path: Path) -> No
         # the environment variable has the same effect on a loader with locking on
         env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
         script = (
-            "import sys; from pathlib import Path; from pipeline.data import shards;"
+            "import sys; from pathlib import Path; from pipeline.data import open_set;"
             " from pipeline.data.loader import Loader;"
-            " m = shards.load_manifest(Path(sys.argv[1]));"
+            " m = open_set(Path(sys.argv[1]));"
             " print(sum(len(x) for x, _ in Loader(m, 'train', batch_size=7).epoch(0)))"
         )
         child = subprocess.run(

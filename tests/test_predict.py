@@ -15,9 +15,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
-from pipeline.data import sources
+from pipeline.data import Manifest, sources
 from pipeline.data.loader import Loader
-from pipeline.data.shards import Manifest
 from pipeline.deploy import inputs
 from pipeline.deploy.model import Model
 from pipeline.errors import CheckpointError, SourceError

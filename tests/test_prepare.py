@@ -29,8 +29,18 @@ import pytest
 
 import pipeline
 from pipeline import fsutil
-from pipeline.data import integrity, prepare, shards, sources
-from pipeline.data.shards import MANIFEST, SHARD_NAME
+from pipeline.data import (
+    DATASETS,
+    MANIFEST,
+    SHARD_NAME,
+    Manifest,
+    integrity,
+    open_set,
+    prepare,
+    read_manifest,
+    shards,
+    sources,
+)
 from pipeline.errors import LockedError, OutputError, ShardCorruptError, ShardSetError
 from tests.conftest import (
     REPO,
@@ -55,24 +65,24 @@ def shared_idx(stem: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=offset)
 
 
-def read_split(manifest: shards.Manifest, split: str) -> dict[str, np.ndarray]:
+def read_split(manifest: Manifest, split: str) -> dict[str, np.ndarray]:
     """All of a split's datasets, concatenated in shard order, read with plain h5py."""
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in shards.DATASETS}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in DATASETS}
     for shard in manifest.split(split).shards:
         with h5py.File(manifest.path(shard), "r") as f:
-            for name in shards.DATASETS:
+            for name in DATASETS:
                 parts[name].append(f[name][()])
     return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 
 
 def problems(directory: Path) -> list[tuple[str, str]]:
     """(file, problem) for every check of `verify` that failed."""
-    manifest = shards.load_manifest(directory, check_files=False)
+    manifest = read_manifest(directory)
     return [(c.file, c.problem) for c in integrity.verify(manifest) if c.problem is not None]
 
 
-def assert_verifies(directory: Path) -> shards.Manifest:
-    manifest = shards.load_manifest(directory)
+def assert_verifies(directory: Path) -> Manifest:
+    manifest = open_set(directory)
     checks = list(integrity.verify(manifest))
     assert [c for c in checks if c.problem is not None] == []
     assert len(checks) == sum(len(s.shards) for s in manifest.splits.values())
@@ -161,7 +171,7 @@ def small_set(tmp_path: Path, small_raw: sources.RawDataset) -> Path:
 
 
 @pytest.fixture
-def slice_copy(tmp_path: Path, slice_shards: shards.Manifest) -> Path:
+def slice_copy(tmp_path: Path, slice_shards: Manifest) -> Path:
     """A private copy of the real-MNIST slice shard set (3 train + 1 test shards of 1,000
     samples; 4 chunks per shard), for tests that damage it."""
     return Path(shutil.copytree(slice_shards.directory, tmp_path / "copy"))
@@ -170,13 +180,13 @@ def slice_copy(tmp_path: Path, slice_shards: shards.Manifest) -> Path:
 # --- the real MNIST, end to end -------------------------------------------------------------
 
 
-def test_real_mnist_verifies(mnist_shards: shards.Manifest) -> None:
+def test_real_mnist_verifies(mnist_shards: Manifest) -> None:
     manifest = assert_verifies(mnist_shards.directory)
     assert [len(manifest.split(s).shards) for s in ("train", "test")] == [6, 1]
     assert_clean(mnist_shards.directory)
 
 
-def test_shards_hold_raw_pixels_over_255_exactly(mnist_shards: shards.Manifest) -> None:
+def test_shards_hold_raw_pixels_over_255_exactly(mnist_shards: Manifest) -> None:
     for split in ("train", "test"):
         image_stem, label_stem = sources.SPLIT_FILES[split]
         pixels = shared_idx(image_stem).reshape(-1, 784)
@@ -196,7 +206,7 @@ def test_shards_hold_raw_pixels_over_255_exactly(mnist_shards: shards.Manifest) 
         np.testing.assert_array_equal(data["targets"], labels)
 
 
-def test_manifest_describes_the_set(mnist_shards: shards.Manifest) -> None:
+def test_manifest_describes_the_set(mnist_shards: Manifest) -> None:
     directory = mnist_shards.directory
     text = (directory / MANIFEST).read_bytes()
     doc = json.loads(text)
@@ -266,7 +276,7 @@ def test_manifest_describes_the_set(mnist_shards: shards.Manifest) -> None:
     assert datetime.fromisoformat(made["created"]).tzinfo is not None
 
 
-def test_every_shard_carries_the_provenance(mnist_shards: shards.Manifest) -> None:
+def test_every_shard_carries_the_provenance(mnist_shards: Manifest) -> None:
     made = mnist_shards.raw["provenance"]
     for split in ("train", "test"):
         for index, shard in enumerate(mnist_shards.split(split).shards):
@@ -282,7 +292,7 @@ def test_every_shard_carries_the_provenance(mnist_shards: shards.Manifest) -> No
             }
 
 
-def test_chunks_are_blocks_of_whole_rows_with_fletcher32(mnist_shards: shards.Manifest) -> None:
+def test_chunks_are_blocks_of_whole_rows_with_fletcher32(mnist_shards: Manifest) -> None:
     shard = mnist_shards.split("train").shards[0]
     with h5py.File(mnist_shards.path(shard), "r") as f:
         shapes = {name: (f[name].shape, f[name].chunks, str(f[name].dtype)) for name in f}
@@ -407,7 +417,7 @@ def test_interrupted_force_rebuild_keeps_the_old_set(
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare(out, small_raw, shard_size=shard_size, force=True, on_progress=interrupt)
 
-    assert shards.load_manifest(out).identity == old.identity
+    assert open_set(out).identity == old.identity
     assert_sound(out)
 
 
@@ -471,7 +481,7 @@ def test_rerun_removes_only_its_own_leftovers(
 
 
 def test_shards_copied_into_a_directory_without_manifest_stay(
-    tmp_path: Path, small_raw: sources.RawDataset, slice_shards: shards.Manifest
+    tmp_path: Path, small_raw: sources.RawDataset, slice_shards: Manifest
 ) -> None:
     """The audit's case: a user's shards in DIR, no manifest; `prepare --out DIR` (no
     --force) writes its set beside them and deletes none of them."""
@@ -532,13 +542,13 @@ def test_compressed_shards_read_back_identically(
     assert_verifies(packed.directory)
     for split in ("train", "test"):
         a, b = read_split(plain, split), read_split(packed, split)
-        for name in shards.DATASETS:
+        for name in DATASETS:
             np.testing.assert_array_equal(a[name], b[name])
         expected = small_raw.splits[split].images.astype(np.float32) / np.float32(255)
         np.testing.assert_array_equal(b["images"], expected)
         for shard in packed.split(split).shards:
             with h5py.File(packed.path(shard), "r") as f:
-                for name in shards.DATASETS:
+                for name in DATASETS:
                     assert f[name].compression == compression
                     assert f[name].fletcher32
                     assert f[name].shuffle
@@ -557,7 +567,7 @@ def test_prepare_killed_midway_then_rerun(tmp_path: Path, real_mnist: sources.Ra
         assert_verifies(out)
     else:
         with pytest.raises(ShardSetError, match="missing"):
-            shards.load_manifest(out)
+            open_set(out)
 
     result = prepare.prepare(out, real_mnist, shard_size=2000)
 
@@ -585,7 +595,7 @@ def test_force_rebuild_killed_midway_keeps_the_old_set(
     )
 
     assert (out / MANIFEST).read_bytes() == manifest_bytes
-    assert shards.load_manifest(out).identity == old.identity
+    assert open_set(out).identity == old.identity
     assert_verifies(out)
     # the rerun recognises the old set as complete and clears the killed run's leftovers
     assert prepare.prepare(out, real_mnist, shard_size=2000).skipped
@@ -697,7 +707,7 @@ def test_full_disk(
     assert "No space left on device" in str(info.value)
     assert "\n" not in str(info.value)
     assert snapshot(out) == before  # no partial shard, no tmp file, the old set untouched
-    assert shards.load_manifest(out).identity == old.identity
+    assert open_set(out).identity == old.identity
     assert_verifies(out)
 
     fresh = disk / "fresh"
@@ -728,25 +738,25 @@ def test_file_size_limit(tmp_path: Path, small_raw: sources.RawDataset) -> None:
 
 
 def test_verify_names_a_shard_with_a_flipped_byte(slice_copy: Path) -> None:
-    manifest = shards.load_manifest(slice_copy)
+    manifest = open_set(slice_copy)
     victim = manifest.split("train").shards[1]
     flip_chunk_byte(manifest.path(victim), "images", chunk=2)
 
     assert problems(slice_copy) == [(victim.file, "sha256 differs from the manifest")]
     # opening the set for reading (train, evaluate) checks the sha256 too
     with pytest.raises(ShardCorruptError, match=re.escape(f"{victim.file}: sha256 differs")):
-        shards.load_manifest(slice_copy)
+        open_set(slice_copy)
 
 
 def test_fletcher32_catches_a_flip_the_manifest_cannot(slice_copy: Path) -> None:
-    manifest = shards.load_manifest(slice_copy)
+    manifest = open_set(slice_copy)
     victim = manifest.split("train").shards[1]
     path = manifest.path(victim)
     with h5py.File(path, "r") as f:
         good = f["images"][()]
     flip_chunk_byte(path, "images", chunk=2)
     restamp(slice_copy, victim.file)
-    manifest = shards.load_manifest(slice_copy)
+    manifest = open_set(slice_copy)
 
     with shards.open_shard(path) as f:
         images, _ = shards.read_rows(f, path, 0, 512)  # chunks 0 and 1 are intact
@@ -762,17 +772,17 @@ def test_fletcher32_catches_a_flip_the_manifest_cannot(slice_copy: Path) -> None
 
 
 def test_verify_reports_a_deleted_shard(slice_copy: Path) -> None:
-    manifest = shards.load_manifest(slice_copy)
+    manifest = open_set(slice_copy)
     victim = manifest.split("test").shards[0]
     manifest.path(victim).unlink()
 
     assert problems(slice_copy) == [(victim.file, "missing")]
     with pytest.raises(ShardSetError, match=re.escape(str(manifest.path(victim)))):
-        shards.load_manifest(slice_copy)
+        open_set(slice_copy)
 
 
 def test_verify_reports_a_truncated_shard(slice_copy: Path) -> None:
-    manifest = shards.load_manifest(slice_copy)
+    manifest = open_set(slice_copy)
     victim = manifest.split("train").shards[2]
     path = manifest.path(victim)
     os.truncate(path, victim.bytes - 1000)
@@ -781,7 +791,7 @@ def test_verify_reports_a_truncated_shard(slice_copy: Path) -> None:
     assert file == victim.file
     assert problem == f"size {victim.bytes - 1000} bytes, manifest lists {victim.bytes}"
     with pytest.raises(ShardCorruptError, match=re.escape(str(path))):
-        shards.load_manifest(slice_copy)
+        open_set(slice_copy)
 
     restamp(slice_copy, victim.file)  # even a manifest that agrees cannot make it readable
     [(file, problem)] = problems(slice_copy)
@@ -821,7 +831,7 @@ def replace_dataset(name: str, dtype: str) -> Any:
 def test_verify_checks_content_behind_a_matching_sha256(
     slice_copy: Path, edit: Callable[[h5py.File], None], expected: str
 ) -> None:
-    manifest = shards.load_manifest(slice_copy)
+    manifest = open_set(slice_copy)
     victim = manifest.split("train").shards[0]
     with h5py.File(manifest.path(victim), "r+") as f:
         edit(f)
@@ -861,10 +871,10 @@ def test_load_manifest_rejects_bad_manifests(
     else:
         (slice_copy / MANIFEST).write_text(content)
     with pytest.raises(ShardSetError, match=re.escape(str(slice_copy / MANIFEST))) as info:
-        shards.load_manifest(slice_copy)
+        open_set(slice_copy)
     assert expected in str(info.value)
 
 
 def test_load_manifest_of_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(ShardSetError, match=re.escape(str(tmp_path / "none"))):
-        shards.load_manifest(tmp_path / "none")
+        open_set(tmp_path / "none")

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.data import prepare, shards, sources
+from pipeline.data import open_set, prepare, sources
 from pipeline.runs import lock as run_lock
 from pipeline.runs import store as runs
 from pipeline.training.config import TrainConfig
@@ -64,7 +64,7 @@ def other_set(tmp_path: Path, real_mnist: sources.RawDataset) -> Path:
 
 
 def test_run_id_is_data_and_recipe(slice_set: Path, other_set: Path) -> None:
-    ids = {shards.load_manifest(d).identity for d in (slice_set, other_set)}
+    ids = {open_set(d).identity for d in (slice_set, other_set)}
     assert len(ids) == 2
     base = TrainConfig()
     a, b = sorted(ids)
@@ -134,7 +134,7 @@ def test_keep_prunes_oldest_finished_never_latest_nor_held(tmp_path: Path, slice
     assert os.readlink(runs_dir / runs.LATEST) == oldest.name
     foreign = runs_dir / "2020-01-01-not-a-run"
     foreign.mkdir()
-    with run_lock.hold(second):  # a trigger working on it (same flock as another process's)
+    with run_lock.trigger_lock(second):  # a trigger working on it (same flock as another process's)
         assert runs.prune(runs_dir, keep=1) == [third]
     assert runs.prune(runs_dir, keep=1) == [second]
     assert [p.name for p in runs._ours(runs_dir)] == [oldest.name, newest.name]
@@ -150,7 +150,7 @@ def test_runs_lists_as_table_and_json(tmp_path: Path, slice_set: Path) -> None:
     assert row["status"] == "finished" and row["latest"] and row["passed"]
     assert row["dataset"] == "mnist-slice" and row["recipe"]["hidden"] == [30]
     assert 0.5 <= row["accuracy"] <= 1 and row["min_accuracy"] == 0.5
-    assert row["data_identity"] == shards.load_manifest(slice_set).identity
+    assert row["data_identity"] == open_set(slice_set).identity
     table = runner.invoke(app, ["runs", str(runs_dir)])
     assert table.exit_code == 0
     line = next(line for line in table.output.splitlines() if row["id"] in line)
@@ -218,7 +218,7 @@ def test_overlapping_trigger_exits_75_naming_the_holder(tmp_path: Path, slice_se
     args = ["run", "--runs", str(runs_dir), "--data", str(slice_set), *FAST]
     first = _pipeline(*args)
     config = TrainConfig(hidden=(30,), epochs=1, lr=3.0, batch_size=10)
-    rid = runs.run_id(shards.load_manifest(slice_set).identity, config)
+    rid = runs.run_id(open_set(slice_set).identity, config)
     try:
         while not (runs_dir.is_dir() and (run := runs.find(runs_dir, rid))):
             assert first.poll() is None, first.communicate()
@@ -246,7 +246,7 @@ def test_a_killed_trigger_is_resumed_by_the_next(tmp_path: Path, slice_set: Path
     args[args.index("--epochs") + 1] = "5"  # 1,500 steps: a checkpoint long before the end
     victim = _pipeline(*args, "--checkpoint-every", "50")
     config = TrainConfig(hidden=(30,), epochs=5, lr=3.0, batch_size=10)
-    rid = runs.run_id(shards.load_manifest(slice_set).identity, config)
+    rid = runs.run_id(open_set(slice_set).identity, config)
     while not (runs_dir.is_dir() and (run := runs.find(runs_dir, rid))):
         assert victim.poll() is None, victim.communicate()
         os.sched_yield()

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.data import shards
+from pipeline.data import open_set
 from pipeline.runs import store as runs
 from tests.test_distributed import MPIEXEC, job, run_job
 from tests.test_runs import FAST, tree, trigger
@@ -129,7 +129,7 @@ def test_runs_options_take_effect_or_are_refused(
     source = f"idx:{mnist_slice_idx}"
     code, output = trigger(runs_dir, data, "--source", source, "--val-fraction", "0.2")
     assert code == 0, output
-    assert set(shards.load_manifest(data).splits) == {"train", "val", "test"}
+    assert set(open_set(data).splits) == {"train", "val", "test"}
 
 
 def test_mpiexec_makes_one_distributed_trigger(tmp_path: Path, slice_set: Path) -> None:

@@ -17,8 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.data import prepare, sources
-from pipeline.data.shards import load_manifest
+from pipeline.data import open_set, prepare, sources
 from pipeline.data.sources import torchvision as tv
 from pipeline.errors import ConfigError, SourceError
 from tests.conftest import idx_bytes, write_idx_dir
@@ -116,7 +115,7 @@ def stored(out: Path) -> dict[str, tuple[str, str]]:
     """Per split, what a model would see: sha256 of all images and of all targets, in order."""
     import h5py
 
-    manifest = load_manifest(out)
+    manifest = open_set(out)
     content = {}
     for split, info in manifest.splits.items():
         images, targets = hashlib.sha256(), hashlib.sha256()
@@ -321,7 +320,7 @@ def test_fashion_mnist_through_idx_and_torchvision_layout_is_one_set(tmp_path: P
             app, ["prepare", "--out", str(tmp_path / form), "--source", spec]
         )
         assert result.exit_code == 0, result.stderr
-        outs[form] = load_manifest(tmp_path / form)
+        outs[form] = open_set(tmp_path / form)
     assert outs["idx"].name == outs["tv"].name == "fashionmnist"
     assert outs["idx"].classes == outs["tv"].classes == tv.FASHION_CLASSES
     assert outs["idx"].split("train").label_histogram == [6000] * 10

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.data.shards import Manifest
+from pipeline.data import Manifest
 from pipeline.events import EPOCH_ENDED, EVALUATED, EXPORTED, RUN_STARTED, Event
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import TRACKING_FILE

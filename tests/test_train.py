@@ -20,8 +20,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from pipeline.cli import app
+from pipeline.data import MANIFEST, Manifest
 from pipeline.data.manifest import identity_of
-from pipeline.data.shards import MANIFEST, Manifest
 from pipeline.errors import (
     CheckpointError,
     ConfigError,

@@ -14,8 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.data import prepare, sources
-from pipeline.data.shards import Manifest
+from pipeline.data import Manifest, prepare, sources
 from pipeline.errors import ConfigError
 from pipeline.events import STEP, Event, Events
 from pipeline.report import evaluate

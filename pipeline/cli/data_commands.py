@@ -15,8 +15,8 @@ from pipeline.cli import views
 from pipeline.cli.errors import fail, friendly_errors
 from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import ImageShape, Logs, Source, ValFraction, command_line
+from pipeline.data import MANIFEST, Compression, open_set, read_manifest
 from pipeline.data.prepare import DEFAULT_SHARD_SIZE
-from pipeline.data.shards import Compression
 
 
 def prepare(
@@ -58,12 +58,12 @@ def prepare(
 ) -> None:
     """Read a data source and write normalized, one-hot HDF5 shards plus manifest.json."""
     from pipeline.data import prepare as prepare_stage
-    from pipeline.data import shards, sources
+    from pipeline.data import sources
 
     views.log.use(log_format)
-    if if_missing and (out_dir / shards.MANIFEST).exists() and not force:
+    if if_missing and (out_dir / MANIFEST).exists() and not force:
         with friendly_errors():
-            manifest = shards.load_manifest(out_dir)
+            manifest = open_set(out_dir)
         views.log.event(
             "prepared",
             {"path": str(out_dir), "dataset": manifest.name, "identity": manifest.identity},
@@ -104,11 +104,10 @@ def show(
 ) -> None:
     """Summarize a shard set (splits, counts per class, shape, identity, source) and draw a
     grid of sample images per class."""
-    from pipeline.data import shards
     from pipeline.report import dataset
 
     with friendly_errors():
-        manifest = shards.load_manifest(data)
+        manifest = open_set(data)
         summary = dataset.summarize(manifest)
         grid = grid or Path(f"{summary.name.replace('/', '_')}-samples.png")
         manifest.split(split)  # an unknown split is an error before anything is drawn
@@ -121,10 +120,10 @@ def verify(
     data: Annotated[Path, typer.Argument(help="A shard directory written by prepare.")],
 ) -> None:
     """Check every shard against the manifest: presence, size, sha256, shapes, values, labels."""
-    from pipeline.data import integrity, shards
+    from pipeline.data import integrity
 
     with friendly_errors():
-        manifest = shards.load_manifest(data, check_files=False)
+        manifest = read_manifest(data)
         problems = views.verify_table(data, integrity.verify(manifest))
     if problems:
         raise fail(f"{len(problems)} problem(s); first: {problems[0]}")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the stages load when a command runs, not for --help
     from pipeline.runs import store
 
 
-def trigger(
+def run_trigger(
     runs_dir: Path,
     spec: flow.Job,
     *,

@@ -2,7 +2,7 @@
 
 Each translates its options into one library call (`pipeline.training.trainer.train`,
 `pipeline.report.evaluate.evaluate`, `pipeline.runs.flow.run`) and shows the result; with `--runs`,
-`train` and `run` hand over to the scheduled mode (`scheduled.trigger`).
+`train` and `run` hand over to the scheduled mode (`scheduled.run_trigger`).
 """
 
 from __future__ import annotations
@@ -82,13 +82,13 @@ def train(
 
     views.log.use(log_format)
     if _one_of(run_dir, runs) is None:
-        from pipeline.cli.scheduled import trigger
+        from pipeline.cli.scheduled import run_trigger
         from pipeline.runs import flow
 
         assert runs is not None
         spec = flow.Job(run_dir=runs, config=config, data_dir=data)
         tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
-        trigger(
+        run_trigger(
             runs,
             spec,
             keep=0,
@@ -234,10 +234,10 @@ def run(
         )
     tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
     if runs is not None:
-        from pipeline.cli.scheduled import trigger
+        from pipeline.cli.scheduled import run_trigger
 
         mode = distributed_mode
-        trigger(runs, spec, keep=keep, export=export, distributed_mode=mode, tracking=tracking)
+        run_trigger(runs, spec, keep=keep, export=export, distributed_mode=mode, tracking=tracking)
         return
     assert run_dir is not None
     with watched(distributed_mode, tracking) as (comm, events):

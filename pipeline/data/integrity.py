@@ -9,8 +9,8 @@ each shard checks, before any array is allocated from a claimed size:
     chunk is really stored (HDF5 reads missing chunks as zeros of any claimed size).
 The loader then checks that each file it opens is the very file verified (same inode, size,
 mtime, ctime). A set `prepare` just wrote (each shard hashed as it was written) takes the
-same lock with `hold`. `verify` adds the full content checks (values, one-hot labels, the split's
-content hashes behind the identity).
+same lock with `under_reader_lock`. `verify` adds the full content checks (values, one-hot
+labels, the split's content hashes behind the identity).
 
 The sha256 cache: one empty file per verified (device, inode, size, mtime_ns, ctime_ns,
 sha256) in `$PIPELINE_CACHE_DIR` (default `$XDG_CACHE_HOME/pipeline/verified`, else
@@ -164,7 +164,7 @@ def open_set(directory: Path, *, hold: bool = True) -> Manifest:
     return manifest
 
 
-def hold(manifest: Manifest) -> Manifest:
+def under_reader_lock(manifest: Manifest) -> Manifest:
     """`manifest`, holding its directory's reader lock while it lives: for a set verified
     without it (the one `prepare` just wrote, hashing each shard as it wrote it). Under the
     lock, every shard must still be the very file verified: a `prepare --force` that replaced

@@ -8,7 +8,7 @@ chunked in blocks of whole rows (the loader reads contiguous blocks), with HDF5'
 filter so a flipped byte is caught on read. Shard file names end in the first 8 hex digits of
 the file's sha256: a rebuild never overwrites a shard an existing manifest still points to.
 The set's description is `manifest.json` (modules `manifest`, `manifest_file`); its checks
-are in `integrity`.
+are in `integrity`; `pipeline.data` is the entry point to all of them.
 """
 
 from __future__ import annotations
@@ -23,14 +23,9 @@ import h5py
 import numpy as np
 
 from pipeline.data.manifest import (
-    DATASETS,
-    MANIFEST,
-    SHARD_NAME,
     Compression,
-    Manifest,
     ShardInfo,
     SplitInfo,
-    provenance,
 )
 from pipeline.data.pixels import normalize
 from pipeline.errors import ShardCorruptError, ShardSetError
@@ -38,16 +33,8 @@ from pipeline.fsutil import commit, sha256_file, tmp_path_for
 
 __all__ = [
     "CHUNK_ROWS",
-    "DATASETS",
-    "MANIFEST",
-    "SHARD_NAME",
-    "Compression",
-    "Manifest",
-    "ShardInfo",
     "ShardWriter",
-    "load_manifest",
     "open_shard",
-    "provenance",
     "read_rows",
     "write_hdf5",
 ]
@@ -170,14 +157,6 @@ class ShardWriter:
 
 
 # --- reading ----------------------------------------------------------------------------
-
-
-def load_manifest(directory: Path, *, check_files: bool = True) -> Manifest:
-    """The shard set in `directory`: with `check_files`, opened and verified for reading
-    (`integrity.open_set`), else the parsed manifest alone (nothing else read)."""
-    from pipeline.data import integrity, manifest_file  # integrity builds on this module
-
-    return integrity.open_set(directory) if check_files else manifest_file.read(directory)
 
 
 def open_shard(path: Path, *, locking: bool = True) -> h5py.File:

@@ -17,8 +17,8 @@ parameter's elements. On two cores a worker thread takes one half while this thr
 other, each with a one-thread BLAS; on one core, and in an MPI rank (the ranks use the
 cores), this thread takes both in turn. The split, not the thread count, fixes the arithmetic:
 the bits are the same on any machine. Why not BLAS's own two threads: beside another busy
-process they wait on each other, and an epoch took 5-6x longer; alone they were 14% slower
-(`scripts/bench_recipes.py --contended` measures both ways side by side).
+process they wait on each other (`scripts/bench_recipes.py --contended` measures both ways
+side by side; the figures are in the README's Recipes section).
 
 Under MPI (`comm`, `pipeline.communicator`) the batch is the GLOBAL batch: every rank
 draws the dropout masks of all its rows (so the generator and the masks are those of one

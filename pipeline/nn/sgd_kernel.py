@@ -1,7 +1,6 @@
 """The fast path: the recipe's SGD step compiled with numba, exploiting sparse inputs.
 
-The same updates as `Network.backprop` + `Network.update` (the plain equations in network.py;
-the tests hold the two to each other within float rounding), computed for speed:
+The updates of `Network.backprop` + `update` (the tests hold the two together), made fast:
   - about 80% of MNIST's pixels are exactly 0 and contribute nothing to the first layer,
     forward or backward: only rows of w1 whose pixel is nonzero in some sample are read or
     updated, each a unit-stride loop over the hidden units; the update is applied as the
@@ -10,13 +9,12 @@ the tests hold the two to each other within float rounding), computed for speed:
     per pass over the hidden activations, and the update writes each touched row once;
   - w2 is held transposed inside a call so every layer-2 loop is unit-stride too; its dot
     products use 8 partial sums (a fixed order: vectorised without fastmath);
-  - `steps` runs many consecutive batches in one compiled call, so the per-step Python
-    and dispatch overhead, which dominates at batch 3, is paid once per block of rows.
+  - `steps` runs many consecutive batches in one compiled call: the per-step Python and
+    dispatch overhead (most of a batch-3 step) is paid once per block of rows.
 fastmath stays off and every sum runs in a fixed order: results are deterministic, bit for
 bit, and one call over many batches equals one call per batch. The kernels release the GIL,
-so the loader's reader thread runs beside them. One thread: at ~40 us a step, syncing two
-threads costs more than it saves (measured: 3.5 s against 0.8 s an epoch).
-Compiled on first use, cached outside the package (`compile_cache`); called through `sparse_step`.
+so the loader's reader thread runs beside them; one thread, as a step is too short for two to
+pay for their syncing (README, Training). Called through `sparse_step`.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ def _scratch(bmax: int, n_in: int, n_hid: int, n_out: int, dt: np.dtype) -> tupl
     anyf (n_in,) bool      pixel nonzero in some sample of the batch
     nz   (n_in,) int64     union of nonzero pixels, increasing   [:nnz]
     rb   (n_in, bmax)      rb[k, :rcnt[k]] = samples with x[b, nz[k]] != 0
-    rcnt (n_in,) int64
+    rcnt (n_in,) int64     how many samples each nz pixel is nonzero in
     sidx (bmax, n_in)      sidx[b, :scnt[b]] = nonzero pixels of sample b
     sval (bmax, n_in) dt   their values
     scnt (bmax,) int64

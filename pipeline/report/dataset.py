@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data import Manifest
 from pipeline.data.loader import Loader
-from pipeline.data.shards import Manifest
 
 GRID_BATCH = 4096  # rows read per step while looking for each class's first samples
 

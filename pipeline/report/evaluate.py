@@ -16,8 +16,8 @@ from typing import Any
 
 from pipeline import communicator
 from pipeline.communicator import LOCAL, Comm
+from pipeline.data import Manifest, open_set
 from pipeline.data.loader import Loader
-from pipeline.data.shards import Manifest, load_manifest
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
 from pipeline.fsutil import atomic_write_bytes
 from pipeline.metrics import (
@@ -116,7 +116,7 @@ def evaluate(
         # a run with a val split reports the epoch it chose by val accuracy, not its last
         ckpt = checkpoint.load(chosen)
     if manifest is None:
-        manifest = load_manifest(_data_dir(run, data_dir))
+        manifest = open_set(_data_dir(run, data_dir))
     claims: dict[str, object] = {"split": split, "data_dir": f"shard set {manifest.identity}"}
     claims |= {"checkpoint_path": f"sha256 {ckpt.sha256}", "allow_other_data": allow_other_data}
     communicator.agree(comm, claims)  # under MPI: every rank scores the same model and data

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.data import MANIFEST, Manifest
 from pipeline.errors import ConfigError
 from pipeline.events import EVALUATED, PREPARED, PREPARING, SAY, TRAINED, UP_TO_DATE, Events
 from pipeline.training.config import TrainConfig
 
 if TYPE_CHECKING:
-    from pipeline.data.shards import Manifest
     from pipeline.report.evaluate import Evaluation
     from pipeline.communicator import Comm
     from pipeline.training.trainer import TrainResult
@@ -62,19 +62,20 @@ class JobResult:
         return float(self.report["accuracy"])
 
 
-def shard_set(job: Job, events: Events) -> tuple[Manifest, bool]:
+def shard_set(job: Job, events: Events, *, any_source: bool = False) -> tuple[Manifest, bool]:
     """The job's shard set, written first if the directory holds none; (manifest, written).
     The manifest is opened (parsed, its shards verified) here, once, and holds the set's reader
-    lock while it lives: train and evaluate read through it."""
+    lock while it lives: train and evaluate read through it. A set built from another source
+    than `job.source` is refused, unless `any_source` (the scheduled mode, where the source
+    fills an empty directory and a set swapped in makes a new run)."""
     from pipeline.data import integrity, sources
     from pipeline.data.prepare import prepare
-    from pipeline.data.shards import MANIFEST, load_manifest
 
     directory = job.shards
     if (directory / MANIFEST).exists():  # a set is there: use it, never replace it
-        manifest = load_manifest(directory)  # damaged: the error says what and where
+        manifest = integrity.open_set(directory)  # damaged: the error says what and where
         built_from = manifest.raw.get("source", {}).get("spec")
-        if job.source is not None and built_from != sources.resolve(job.source):
+        if not any_source and job.source and built_from != sources.resolve(job.source):
             raise ConfigError(
                 f"{directory} holds {manifest.name} built from {built_from}; "
                 "pass that source or another --data",
@@ -98,18 +99,20 @@ def shard_set(job: Job, events: Events) -> tuple[Manifest, bool]:
         command=job.command,
         on_progress=lambda split, samples: events.emit(PREPARED, split=split, samples=samples),
     )
-    return integrity.hold(result.manifest), True  # read under the reader lock, as a found set
+    return integrity.under_reader_lock(result.manifest), True  # read under the reader lock, as a found set
 
 
-def open_set(job: Job, events: Events, comm: Comm) -> tuple[Manifest, bool]:
+def open_set(
+    job: Job, events: Events, comm: Comm, *, any_source: bool = False
+) -> tuple[Manifest, bool]:
     """`shard_set` under MPI too: the first rank writes the set if needed, the others wait for
     it and read the same. Refuses a config the set cannot train before anything is trained."""
     job.config.check()  # before anything is written
     if comm.rank == 0:
-        manifest, prepared = shard_set(job, events)
+        manifest, prepared = shard_set(job, events, any_source=any_source)
     comm.barrier()
     if comm.rank != 0:
-        manifest, prepared = shard_set(job, Events())
+        manifest, prepared = shard_set(job, Events(), any_source=any_source)
     samples = manifest.split("train").samples
     if job.config.batch_size > samples:  # refused: clamping would change the recipe silently
         raise ConfigError(

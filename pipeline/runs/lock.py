@@ -58,7 +58,7 @@ def _holder_of(lock_file: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def hold(run: Path) -> Iterator[None]:
+def trigger_lock(run: Path) -> Iterator[None]:
     """Hold the run's trigger lock (or raise RunBusyError at once), writing who holds it.
 
     An flock dies with its process: a killed trigger leaves no stale lock, only stale text.

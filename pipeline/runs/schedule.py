@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.data import Manifest, open_set
 from pipeline.runs import flow, store
-from pipeline.data.shards import Manifest, load_manifest
 from pipeline.events import CLAIMED, DATA, EXPORTED, PROMOTED, PRUNED, UP_TO_DATE, Events
 from pipeline.report import evaluate as evaluate_stage
 from pipeline.training import trainer as train_stage
@@ -76,9 +76,9 @@ def trigger(spec: Trigger, events: Events | None = None, comm: Comm = LOCAL) -> 
     data = spec.job.data_dir
     assert data is not None, "the scheduled mode names its data"
     if spec.train_only:  # train never prepares: the set must be there
-        manifest = load_manifest(data)
+        manifest = open_set(data)
     else:
-        manifest, _ = flow.open_set(spec.job, events, comm)
+        manifest, _ = flow.open_set(spec.job, events, comm, any_source=True)
     events.emit(DATA, path=str(data), dataset=manifest.name, identity=manifest.identity)
     return _bring_up_to_date(spec, manifest, events, comm)
 

@@ -30,10 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.shards import Manifest
+from pipeline.data import Manifest
 from pipeline.errors import ConfigError, OutputError
 from pipeline.fsutil import atomic_write_bytes, fsync
-from pipeline.runs.lock import RunBusyError, hold, is_held, runs_dir_lock
+from pipeline.runs.lock import RunBusyError, is_held, runs_dir_lock, trigger_lock
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import RUN_FILE, RunDir, read_json
 
@@ -137,7 +137,7 @@ def claim(runs_dir: Path, manifest: Manifest, config: TrainConfig) -> Iterator[P
                 run.mkdir()
             except OSError as exc:
                 raise OutputError(f"{run}: cannot create the run ({exc.strerror})") from None
-    with hold(run):  # the one that loses this race exits "busy"
+    with trigger_lock(run):  # the one that loses this race exits "busy"
         yield run
 
 
@@ -192,7 +192,7 @@ def prune(runs_dir: Path, keep: int) -> list[Path]:
         for run in done[: max(len(done) - keep, 0)]:
             if promoted is not None and run.name == promoted.name:
                 continue
-            with contextlib.suppress(RunBusyError), hold(run):
+            with contextlib.suppress(RunBusyError), trigger_lock(run):
                 shutil.rmtree(run)
                 removed.append(run)
     return removed

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.communicator import LOCAL, Comm
+from pipeline.data import Manifest
 from pipeline.data.loader import Loader, LoaderState
-from pipeline.data.shards import Manifest
 from pipeline.errors import CheckpointError, ConfigError, DivergedError
 from pipeline.events import CHECKPOINT, EPOCH_ENDED, EPOCH_STARTED, STEP, Events
 from pipeline.metrics import EVAL_BATCH, confusion_on

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.communicator import digest
-from pipeline.data.shards import Manifest
+from pipeline.data import Manifest
 from pipeline.errors import CheckpointError, ConfigError, ShardSetError
 from pipeline.nn.network import Network
 from pipeline.nn.step import Step, StepState

@@ -32,7 +32,7 @@ from typing import Any
 
 from pipeline import communicator
 from pipeline.communicator import LOCAL, Comm
-from pipeline.data.shards import Manifest, load_manifest
+from pipeline.data import Manifest, open_set
 from pipeline.errors import CheckpointError, ConfigError, OutputError
 from pipeline.events import RUN_STARTED, Events
 from pipeline.nn.network import Network
@@ -66,7 +66,7 @@ def train(
     caller opened it (`integrity.open_set`: verified, under its reader lock), or its
     directory, opened here. `events` hears RUN_STARTED, then each epoch, step and checkpoint."""
     config.check()
-    manifest = data if isinstance(data, Manifest) else load_manifest(data)
+    manifest = data if isinstance(data, Manifest) else open_set(data)
     agree(comm, config, manifest)
     check_batch(config.batch_size, comm)
     run = RunDir(run_dir)
