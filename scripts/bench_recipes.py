@@ -92,7 +92,7 @@ def our_epoch(
     start = time.perf_counter()
     base = epoch * schedule.per_epoch
     lrs = [schedule.lr_at(base + k) for k in range(schedule.per_epoch)]
-    step.steps(xs, ys, lrs, batch)  # as the trainer calls it: many batches a call
+    step.steps(xs, ys, lrs, batch, 0.0)  # as the trainer calls it: many batches a call
     return time.perf_counter() - start
 
 

@@ -70,7 +70,7 @@ def loader_overhead(manifest: Manifest, repeats: int) -> tuple[float, float]:
         sizes = [manifest.features, *config.hidden, manifest.n_classes]
         net = Network.initialize(sizes, rng=np.random.default_rng(0), std=0.01, dtype="float32")
         step = make_step(config, net, LOCAL)  # the step the trainer takes
-        return lambda x, y: step.steps(x, y, [config.lr] * -(-len(x) // bs), bs)
+        return lambda x, y: step.steps(x, y, [config.lr] * -(-len(x) // bs), bs, 0.0)
 
     bs = config.batch_size
 

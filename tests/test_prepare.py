@@ -863,7 +863,7 @@ def test_verify_checks_the_label_histogram(slice_copy: Path) -> None:
     ],
     ids=["missing", "not-json", "schema", "malformed"],
 )
-def test_load_manifest_rejects_bad_manifests(
+def test_open_set_rejects_bad_manifests(
     slice_copy: Path, content: str | None, expected: str
 ) -> None:
     if content is None:
@@ -875,6 +875,6 @@ def test_load_manifest_rejects_bad_manifests(
     assert expected in str(info.value)
 
 
-def test_load_manifest_of_a_missing_directory(tmp_path: Path) -> None:
+def test_open_set_of_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(ShardSetError, match=re.escape(str(tmp_path / "none"))):
         open_set(tmp_path / "none")

@@ -288,7 +288,7 @@ def test_recipe_step_bits_do_not_depend_on_the_thread_count() -> None:
         step.worker = worker
         x = rng.random((37, 50), dtype=np.float32)  # 4 batches of 9, then 1 row
         y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 37)]
-        losses.append(step.steps(x, y, [0.1, 0.09, 0.08, 0.07, 0.06], 9))
+        losses.append(step.steps(x, y, [0.1, 0.09, 0.08, 0.07, 0.06], 9, 0.0))
         steps.append(step)
         if worker is not None:
             worker.shutdown()

@@ -42,7 +42,7 @@ from pipeline.nn import fused
 from pipeline.nn.layers import GOLDEN, MASK64, dropout_threshold, words_for
 from pipeline.nn.network import Network
 from pipeline.nn.optimizers import Optimizer, OptimizerSettings
-from pipeline.nn.step import StepState
+from pipeline.nn.step import Rows, StepState
 
 
 @dataclass(frozen=True)
@@ -186,12 +186,7 @@ class GeneralStep:
             other.result()  # re-raises the worker's exception, if any
 
     def steps(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        lrs: Sequence[float],
-        batch_size: int,
-        loss_sum: float = 0.0,
+        self, x: Rows, y: Rows, lrs: Sequence[float], batch_size: int, loss_sum: float
     ) -> float:
         """Consecutive batches of x (N, n_0), one per rate in lrs; returns loss_sum plus each
         batch's summed loss, added in order (a running sum independent of how calls split)."""

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.errors import ArrayError
 from pipeline.nn import sgd_kernel
 from pipeline.nn.network import Network
-from pipeline.nn.step import StepState
+from pipeline.nn.step import Rows, StepState
 
 __all__ = ["SparseStep"]
 
@@ -30,12 +30,7 @@ class SparseStep:
         _check_arrays(self.arrays, w1)
 
     def steps(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        lrs: Sequence[float],
-        batch_size: int,
-        loss_sum: float = 0.0,
+        self, x: Rows, y: Rows, lrs: Sequence[float], batch_size: int, loss_sum: float
     ) -> float:
         w1, w2 = self.arrays["w1"], self.arrays["w2"]
         _check_arrays({"x": x, "y": y}, w1)

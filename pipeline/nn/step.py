@@ -29,14 +29,12 @@ class StepState:
     dropout_counter: int = 0  # words the dropout generator has drawn
 
 
+Rows = np.ndarray  # (N, n) rows of a batch, or of many consecutive batches
+
+
 class Step(Protocol):
     def steps(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        lrs: Sequence[float],
-        batch_size: int,
-        loss_sum: float = 0.0,
+        self, x: Rows, y: Rows, lrs: Sequence[float], batch_size: int, loss_sum: float
     ) -> float:
         """One update per rate in lrs, over consecutive batches of x (N, n_0), y (N, n_L) (the
         last may be smaller); returns loss_sum plus each batch's summed loss, added in order."""

@@ -32,7 +32,7 @@ def original(dtype: str) -> None:
     y = np.eye(4, dtype=dtype)[rng.integers(4, size=8)]
     w1, w2 = rng.random((6, 5)).astype(dtype), rng.random((5, 4)).astype(dtype)
     b1, b2 = np.zeros(5, dtype), np.zeros(4, dtype)
-    SparseStep(Network([w1, w2], [b1, b2])).steps(x, y, [0.1] * 3, 3)
+    SparseStep(Network([w1, w2], [b1, b2])).steps(x, y, [0.1] * 3, 3, 0.0)
 
 
 def general(dtype: str) -> None:
