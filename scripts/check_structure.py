@@ -23,7 +23,7 @@ STAGES = [
     ("pipeline.errors", 0),
     ("pipeline.events", 0),
     ("pipeline.fsutil", 0),
-    ("pipeline.comm", 0),
+    ("pipeline.communicator", 0),
     ("pipeline.data", 1),
     ("pipeline.nn", 2),
     ("pipeline.metrics", 3),
