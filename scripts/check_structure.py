@@ -16,7 +16,6 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "pipeline"
 
 # Stages from the bottom up; a module belongs to the longest prefix listed. A stage may import
 # only stages of a lower or equal rank (equal: the same stage, or peers with no order).
@@ -24,7 +23,7 @@ STAGES = [
     ("pipeline.errors", 0),
     ("pipeline.events", 0),
     ("pipeline.fsutil", 0),
-    ("pipeline.comm", 0),
+    ("pipeline.communicator", 0),
     ("pipeline.data", 1),
     ("pipeline.nn", 2),
     ("pipeline.metrics", 3),
@@ -46,13 +45,13 @@ LONG_FUNCTIONS = {
 }
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+def modules(root: Path) -> dict[str, Path]:
+    return {module_name(p, root): p for p in sorted((root / "pipeline").rglob("*.py"))}
 
 
 def imports(name: str, path: Path, known: set[str]) -> set[str]:
@@ -118,48 +117,58 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def sizes(name: str, path: Path) -> list[str]:
+def sizes(name: str, path: Path, root: Path) -> list[str]:
     text = path.read_text(encoding="utf-8")
     problems = []
     if (lines := len(text.splitlines())) > MAX_MODULE_LINES:
-        problems.append(f"{path.relative_to(ROOT)}: {lines} lines (> {MAX_MODULE_LINES})")
+        problems.append(f"{path.relative_to(root)}: {lines} lines (> {MAX_MODULE_LINES})")
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             length = (node.end_lineno or node.lineno) - node.lineno + 1
             if length > MAX_FUNCTION_LINES and f"{name}.{node.name}" not in LONG_FUNCTIONS:
-                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                where = f"{path.relative_to(root)}:{node.lineno}"
                 problems.append(f"{where}: {node.name}() {length} lines (> {MAX_FUNCTION_LINES})")
     return problems
+
+
+def graph_of(root: Path) -> dict[str, set[str]]:
+    found = modules(root)
+    return {name: imports(name, path, set(found)) for name, path in found.items()}
+
+
+def problems(root: Path) -> list[str]:
+    """Every upward import, cycle and oversized module or function of the tree at `root`."""
+    graph, found = graph_of(root), modules(root)
+    listed = []
+    for a, targets in sorted(graph.items()):
+        for b in sorted(targets):
+            (sa, ra), (sb, rb) = stage(a), stage(b)
+            if rb > ra or (rb == ra and sa != sb and ra != 0 and ra != 6):
+                listed.append(f"upward import: {a} ({sa}) imports {b} ({sb})")
+    listed += [f"import cycle: {' <-> '.join(c)}" for c in cycles(graph)]
+    for name, path in found.items():
+        listed += sizes(name, path, root)
+    return listed
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--graph", action="store_true", help="print the stage import table")
     args = parser.parse_args()
-    found = modules()
-    graph = {name: imports(name, path, set(found)) for name, path in found.items()}
-    problems = []
-    for a, targets in sorted(graph.items()):
-        for b in sorted(targets):
-            (sa, ra), (sb, rb) = stage(a), stage(b)
-            if rb > ra or (rb == ra and sa != sb and ra != 0 and ra != 6):
-                problems.append(f"upward import: {a} ({sa}) imports {b} ({sb})")
-    problems += [f"import cycle: {' <-> '.join(c)}" for c in cycles(graph)]
-    for name, path in found.items():
-        problems += sizes(name, path)
+    found = problems(ROOT)
     if args.graph:
         edges: dict[tuple[str, str], int] = defaultdict(int)
-        for a, targets in graph.items():
+        for a, targets in graph_of(ROOT).items():
             for b in targets:
                 if stage(a)[0] != stage(b)[0]:
                     edges[stage(a)[0], stage(b)[0]] += 1
         print("| from | imports | modules |\n| --- | --- | ---: |")
         for (a, b), n in sorted(edges.items()):
             print(f"| {a} | {b} | {n} |")
-    for line in problems:
+    for line in found:
         print(line)
-    print(f"{len(problems)} problem(s) in {len(found)} modules")
-    return 1 if problems else 0
+    print(f"{len(found)} problem(s) in {len(modules(ROOT))} modules")
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

@@ -22,11 +22,10 @@ import numpy as np
 from pipeline.data.pixels import NORMALIZATION, normalize
 from pipeline.errors import CheckpointError
 from pipeline.nn.losses import log_softmax
+from pipeline.runs.store import LATEST  # a runs directory's promoted run
 from pipeline.training import checkpoint
 from pipeline.training.history import history_of
 from pipeline.training.rundir import REPORT_JSON, RunDir
-
-LATEST = "latest"  # a runs directory's promoted run (pipeline.runs.LATEST)
 
 
 def checkpoint_of(model: Path) -> Path:
