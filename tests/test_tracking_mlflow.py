@@ -25,6 +25,7 @@ from pipeline.data import Manifest
 from pipeline.events import EPOCH_ENDED, EVALUATED, EXPORTED, RUN_STARTED, Event
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import TRACKING_FILE
+from tests.test_distributed import MPIEXEC, job, run_job
 
 MlflowClient = pytest.importorskip("mlflow.tracking").MlflowClient
 # MLflow's sqlite store calls a loader SQLAlchemy 2.1 deprecates: theirs, not ours
@@ -324,6 +325,54 @@ def test_without_the_extra_asking_is_one_line_naming_it(
     assert implied.stderr.count("warning: ") == 1 and "mnist-pipeline[mlflow]" in implied.stderr
     declined = CliRunner().invoke(app, [*args, "--run-dir", str(tmp_path / "off"), "--no-mlflow"])
     assert declined.exit_code == 0 and declined.stderr == ""  # off: mlflow is not even imported
+
+
+def test_under_mpi_rank_0_alone_tracks(
+    store: str,
+    tmp_path: Path,
+    slice_shards: Manifest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`train --run-dir`, `run --runs` and `evaluate` on 2 ranks: ONE MLflow run per pipeline
+    run, with its config and every metric once. Followers emit no events; a tracker built on
+    rank 1 too would still make `evaluate` report on rank 1 (which has no report)."""
+    assert MPIEXEC is not None, "no mpiexec: pip install -e '.[dev]' (it has the mpi extra)"
+    recipe = ["--preset", "fast", "--hidden", "30", "--epochs", "2", "--batch-size", "100"]
+    data = ["--data", str(slice_shards.directory), "--mlflow", *recipe]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # every rank's (mpiexec passes it on)
+    for name, args in {
+        "mpi-train": ["train", "--run-dir", str(tmp_path / "train")],
+        "mpi-runs": ["run", "--runs", str(tmp_path / "runs")],
+    }.items():
+        proc = run_job(job(MPIEXEC, 2, *args, *data, "--mlflow-experiment", name))
+        assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    # evaluate reports to the run's MLflow run (tracking.json) only where a tracker was built
+    proc = run_job(job(MPIEXEC, 2, "evaluate", "--run-dir", str(tmp_path / "train"), "--mlflow"))
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    client = MlflowClient(store)
+    run_dirs = [tmp_path / "train", *(tmp_path / "runs").glob("20*")]
+    for name, run_dir in zip(("mpi-train", "mpi-runs"), run_dirs, strict=True):
+        experiment = client.get_experiment_by_name(name)
+        (run,) = client.search_runs([experiment.experiment_id])  # one, not one per rank
+        assert run.info.run_id == _tracked_run(run_dir, store) and run.info.status == "FINISHED"
+        config = json.loads((run_dir / "run.json").read_text())["config"]
+        assert run.data.params == {
+            k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in config.items()
+        }
+        assert run.data.tags["pipeline.world_size"] == "2"
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        history = _history(client, run.info.run_id)
+        epochs = {k: v for k, v in history.items() if not k.startswith("test/")}
+        tested = {k: v for k, v in history.items() if k.startswith("test/")}
+        assert len(tested) > 10 and all(len(v) == 1 for v in tested.values())  # once, by rank 0
+        assert epochs.pop("samples_per_s") == [(1, 0.0), (2, 0.0)]  # a rate not in the run
+        assert epochs == {
+            k: [(r["epoch"], 0.0 if k in TIMING else r[k]) for r in records]
+            for k in records[0]
+            if k != "epoch" and isinstance(records[0][k], float | int)
+        }  # every epoch's metrics, each once at step=epoch
+        assert [s for s, _ in epochs["train_loss"]] == [1, 2]
 
 
 @pytest.fixture
