@@ -37,7 +37,7 @@ CHECKPOINT = "checkpoint"  # path, epoch, step: a checkpoint was written
 TRAINED = "trained"  # run, checkpoint (the run's chosen one), resumed_from
 EVALUATED = "evaluated"  # run, report (report.json's path), accuracy, macro_f1, per_class
 #                          ({class: {precision, recall, f1}}), passed, min_accuracy, artifacts
-EXPORTED = "exported"  # path, format: the model left the pipeline (model.onnx)
+EXPORTED = "exported"  # path, format, run_dir: the model left the pipeline (model.onnx)
 PROMOTED = "promoted"  # run, latest
 PRUNED = "pruned"  # run, path
 

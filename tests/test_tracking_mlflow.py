@@ -260,6 +260,24 @@ def test_kill_then_resume_gives_the_metric_history_of_an_uninterrupted_run(
     assert len(client.search_runs(["1"])) == 2  # one MLflow run per pipeline run
 
 
+def test_an_export_is_logged_into_the_runs_mlflow_run(
+    store: str, tmp_path: Path, slice_shards: Manifest
+) -> None:
+    """`pipeline export` on a tracked run adds model.onnx to that run's MLflow run."""
+    trained = _pipeline(
+        *_train_args(slice_shards.directory, tmp_path / "run", 1), cwd=tmp_path,
+        MLFLOW_TRACKING_URI=store,
+    )  # fmt: skip
+    assert trained.communicate()[1] == "" and trained.returncode == 0
+    exported = _pipeline("export", "--model", "run", cwd=tmp_path, MLFLOW_TRACKING_URI=store)
+    _, err = exported.communicate()
+    assert exported.returncode == 0 and err == "", err
+    client = MlflowClient(store)
+    (run,) = client.search_runs(["1"])  # the one the training made, not a second
+    assert run.info.run_id == _tracked_run(tmp_path / "run", store)
+    assert "model.onnx" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
 def test_a_closed_port_is_one_warning_and_training_goes_on(
     tmp_path: Path, slice_shards: Manifest
 ) -> None:

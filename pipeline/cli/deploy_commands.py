@@ -20,6 +20,8 @@ from rich.table import Table
 
 from pipeline.cli import views
 from pipeline.cli.errors import EXIT_USAGE, fail, friendly_errors
+from pipeline.cli.tracking import Mlflow, MlflowExperiment, MlflowRequired, Tracking, tracker
+from pipeline.events import EXPORTED, Events
 
 if TYPE_CHECKING:
     from pipeline.deploy.predict import Prediction
@@ -150,15 +152,20 @@ def export(
         Path | None,
         typer.Option(help="File or directory [default: model.onnx in the run's directory]."),
     ] = None,
+    mlflow: Mlflow = None,
+    mlflow_experiment: MlflowExperiment = None,
+    mlflow_required: MlflowRequired = False,
 ) -> None:
     """Export a trained model for serving: model.onnx (uint8 images in, probabilities out)."""
     from pipeline.deploy.model import checkpoint_of
     from pipeline.deploy.onnx_export import ONNX_FILE, OPSET, export_onnx
 
-    with friendly_errors():
-        if out is None:
-            ckpt = checkpoint_of(model)
-            run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-            out = run / ONNX_FILE
-        written = export_onnx(model, out)
+    tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
+    with friendly_errors(), tracker(tracking) as listener:
+        ckpt = checkpoint_of(model)
+        run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        written = export_onnx(model, out or run / ONNX_FILE)
+        if listener is not None:  # into the run's MLflow run, if it has one
+            fields = {"run": run.name, "run_dir": str(run), "path": str(written)}
+            Events(listener).emit(EXPORTED, **fields, format=export_format.value)
     views.say(f"exported: {written} (ONNX opset {OPSET}, {export_format.value})")

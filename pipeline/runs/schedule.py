@@ -112,7 +112,9 @@ def _bring_up_to_date(spec: Trigger, manifest: Manifest, events: Events, comm: C
             from pipeline.deploy.onnx_export import export_onnx
 
             onnx_file = export_onnx(run, run / "model.onnx")
-            events.emit(EXPORTED, run=run.name, path=str(onnx_file), format=spec.export)
+            events.emit(
+                EXPORTED, run=run.name, run_dir=str(run), path=str(onnx_file), format=spec.export
+            )
         passed = flow.gate(run, report, min_accuracy, events)
         if passed:
             store.promote(runs_dir, run)

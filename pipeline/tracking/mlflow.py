@@ -147,8 +147,8 @@ class MlflowTracker:
             if self.broken:
                 continue  # drain: the listener stops adding soon
             try:
-                if event.name == EVALUATED and self.run_id is None:  # `pipeline evaluate`
-                    self._attach(Path(event.fields["report"]).parent)
+                if event.name in (EVALUATED, EXPORTED) and self.run_id is None:
+                    self._attach(_run_dir_of(event))  # `pipeline evaluate`, `pipeline export`
                 if event.name == RUN_STARTED or self.run_id is not None:
                     handlers[event.name](event.fields)
             except Exception as exc:
@@ -283,6 +283,12 @@ def _brief(exc: BaseException) -> str:
     """An exception as one short line (mlflow's messages can span a traceback's worth)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _run_dir_of(event: Event) -> Path:
+    """The run directory an EVALUATED (its report's) or EXPORTED event is about."""
+    fields = event.fields
+    return Path(fields["report"]).parent if event.name == EVALUATED else Path(fields["run_dir"])
 
 
 def _read_ids(run_dir: Path) -> dict[str, str]:
