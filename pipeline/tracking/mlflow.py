@@ -4,17 +4,12 @@
     events.add(tracker)                   # hears RUN_STARTED, EPOCH_ENDED, EVALUATED, EXPORTED
     tracker.close("FINISHED")             # flush (bounded in time), end the MLflow run
 
-Params: every TrainConfig field (the preset's name too); tags: data identity, dataset, run,
-world size, version, git commit; metrics: each epoch's at step=epoch, evaluate's as `test/...`;
-artifacts: the config, the report's files, an exported model. The MLflow run's id is kept in
-RUN_DIR/tracking.json (per tracking URI): a resumed or re-triggered run continues it. Each
-(metric, step) is logged once: on (re)start the tracker reads what the MLflow run holds and
-backfills the done epochs (RUN_STARTED's `history`) it lacks, so a kill, a server down for a
-while or a resume gives the metric history of an uninterrupted run.
-Training never waits on it: events go through a bounded queue to one worker thread, the HTTP
-client has a bounded timeout and few retries, and the first failure is one warning, after
-which the tracker drops what comes; `required` makes an unreachable store an error
-(TrackingError) here, before training starts.
+What is logged: README, "Experiment tracking". The MLflow run's id is kept in
+RUN_DIR/tracking.json (per tracking URI): a resumed or re-triggered run continues it, and on
+(re)start the tracker backfills the done epochs (RUN_STARTED's `history`) the MLflow run
+lacks, so each (metric, step) is logged once. Training never waits on it: a bounded queue to
+one worker thread, a bounded HTTP client; the first failure is one warning, after which the
+tracker drops what comes (`required`: an unreachable store is a TrackingError, before work).
 """
 
 from __future__ import annotations
