@@ -36,8 +36,8 @@ from pipeline.training.rundir import TRACKING_FILE
 EXTRA = "pip install 'mnist-pipeline[mlflow]'"
 # unless the user set them: our client's HTTP limits (mlflow's own, 120 s and 7 retries with
 # exponential backoff, can hold a request for many minutes); no usage telemetry sent to MLflow
-SETTINGS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
-SETTINGS["MLFLOW_DISABLE_TELEMETRY"] = "true"
+SETTINGS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+            "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
 QUEUE_EVENTS = 1000  # events waiting for the worker; beyond, the tracker gives up (warning)
 FLUSH_SECONDS = 60.0  # how long close() waits for the worker to send what is queued
 IDS_BYTES = 1 << 16  # tracking.json: a few run ids
