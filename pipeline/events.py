@@ -35,7 +35,7 @@ EPOCH_ENDED = "epoch-ended"  # epoch (1-based, done), metrics: train_loss, {val,
 #                              lr, seconds, samples_per_s
 CHECKPOINT = "checkpoint"  # path, epoch, step: a checkpoint was written
 TRAINED = "trained"  # run, checkpoint (the run's chosen one), resumed_from
-EVALUATED = "evaluated"  # run, report (report.json's path), accuracy, macro_f1, per_class
+EVALUATED = "evaluated"  # run, run_dir, report (report.json's path), accuracy, macro_f1, per_class
 #                          ({class: {precision, recall, f1}}), passed, min_accuracy, artifacts
 EXPORTED = "exported"  # path, format, run_dir: the model left the pipeline (model.onnx)
 PROMOTED = "promoted"  # run, latest

@@ -192,6 +192,7 @@ def gate(run_dir: Path, report: dict[str, Any], min_accuracy: float | None, even
     events.emit(
         EVALUATED,
         run=run_dir.name,
+        run_dir=str(run_dir),
         report=str(run_dir / REPORT_JSON),
         accuracy=accuracy,
         macro_f1=report["macro"]["f1"],

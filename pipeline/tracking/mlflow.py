@@ -143,7 +143,7 @@ class MlflowTracker:
                 continue  # drain: the listener stops adding soon
             try:
                 if event.name in (EVALUATED, EXPORTED) and self.run_id is None:
-                    self._attach(_run_dir_of(event))  # `pipeline evaluate`, `pipeline export`
+                    self._attach(Path(event.fields["run_dir"]))  # `pipeline evaluate`, `export`
                 if event.name == RUN_STARTED or self.run_id is not None:
                     handlers[event.name](event.fields)
             except Exception as exc:
@@ -278,12 +278,6 @@ def _brief(exc: BaseException) -> str:
     """An exception as one short line (mlflow's messages can span a traceback's worth)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _run_dir_of(event: Event) -> Path:
-    """The run directory an EVALUATED (its report's) or EXPORTED event is about."""
-    fields = event.fields
-    return Path(fields["report"]).parent if event.name == EVALUATED else Path(fields["run_dir"])
 
 
 def _read_ids(run_dir: Path) -> dict[str, str]:
