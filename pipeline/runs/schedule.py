@@ -109,9 +109,9 @@ def _bring_up_to_date(spec: Trigger, manifest: Manifest, events: Events, comm: C
         seconds = report["history"][-1]["seconds_total"] + time.perf_counter() - started
         if spec.export is not None:  # before the outcome (and the promotion): a failed export
             # leaves the run unfinished, and the next trigger exports again
-            from pipeline.deploy.onnx_export import export_onnx
+            from pipeline.deploy.onnx_export import ONNX_FILE, export_onnx
 
-            onnx_file = export_onnx(run, run / "model.onnx")
+            onnx_file = export_onnx(run, run / ONNX_FILE)
             events.emit(
                 EXPORTED, run=run.name, run_dir=str(run), path=str(onnx_file), format=spec.export
             )

@@ -134,8 +134,8 @@ class TrainConfig:
 
     @property
     def is_original(self) -> bool:
-        """The original recipe's arithmetic (sigmoid, MSE, plain SGD at a constant rate): it
-        trains through Network.steps and its compiled kernel, exactly as before recipes."""
+        """The original recipe's arithmetic (sigmoid, MSE, plain SGD at a constant rate): with
+        one hidden layer in one process it trains through its compiled kernel (SparseStep)."""
         return all(
             getattr(self, f.name) == f.default
             for f in fields(self)

@@ -1,10 +1,10 @@
 """The training loop: one run's network and position, its loaders, the checkpoints it writes.
 
-`Trainer` builds the network and the loaders from the config and the shard set; `run` trains
-epoch after epoch from the run's position (`resume` restores it from a checkpoint), each epoch
-in calls of many batches (`train_epoch`, `_steps`), scores it (`end_epoch`) and checkpoints
-(`save`). Its step is `pipeline.training.step.make_step`'s choice; under MPI each rank steps
-its share of every global batch and rank 0 alone writes.
+`Trainer` is built from a run state (`state.py`: fresh, or loaded from a checkpoint) and makes
+the loaders from the config and the shard set; `run` trains epoch after epoch from the run's
+position, each epoch in calls of many batches (`train_epoch`, `_steps`), scores it
+(`end_epoch`) and checkpoints (`save`). Its step is `pipeline.training.step.make_step`'s
+choice; under MPI each rank steps its share of every global batch and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from pipeline.training.checkpoint_meta import CheckpointMeta
 from pipeline.training.config import TrainConfig
 from pipeline.training.history import Metrics
 from pipeline.training.rundir import METRICS_FILE, RunDir, improves, stopped_early
-from pipeline.training.state import RunState, check_fits
+from pipeline.training.state import RunState
 from pipeline.training.step import make_step
 
 
 class Trainer:
-    """One run from its state (`fresh_state`, or `resume.load_state`): the network and its
+    """One run from its state (`fresh_state`, or `state.load_state`): the network and its
     position, its step, the loaders, and the checkpoints they go to."""
 
     def __init__(
@@ -48,7 +48,6 @@ class Trainer:
     ) -> None:
         self.manifest, self.rundir, self.config, self.events = manifest, run, config, events
         self.comm, self.writer = comm, comm.rank == 0
-        check_fits(config, manifest)
         self.train_loader = Loader(
             manifest,
             "train",

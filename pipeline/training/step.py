@@ -2,7 +2,8 @@
 
 The original recipe's compiled kernel where it is exact and faster (one hidden layer, sigmoid,
 MSE, plain SGD at a constant rate, one process); the general step for everything else, MPI
-included. A batch too small to split among the ranks is refused here.
+included. `check_batch` (called by `train` before anything is written) refuses a batch too
+small to split among the ranks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ MIN_ROWS_PER_RANK = 16  # below this a step is all message and no arithmetic
 
 def make_step(config: TrainConfig, network: Network, comm: Comm) -> Step:
     """The step that trains `network` (updated in place) by `config` on `comm`'s ranks."""
-    check_batch(config.batch_size, comm)
     if config.is_original and len(network.weights) == 2 and comm.size == 1:
         from pipeline.nn.sparse_step import SparseStep  # numba: compiled only when training
 
