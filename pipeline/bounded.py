@@ -20,8 +20,9 @@ import math
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import IO
 
 import numpy as np
@@ -142,23 +143,62 @@ def npy_header(
     return npy
 
 
-def read_npy(zf: zipfile.ZipFile, npy: Npy, *, error: type[PipelineError]) -> np.ndarray:
-    """The array of a checked member, read straight into one buffer of the checked size."""
-    array = np.empty(npy.shape[::-1] if npy.fortran else npy.shape, npy.dtype)
+@contextmanager
+def npy_data(zf: zipfile.ZipFile, npy: Npy, *, error: type[PipelineError]) -> Iterator[IO[bytes]]:
+    """A checked member, open at its data (the header skipped) for the block; the block must
+    read the data to its end, and the member must end there."""
     with zf.open(npy.info) as f:
         if len(f.read(npy.offset)) != npy.offset:  # the header, parsed already
             raise error(f"{npy.where}: truncated inside its header")
-        if npy.nbytes:
-            into = array.reshape(-1).view(np.uint8).data  # (nbytes,) memoryview
-            done = 0
-            while done < npy.nbytes:
-                got = f.readinto(into[done : done + CHUNK])  # type: ignore[attr-defined]
-                if not got:
-                    raise error(f"{npy.where}: truncated after {done:,} of {npy.nbytes:,} bytes")
-                done += got
+        yield f
         if f.read(1):
             raise error(f"{npy.where}: trailing bytes after its array")
+
+
+def read_rows(
+    f: IO[bytes], npy: Npy, start: int, stop: int, *, error: type[PipelineError]
+) -> np.ndarray:
+    """Rows `start` to `stop` of a C-order member's array, read next from `f` (`npy_data`):
+    (stop - start, *shape[1:]) straight into one buffer of that size."""
+    array = np.empty((stop - start, *npy.shape[1:]), npy.dtype)
+    into = array.reshape(-1).view(np.uint8).data  # (nbytes,) memoryview
+    before = start * (array.nbytes // max(1, stop - start))  # the member's bytes read already
+    done = 0
+    while done < len(into):
+        got = f.readinto(into[done : done + CHUNK])  # type: ignore[attr-defined]
+        if not got:
+            raise error(f"{npy.where}: truncated after {before + done:,} of {npy.nbytes:,} bytes")
+        done += got
+    return array
+
+
+def read_npy(zf: zipfile.ZipFile, npy: Npy, *, error: type[PipelineError]) -> np.ndarray:
+    """The array of a checked member, read straight into one buffer of the checked size."""
+    c_shape = npy.shape[::-1] if npy.fortran else npy.shape  # as the bytes lie
+    rows = c_shape[0] if c_shape else 1
+    with npy_data(zf, npy, error=error) as f:
+        array = read_rows(f, replace(npy, shape=(rows, *c_shape[1:])), 0, rows, error=error)
+    array = array.reshape(c_shape)
     return array.T if npy.fortran else array
+
+
+def headers(
+    zf: zipfile.ZipFile,
+    stored: int,
+    where: str,
+    *,
+    error: type[PipelineError],
+    names: Sequence[str] | None = None,
+    required: Sequence[str] = (),
+) -> dict[str, Npy]:
+    """The checked `.npy` headers of the members `names` (None: every member) of an npz archive
+    of `stored` bytes; those `required` must be there."""
+    infos = members(zf, stored, where, error=error)
+    missing = [n for n in required if n not in infos]
+    if missing:
+        raise error(f"{where}: no {', '.join(missing)} (its arrays: {sorted(infos) or 'none'})")
+    wanted = [n for n in (infos if names is None else names) if n in infos]
+    return {n: npy_header(zf, infos[n], f"{where}:{n}", error=error) for n in wanted}
 
 
 def read_npz(
@@ -175,12 +215,7 @@ def read_npz(
     `required` must be there. Every member and header is checked, then `check` sees the
     headers (the caller's own bounds), before the first array is allocated."""
     with zipfile.ZipFile(source) as zf:
-        infos = members(zf, stored, where, error=error)
-        missing = [n for n in required if n not in infos]
-        if missing:
-            raise error(f"{where}: no {', '.join(missing)} (its arrays: {sorted(infos) or 'none'})")
-        wanted = [n for n in (infos if names is None else names) if n in infos]
-        headers = {n: npy_header(zf, infos[n], f"{where}:{n}", error=error) for n in wanted}
+        checked = headers(zf, stored, where, error=error, names=names, required=required)
         if check is not None:
-            check(headers)
-        return {n: read_npy(zf, h, error=error) for n, h in headers.items()}
+            check(checked)
+        return {n: read_npy(zf, h, error=error) for n, h in checked.items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TextIO
@@ -24,7 +24,7 @@ from pipeline.cli.tracking import Mlflow, MlflowExperiment, MlflowRequired, Trac
 from pipeline.events import EXPORTED, Events
 
 if TYPE_CHECKING:
-    from pipeline.deploy.predict import Prediction
+    from pipeline.deploy.predict import Prediction, Tally
 
 Model = Annotated[
     Path,
@@ -74,6 +74,34 @@ def _table(p: Prediction, classes: tuple[str, ...], top: int) -> Table:
     return table
 
 
+def _write(
+    predictions: Iterator[Prediction],
+    stream: TextIO,
+    output_format: Format,
+    classes: tuple[str, ...],
+    top: int | None,
+    *,
+    advance: Callable[[int], object],
+    table_out: Console,
+) -> Tally:
+    """Each batch's predictions written as they come (one pass); their tally."""
+    from pipeline.deploy import predict as engine
+
+    tally = engine.Tally()
+    for p in predictions:
+        tally.add(p)
+        advance(len(p.labels))
+        if output_format is Format.table:
+            table_out.print(_table(p, classes, top or min(3, len(classes))))
+        elif output_format is Format.csv:
+            if tally.inputs == len(p.labels):
+                stream.write(",".join(engine.csv_header(classes, top)) + "\n")
+            engine.write_csv(stream, engine.rows(p, classes, top))
+        else:
+            engine.write_jsonl(stream, engine.rows(p, classes, top))
+    return tally
+
+
 def predict(
     model: Model,
     inputs: Annotated[
@@ -106,34 +134,32 @@ def predict(
 
     if bool(inputs) == (source is not None):
         raise fail("pass image files or folders, or --source (one of them)", EXIT_USAGE)
-    with friendly_errors():
+    with friendly_errors(), contextlib.ExitStack() as stack:
         loaded = Loaded.load(model)
         classes, shape = loaded.classes, loaded.image_shape
         if top is not None and top > len(classes):
             raise fail(f"--top {top}: the model has {len(classes)} classes", EXIT_USAGE)
         if source is not None:
-            batches = inputs_lib.source_batches(source, split, shape, classes, batch_size)
+            opened = inputs_lib.source_batches(source, split, shape, classes, batch_size)
+            total, batches = stack.enter_context(opened)
         else:
+            total = inputs_lib.count_files(inputs or [])
             batches = inputs_lib.file_batches(
                 inputs or [], shape, classes, batch_size, resize=resize
             )
-        tally = engine.Tally()
         bar = Console(stderr=True)
         progress = Progress(console=bar, transient=True, disable=not bar.is_terminal)
         with progress, _output(out) as stream:
-            task = progress.add_task("predicting", total=None)
-            for p in engine.predict(loaded, batches):
-                tally.add(p)
-                progress.advance(task, len(p.labels))
-                if output_format is Format.table:
-                    table = _table(p, classes, top or min(3, len(classes)))
-                    (Console(file=stream, width=160) if out else views.out).print(table)
-                elif output_format is Format.csv:
-                    if tally.inputs == len(p.labels):
-                        stream.write(",".join(engine.csv_header(classes, top)) + "\n")
-                    engine.write_csv(stream, engine.rows(p, classes, top))
-                else:
-                    engine.write_jsonl(stream, engine.rows(p, classes, top))
+            task = progress.add_task("predicting", total=total)
+            tally = _write(
+                engine.predict(loaded, batches),
+                stream,
+                output_format,
+                classes,
+                top,
+                advance=lambda n: progress.advance(task, n),
+                table_out=Console(file=stream, width=160) if out else views.out,
+            )
     note = f"{tally.inputs:,} inputs predicted with {loaded.ckpt.path}"
     if tally.accuracy is not None:
         note += f"; accuracy {tally.accuracy:.2%} on {tally.labelled:,} labelled inputs"

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.data.sources import images
-from pipeline.errors import ConfigError, SourceError
+from pipeline.errors import SourceError
 
 RESAMPLING = "BILINEAR"  # Pillow's Image.Resampling member --resize uses (documented)
 
@@ -58,6 +59,12 @@ def image_files(paths: Sequence[Path]) -> Iterator[Path]:
             yield path
         else:
             raise SourceError(f"{path}: no such file or folder")
+
+
+def count_files(paths: Sequence[Path]) -> int:
+    """How many image files `paths` name: a walk of names alone (the progress bar's total);
+    an empty folder or a missing path is its error, before any image is read."""
+    return sum(1 for _ in image_files(paths))
 
 
 def _read(paths: list[Path], shape: tuple[int, ...], resize: bool) -> np.ndarray:
@@ -110,25 +117,29 @@ def file_batches(
         yield Batch([str(p) for p in chunk], pixels, targets)
 
 
+@contextmanager
 def source_batches(
     spec: str, split: str, shape: tuple[int, ...], classes: Sequence[str], batch: int
-) -> Iterator[Batch]:
-    """A source's split (read and validated as prepare reads it), in order, batched."""
+) -> Iterator[tuple[int, Iterator[Batch]]]:
+    """A source's split, streamed (`sources.stream`: read and checked as prepare reads it, a
+    batch at a time): its sample count and its batches, in order. Labels count only where
+    the source's class names are the model's (a source without names: its labels are the
+    model's class indices, checked against its class count)."""
     from pipeline.data import sources
 
-    raw = sources.load(spec)
-    if split not in raw.splits:
-        raise ConfigError(
-            f"{spec} has no such split ({', '.join(raw.splits)})", param="split", value=split
-        )
-    if tuple(raw.image_shape) != tuple(shape):
-        raise SourceError(
-            f"{spec}: images of shape {list(raw.image_shape)}; the model takes {list(shape)}"
-        )
-    data = raw.splits[split]
-    same = list(raw.classes) == list(classes)  # labels mean something only for the same classes
-    for start in range(0, len(data.images), batch):
-        stop = min(start + batch, len(data.images))
-        targets = data.labels[start:stop].astype(np.int64) if same else np.full(stop - start, -1)
-        names = [f"{split}/{i}" for i in range(start, stop)]
-        yield Batch(names, data.images[start:stop], targets)
+    with sources.stream(spec, split, batch, list(classes)) as found:
+        if tuple(found.image_shape) != tuple(shape):
+            raise SourceError(
+                f"{spec}: images of shape {list(found.image_shape)}; the model takes {list(shape)}"
+            )
+        same = list(found.classes) == list(classes)
+
+        def batches() -> Iterator[Batch]:
+            start = 0
+            for pixels, labels in found.chunks:
+                stop = start + len(pixels)
+                targets = labels.astype(np.int64) if same else np.full(stop - start, -1)
+                yield Batch([f"{split}/{i}" for i in range(start, stop)], pixels, targets)
+                start = stop
+
+        yield found.count, batches()

@@ -15,14 +15,19 @@ shard set. `carve_val()` then takes a validation split from train if asked.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.data.sources import csv, idx, images, npz, torchvision
-from pipeline.data.sources.base import RawDataset, RawFile, RawSplit, not_utf8, validate
+from pipeline.data.sources.base import SPLITS, RawDataset, RawFile, RawSplit, not_utf8, validate
 from pipeline.data.sources.idx import EMBEDDED_DIR, EMBEDDED_SHA256, SPLIT_FILES
 from pipeline.data.sources.split import carve_val
-from pipeline.errors import SourceError
+from pipeline.data.sources.stream import SplitChunks, SplitStream, checked
+from pipeline.errors import ConfigError, SourceError
 
 __all__ = [
     "EMBEDDED_DIR",
@@ -31,10 +36,12 @@ __all__ = [
     "RawDataset",
     "RawFile",
     "RawSplit",
+    "SplitStream",
     "carve_val",
     "load",
     "parse_shape",
     "resolve",
+    "stream",
 ]
 
 FORMS = "embedded, idx:DIR, torchvision:NAME[/SPLIT]:ROOT, npz:FILE, csv:TRAIN,TEST, images:DIR"
@@ -174,3 +181,66 @@ def load(
         found = images.read(_path(spec, rest, directory=True), normalized)
     raw = validate(found, name=name, classes=classes)
     return carve_val(raw, val_fraction) if val_fraction else raw
+
+
+@contextmanager
+def stream(spec: str | None, split: str, rows: int, classes: list[str]) -> Iterator[SplitStream]:
+    """One split of the source `spec`, `rows` samples at a time, checked as `load` checks it
+    (stream.py); its labels are checked against the source's class names, or `classes` if it
+    names none. Every form streams, but torchvision's QMNIST, EMNIST and the datasets read
+    through torchvision itself: those are loaded whole (`load`), then chunked."""
+    spec = spec or "embedded"
+    resolve(spec)
+    if split not in SPLITS:
+        raise ConfigError(
+            f"{spec} has no such split ({', '.join(SPLITS)})", param="split", value=split
+        )
+    kind, _, rest = spec.partition(":")
+    with _form_stream(spec, kind, rest, split, rows) as found:
+        yield checked(split, found, classes)
+
+
+def _form_stream(
+    spec: str, kind: str, rest: str, split: str, rows: int
+) -> contextlib.AbstractContextManager[SplitChunks]:
+    if spec == "embedded":
+        verify = functools.partial(idx.check_embedded, EMBEDDED_DIR)
+        return _named(idx.stream_split(EMBEDDED_DIR, split, rows, check=verify), torchvision.DIGITS)
+    if kind == "idx":
+        directory = _path(spec, rest, directory=True)
+        return _named(idx.stream_split(directory, split, rows), _idx_identity(directory)[1])
+    if kind == "npz":
+        return npz.stream(_path(spec, rest, directory=False), split, rows)
+    if kind == "csv":
+        files = [_path(spec, p, directory=False) for p in rest.split(",")]
+        return csv.stream(files[SPLITS.index(split)], rows, None)
+    if kind == "images":
+        return images.stream(_path(spec, rest, directory=True), split, rows)
+    dataset, _, root = rest.partition(":")
+    name, _, part = dataset.partition("/")
+    found = torchvision.mnist_like(name, part or None, _path(spec, root, directory=True), spec)
+    if found is None:
+        return _whole(spec, split, rows)
+    raw, classes = found
+    return _named(idx.stream_split(raw, split, rows), classes)
+
+
+@contextmanager
+def _named(
+    found: contextlib.AbstractContextManager[SplitChunks], classes: list[str] | None
+) -> Iterator[SplitChunks]:
+    with found as split:
+        split.classes = classes
+        yield split
+
+
+@contextmanager
+def _whole(spec: str, split: str, rows: int) -> Iterator[SplitChunks]:
+    raw = load(spec)
+    data = raw.splits[split]
+    n = len(data.images)
+    chunks = (
+        (data.images[at : at + rows].reshape(-1, *raw.image_shape), data.labels[at : at + rows])
+        for at in range(0, n, rows)
+    )
+    yield SplitChunks((n, *raw.image_shape), chunks, spec, classes=raw.classes)

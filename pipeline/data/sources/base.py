@@ -139,8 +139,9 @@ def not_utf8(text: str) -> str | None:
     return None
 
 
-def to_uint8(images: np.ndarray, where: str) -> np.ndarray:
-    """Any accepted pixel array -> uint8, by the rule in the module docstring."""
+def to_uint8(images: np.ndarray, where: str, start: int = 0) -> np.ndarray:
+    """Any accepted pixel array -> uint8, by the rule in the module docstring; `images` are
+    the split's from image `start` on (a streamed chunk), as messages number them."""
     if images.dtype == np.uint8:
         return images
     if images.dtype.kind == "f":
@@ -148,7 +149,8 @@ def to_uint8(images: np.ndarray, where: str) -> np.ndarray:
         if not finite.all() or images.min() < 0.0 or images.max() > 1.0:
             bad = np.argwhere(~(finite & (images >= 0.0) & (images <= 1.0)))[0]
             raise SourceError(
-                f"{where}: float pixel {images[tuple(bad)]} at image {bad[0]} is outside [0, 1]"
+                f"{where}: float pixel {images[tuple(bad)]} at image {start + bad[0]} "
+                "is outside [0, 1]"
             )
         # float64 arithmetic: x * 255 of a float32 k / 255 lies within 1e-4 of k
         return np.rint(images.astype(np.float64) * 255.0).astype(np.uint8)
@@ -157,19 +159,20 @@ def to_uint8(images: np.ndarray, where: str) -> np.ndarray:
             bad = int(np.argmax((images < 0) | (images > 255)).item())
             raise SourceError(
                 f"{where}: pixel {images.flat[bad]} is outside 0..255 "
-                f"(image {bad // max(1, math.prod(images.shape[1:]))})"
+                f"(image {start + bad // max(1, math.prod(images.shape[1:]))})"
             )
         return images.astype(np.uint8)
     raise SourceError(f"{where}: pixels of dtype {images.dtype}; expected uint8 or float in [0, 1]")
 
 
-def _image_shape(images: np.ndarray, where: str) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in images.shape[1:])
+def image_shape_of(dims: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """The image shape of an (n, ...) array's `dims` (or a header's claim of them)."""
+    shape = tuple(int(d) for d in dims[1:])
     if len(shape) == 3 and shape[2] == 1:
         shape = shape[:2]  # one channel is grayscale: stored like (rows, cols) data
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 3):
         raise SourceError(
-            f"{where}: images of shape {list(images.shape[1:])}; expected (rows, cols), "
+            f"{where}: images of shape {list(dims[1:])}; expected (rows, cols), "
             "(rows, cols, 1) or (rows, cols, 3)"
         )
     if 0 in shape:
@@ -177,18 +180,21 @@ def _image_shape(images: np.ndarray, where: str) -> tuple[int, ...]:
     return shape
 
 
-def _labels(labels: np.ndarray, n: int, where: str, classes: int | None) -> np.ndarray:
-    """(n,) integer labels -> (n,) uint8 class indices, each checked against the class count
-    (`classes`, or MAX_CLASSES when the source names none) before anything is sized by one."""
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise SourceError(
-            f"{where}: labels are {labels.ndim}-D {labels.dtype}; expected 1-D integers"
-        )
-    if len(labels) != n:
-        raise SourceError(f"{where}: {n} images but {len(labels)} labels")
+def label_type(ndim: int, dtype: np.dtype, where: str) -> None:
+    """Labels must be 1-D integers (checked on a header before any is read)."""
+    if ndim != 1 or dtype.kind not in "iu":
+        raise SourceError(f"{where}: labels are {ndim}-D {dtype}; expected 1-D integers")
+
+
+def class_indices(
+    labels: np.ndarray, where: str, classes: int | None, start: int = 0
+) -> np.ndarray:
+    """(k,) integer labels, the split's from sample `start` on -> (k,) uint8 class indices,
+    each checked against the class count (`classes`, or MAX_CLASSES when the source names
+    none) before anything is sized by one."""
     if labels.size and labels.min() < 0:
         bad = int(np.argmax(labels < 0))
-        raise SourceError(f"{where}: label {labels[bad]} at index {bad} is negative")
+        raise SourceError(f"{where}: label {labels[bad]} at index {start + bad} is negative")
     limit = MAX_CLASSES if classes is None else classes
     if labels.size and labels.max() >= limit:
         bad = int(np.argmax(labels >= limit))
@@ -197,8 +203,22 @@ def _labels(labels: np.ndarray, n: int, where: str, classes: int | None) -> np.n
             if classes is None
             else f" for {classes} classes"
         )
-        raise SourceError(f"{where}: label {labels[bad]} at index {bad} is out of range{why}")
+        raise SourceError(
+            f"{where}: label {labels[bad]} at index {start + bad} is out of range{why}"
+        )
     return labels.astype(np.uint8)
+
+
+def _labels(labels: np.ndarray, n: int, where: str, classes: int | None) -> np.ndarray:
+    """(n,) integer labels -> (n,) uint8 class indices (`class_indices`)."""
+    label_type(labels.ndim, labels.dtype, where)
+    label_count(n, len(labels), where)
+    return class_indices(labels, where, classes)
+
+
+def label_count(images: int, labels: int, where: str) -> None:
+    if images != labels:
+        raise SourceError(f"{where}: {images} images but {labels} labels")
 
 
 def _numbered(found: Found, labels: dict[str, np.ndarray]) -> list[str]:
@@ -220,7 +240,7 @@ def _numbered(found: Found, labels: dict[str, np.ndarray]) -> list[str]:
     return [str(k) for k in range(max(top + 1, 2))]
 
 
-def _check_names(names: list[str]) -> None:
+def check_names(names: list[str]) -> None:
     if len(names) < 2 or len(set(names)) != len(names):
         raise SourceError(
             "need at least two distinct class names", param="classes", value=",".join(names)
@@ -246,13 +266,13 @@ def validate(
         raise SourceError(f"{found.source}: no {' or '.join(missing)} split")
     given = classes or found.classes
     if given:
-        _check_names(given)
+        check_names(given)
     shapes: dict[str, tuple[int, ...]] = {}
     labels: dict[str, np.ndarray] = {}  # (n,) uint8 per split
     for split, data in found.splits.items():
         if len(data.images) == 0:
             raise SourceError(f"{data.where}: the {split} split holds no images")
-        shapes[split] = _image_shape(data.images, data.where)
+        shapes[split] = image_shape_of(data.images.shape, data.where)
         where = data.labels_where or data.where
         labels[split] = _labels(data.labels, len(data.images), where, len(given) if given else None)
     if len(set(shapes.values())) != 1:

@@ -24,6 +24,7 @@ import itertools
 import math
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -37,6 +38,7 @@ from pipeline.data.sources.base import (
     file_size,
     to_uint8,
 )
+from pipeline.data.sources.stream import Chunk, SplitChunks
 from pipeline.errors import SourceError
 
 BLOCK_ROWS = 1024
@@ -61,9 +63,7 @@ class _Block:
         if self.columns < 2:
             raise SourceError(f"{self.where(0)}: a label but no pixels (one column)")
         # the first line with a pixel (not the label) written as a float, if any
-        self.float_line = next(
-            (n for n, line in batch if FLOAT_TEXT.search(line, line.find(",") + 1)), None
-        )
+        self.float_line = next((n for n, line in batch if _float_written(line)), None)
         self.floats = self.float_line is not None
         self.pixels = self._pixels(values[:, 1:])
         self.labels = self._labels(values[:, 0])
@@ -100,7 +100,15 @@ class _Block:
 def _lines(f: TextIO, path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of each non-blank line; none may exceed MAX_LINE_CHARS."""
     number = 0
-    while line := f.readline(MAX_LINE_CHARS + 1):
+    while True:
+        try:
+            line = f.readline(MAX_LINE_CHARS + 1)
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"{path}: not a text file ({exc.reason})") from None
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        if not line:
+            return
         number += 1
         if len(line) > MAX_LINE_CHARS:
             raise SourceError(
@@ -137,43 +145,106 @@ def _is_header(first: str, path: Path) -> bool:
     return True
 
 
-def _rows(path: Path, image_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
-    """(n, rows, cols[, channels]) uint8 images and (n,) int64 labels of one file."""
-    blocks: list[_Block] = []
-    # utf-8-sig: a byte order mark (Excel, Notepad) is no part of the first field
-    with path.open("r", encoding="utf-8-sig", errors="strict", newline="") as f:
-        lines = _lines(f, path)
-        first = next(lines, None)
-        if first is None:
-            raise SourceError(f"{path}: empty file, no header or data rows")
-        if not _is_header(first[1], path):
-            lines = itertools.chain([first], lines)
-        for batch in _batches(lines):
-            blocks.append(_Block(batch, path, blocks[0].columns if blocks else None))
-    if not blocks:
-        raise SourceError(f"{path}: no data rows")
-    images = np.concatenate(_typed(blocks))  # (n, features) uint8
-    features = blocks[0].columns - 1
+def _float_written(line: str) -> bool:
+    """A pixel of the line (the label aside) is written as a float."""
+    return FLOAT_TEXT.search(line, line.find(",") + 1) is not None
+
+
+def _data_lines(f: TextIO, path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each data row: `_lines` without a header."""
+    lines = _lines(f, path)
+    first = next(lines, None)
+    if first is None:
+        raise SourceError(f"{path}: empty file, no header or data rows")
+    if not _is_header(first[1], path):
+        yield first
+    yield from lines
+
+
+def _blocks(f: TextIO, path: Path) -> Iterator[_Block]:
+    """The file's rows parsed a block at a time, every block as wide as the first."""
+    columns = None
+    for batch in _batches(_data_lines(f, path)):
+        block = _Block(batch, path, columns)
+        columns = block.columns
+        yield block
+
+
+def _opened(path: Path) -> TextIO:
+    try:  # utf-8-sig: a byte order mark (Excel, Notepad) is no part of the first field
+        return path.open("r", encoding="utf-8-sig", errors="strict", newline="")
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _shape(block: _Block, path: Path, image_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    features = block.columns - 1
     shape = image_shape or _square(features, path)
     if math.prod(shape) != features:
         raise SourceError(f"{path}: {features} pixels per row do not make images of {list(shape)}")
+    return shape
+
+
+def _typed(block: _Block, float_line: int | None) -> np.ndarray:
+    """The block's pixels under the file's one type (`float_line`: the file's first line with
+    a float pixel, None: an integer file): in a float file, an integer-written block may hold
+    only 0 and 1 (checked), which mean 0.0 and 1.0."""
+    if float_line is None or block.floats:
+        return block.pixels
+    if block.pixels.max() > 1:
+        row = int(np.argmax(block.pixels.max(axis=1) > 1))
+        raise SourceError(
+            f"{block.where(row)}: pixel {block.pixels[row].max()} in a file of float pixels "
+            f"(line {float_line}); floats must lie in [0, 1]"
+        )
+    return block.pixels * np.uint8(255)
+
+
+def _rows(path: Path, image_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(n, rows, cols[, channels]) uint8 images and (n,) int64 labels of one file."""
+    with _opened(path) as f:
+        blocks = list(_blocks(f, path))
+    if not blocks:
+        raise SourceError(f"{path}: no data rows")
+    float_line = next((b.float_line for b in blocks if b.floats), None)
+    images = np.concatenate([_typed(b, float_line) for b in blocks])  # (n, features) uint8
+    shape = _shape(blocks[0], path, image_shape)
     return images.reshape(len(images), *shape), np.concatenate([b.labels for b in blocks])
 
 
-def _typed(blocks: list[_Block]) -> list[np.ndarray]:
-    """The blocks' pixels under the file's one type: a float file's integer-written blocks
-    may hold only 0 and 1 (checked), which mean 0.0 and 1.0."""
-    floats = next((b.float_line for b in blocks if b.floats), None)
-    if floats is None:
-        return [b.pixels for b in blocks]
-    for b in blocks:
-        if not b.floats and b.pixels.max() > 1:
-            row = int(np.argmax(b.pixels.max(axis=1) > 1))
-            raise SourceError(
-                f"{b.where(row)}: pixel {b.pixels[row].max()} in a file of float pixels "
-                f"(line {floats}); floats must lie in [0, 1]"
-            )
-    return [b.pixels if b.floats else b.pixels * np.uint8(255) for b in blocks]
+def _scan(path: Path) -> tuple[int, int | None]:
+    """The file's data rows and its first line with a float pixel (None: none), from its text
+    alone: what the type of a block read before that line depends on."""
+    rows, float_line = 0, None
+    with _opened(path) as f:
+        for number, line in _data_lines(f, path):
+            rows += 1
+            if float_line is None and _float_written(line):
+                float_line = number
+    return rows, float_line
+
+
+@contextmanager
+def stream(path: Path, rows: int, image_shape: tuple[int, ...] | None) -> Iterator[SplitChunks]:
+    """One file as a split, about `rows` rows a time (a block's): the text scanned first for
+    the row count and the file's type (`_scan`: no parsing), then one parsing pass, each block
+    checked and typed as `_rows` does."""
+    count, float_line = _scan(path)
+    with _opened(path) as f:
+        blocks = _blocks(f, path)
+        first = next(blocks, None)
+        if first is None:
+            raise SourceError(f"{path}: no data rows")
+        shape = _shape(first, path, image_shape)
+
+        def chunks() -> Iterator[Chunk]:
+            for block in itertools.chain([first], blocks):
+                pixels = _typed(block, float_line)  # (k, features) uint8
+                for at in range(0, len(pixels), rows):
+                    part = pixels[at : at + rows]
+                    yield part.reshape(len(part), *shape), block.labels[at : at + rows]
+
+        yield SplitChunks((count, *shape), chunks(), str(path))
 
 
 def _is_number(cell: str) -> bool:
@@ -213,12 +284,7 @@ def read(train: Path, test: Path, spec: str, image_shape: tuple[int, ...] | None
     splits, files = {}, []
     for split, path in (("train", train), ("test", test)):
         stored = file_size(path)
-        try:
-            images, labels = _rows(path, image_shape)
-        except UnicodeDecodeError as exc:
-            raise SourceError(f"{path}: not a text file ({exc.reason})") from None
-        except OSError as exc:
-            raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        images, labels = _rows(path, image_shape)
         splits[split] = FoundSplit(images, labels, str(path))
         with path.open("rb") as f:
             files.append(RawFile(path.name, hashlib.file_digest(f, "sha256").hexdigest(), stored))

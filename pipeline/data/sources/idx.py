@@ -9,11 +9,14 @@ exactly there. A truncated or mislabelled file is an error, never a short or shi
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import math
 import struct
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +30,7 @@ from pipeline.data.sources.base import (
     check_claim,
     file_size,
 )
+from pipeline.data.sources.stream import Chunk, SplitChunks
 from pipeline.errors import IdxFormatError, SourceError
 
 # type code -> big-endian numpy dtype (the IDX spec's table)
@@ -50,10 +54,11 @@ EMBEDDED_SHA256 = {
 }
 
 
-def parse_stream(
+def read_header(
     stream: IO[bytes], where: str, *, stored: int, compressed: bool
-) -> tuple[np.ndarray, HashingReader]:
-    """Read one IDX array from `stream` (`stored` bytes on disk); the stream must end after it."""
+) -> tuple[np.dtype, tuple[int, ...], HashingReader]:
+    """An IDX header read from `stream` (`stored` bytes on disk): its dtype and dimensions,
+    their claim checked against the file's size, and the reader positioned at the data."""
     reader = HashingReader(stream, where, error=IdxFormatError)
     head = stream.read(4)
     reader.seen(head)
@@ -66,23 +71,79 @@ def parse_stream(
         raise IdxFormatError(f"{where}: bad IDX header (0 dimensions)")
     dims = struct.unpack(f">{ndim}I", reader.read_exact(4 * ndim, "IDX header"))
     # Python ints: a crafted header must not wrap around int64 and pass the length check
-    nbytes = math.prod(dims) * dtype.itemsize
-    expected = 4 + 4 * ndim + nbytes
+    expected = 4 + 4 * ndim + math.prod(dims) * dtype.itemsize
     if not compressed and stored != expected:
         what = "truncated" if stored < expected else "trailing bytes"
         raise IdxFormatError(
             f"{where}: {stored} bytes but the header {list(dims)} needs {expected} ({what})"
         )
     check_claim(expected, stored, compressed=compressed, where=where, error=IdxFormatError)
-    buffer = bytearray(nbytes)
+    return dtype, dims, reader
+
+
+def records(
+    reader: HashingReader, dtype: np.dtype, dims: tuple[int, ...], start: int, stop: int
+) -> np.ndarray:
+    """Records `start` to `stop` of the array a header announced, read next from `reader`:
+    (stop - start, *dims[1:]) in one buffer of that size."""
+    buffer = bytearray((stop - start) * math.prod(dims[1:]) * dtype.itemsize)
     reader.read_into(memoryview(buffer), "IDX data")
+    return np.frombuffer(buffer, dtype).reshape(stop - start, *dims[1:])
+
+
+def parse_stream(
+    stream: IO[bytes], where: str, *, stored: int, compressed: bool
+) -> tuple[np.ndarray, HashingReader]:
+    """Read one IDX array from `stream` (`stored` bytes on disk); the stream must end after it."""
+    dtype, dims, reader = read_header(stream, where, stored=stored, compressed=compressed)
+    array = records(reader, dtype, dims, 0, dims[0]).reshape(dims)  # ndim 1 records: scalars
     reader.expect_end()
-    return np.frombuffer(buffer, dtype).reshape(dims), reader
+    return array, reader
 
 
 def parse(data: bytes, where: str) -> np.ndarray:
     """The array in the bytes of a whole (uncompressed) IDX file."""
     return parse_stream(io.BytesIO(data), where, stored=len(data), compressed=False)[0]
+
+
+@contextmanager
+def read_errors(where: str) -> Iterator[None]:
+    """Damaged or unreadable bytes read in the block: one error naming the file."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise IdxFormatError(f"{where}: not a complete gzip file ({exc})") from None
+    except FileNotFoundError:
+        raise SourceError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise SourceError(f"{where}: cannot read ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def opened(
+    path: Path,
+    stream: IO[bytes] | None = None,
+    *,
+    stored: int | None = None,
+    compressed: bool = False,
+) -> Iterator[tuple[np.dtype, tuple[int, ...], HashingReader]]:
+    """The header of the IDX file `path` (`.gz` or raw) and a reader at its data, open for
+    the block (whose reads go under `read_errors`). Or of `stream`, an open member of an
+    archive: `stored` is then the member's bytes on disk and `compressed` whether the
+    archive inflates them, so that one ratio limit bounds the whole chain (a deflated zip
+    member holding a .gz: bytes on disk -> IDX header's claim)."""
+    where = str(path)
+    with contextlib.ExitStack() as files:
+        with read_errors(where):
+            if stream is None:
+                stored = file_size(path)
+                stream = files.enter_context(path.open("rb"))
+            assert stored is not None
+            gz = path.name.endswith(".gz")
+            if gz:
+                stream = files.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[assignment]
+            header = read_header(stream, where, stored=stored, compressed=compressed or gz)
+        yield header
 
 
 def read_idx(
@@ -92,53 +153,39 @@ def read_idx(
     stored: int | None = None,
     compressed: bool = False,
 ) -> tuple[np.ndarray, RawFile]:
-    """The array in an IDX file, `.gz` or raw, and the record of what was read. Or in `stream`,
-    an open member of an archive: `stored` is then the member's bytes on disk and `compressed`
-    whether the archive inflates them, so that one ratio limit bounds the whole chain (a
-    deflated zip member holding a .gz: bytes on disk -> IDX header's claim)."""
-    where = str(path)
-    try:
-        if stream is None:
-            stored = file_size(path)
-            with path.open("rb") as f:
-                return _read(f, where, path.name, stored, compressed)
-        assert stored is not None
-        return _read(stream, where, path.name, stored, compressed)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise IdxFormatError(f"{where}: not a complete gzip file ({exc})") from None
-    except FileNotFoundError:
-        raise SourceError(f"{where}: no such file") from None
-    except OSError as exc:
-        raise SourceError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    """The array in an IDX file (`opened`'s arguments) and the record of what was read."""
+    with (
+        opened(path, stream, stored=stored, compressed=compressed) as (dtype, dims, reader),
+        read_errors(str(path)),
+    ):
+        array = records(reader, dtype, dims, 0, dims[0]).reshape(dims)
+        reader.expect_end()
+        return array, reader.record(path.name)
 
 
-def _read(
-    f: IO[bytes], where: str, name: str, stored: int, compressed: bool
-) -> tuple[np.ndarray, RawFile]:
-    gz = name.endswith(".gz")
-    stream: IO[bytes] = gzip.GzipFile(fileobj=f, mode="rb") if gz else f  # type: ignore[assignment]
-    array, reader = parse_stream(stream, where, stored=stored, compressed=compressed or gz)
-    return array, reader.record(name)
-
-
-def check_images(images: np.ndarray, where: str) -> np.ndarray:
-    """(n, rows, cols) uint8 images."""
-    if images.ndim != 3 or images.dtype != np.uint8:
+def check_images(dims: tuple[int, ...], dtype: np.dtype, where: str) -> None:
+    """(n, rows, cols) uint8 images (an array's shape and dtype, or a header's)."""
+    if len(dims) != 3 or dtype != np.uint8:
         raise IdxFormatError(
-            f"{where}: expected 3-D unsigned-byte images, found {images.ndim}-D {images.dtype}"
+            f"{where}: expected 3-D unsigned-byte images, found {len(dims)}-D {dtype}"
         )
-    if 0 in images.shape[1:]:
-        raise IdxFormatError(f"{where}: images of size {images.shape[1:]} hold no pixels")
-    return images
+    if 0 in dims[1:]:
+        raise IdxFormatError(f"{where}: images of size {tuple(dims[1:])} hold no pixels")
 
 
-def check_labels(labels: np.ndarray, where: str) -> np.ndarray:
+def check_labels(dims: tuple[int, ...], dtype: np.dtype, where: str) -> None:
     """(n,) uint8 labels (their range is checked against the class names later)."""
-    if labels.ndim != 1 or labels.dtype != np.uint8:
+    if len(dims) != 1 or dtype != np.uint8:
         raise IdxFormatError(
-            f"{where}: expected 1-D unsigned-byte labels, found {labels.ndim}-D {labels.dtype}"
+            f"{where}: expected 1-D unsigned-byte labels, found {len(dims)}-D {dtype}"
         )
-    return labels
+
+
+def check_count(images: int, labels: int, image_path: Path, label_path: Path) -> None:
+    if images != labels:
+        raise IdxFormatError(
+            f"{image_path}: {images} images but {label_path.name} has {labels} labels"
+        )
 
 
 def find(directory: Path, stem: str) -> Path:
@@ -154,13 +201,59 @@ def read_pair(image_path: Path, label_path: Path, files: list[RawFile]) -> Found
     images, image_file = read_idx(image_path)
     labels, label_file = read_idx(label_path)
     files += [image_file, label_file]
-    check_images(images, str(image_path))
-    check_labels(labels, str(label_path))
-    if len(images) != len(labels):
-        raise IdxFormatError(
-            f"{image_path}: {len(images)} images but {label_path.name} has {len(labels)} labels"
-        )
+    check_images(images.shape, images.dtype, str(image_path))
+    check_labels(labels.shape, labels.dtype, str(label_path))
+    check_count(len(images), len(labels), image_path, label_path)
     return FoundSplit(images, labels, str(image_path), str(label_path))
+
+
+@contextmanager
+def stream_split(
+    directory: Path,
+    split: str,
+    rows: int,
+    *,
+    check: Callable[[list[RawFile]], None] | None = None,
+) -> Iterator[SplitChunks]:
+    """A split's images and labels files of `directory` (SPLIT_FILES), `rows` samples at a
+    time: both headers checked as `read_pair` checks them before any data is read; each file
+    must end where its header says; at the end `check` sees both files' records (the
+    embedded checksums)."""
+    image_path, label_path = (find(directory, stem) for stem in SPLIT_FILES[split])
+    with (
+        opened(image_path) as (image_type, dims, images),
+        opened(label_path) as (label_type, label_dims, labels),
+    ):
+        check_images(dims, image_type, str(image_path))
+        check_labels(label_dims, label_type, str(label_path))
+        check_count(dims[0], label_dims[0], image_path, label_path)
+
+        def chunks() -> Iterator[Chunk]:
+            for start in range(0, dims[0], rows):  # the last chunk checks that both files end
+                stop = min(start + rows, dims[0])
+                with read_errors(str(image_path)):
+                    x = records(images, image_type, dims, start, stop)
+                    if stop == dims[0]:
+                        images.expect_end()
+                with read_errors(str(label_path)):
+                    y = records(labels, label_type, label_dims, start, stop)
+                    if stop == dims[0]:
+                        labels.expect_end()
+                yield x, y
+            if check is not None:
+                check([images.record(image_path.name), labels.record(label_path.name)])
+
+        yield SplitChunks(dims, chunks(), str(image_path), str(label_path))
+
+
+def check_embedded(directory: Path, files: list[RawFile]) -> None:
+    """The embedded MNIST's files are the ones shipped (their sha256)."""
+    for record in files:
+        stem = record.name.removesuffix(".gz")
+        if record.sha256 != EMBEDDED_SHA256[stem]:
+            raise SourceError(
+                f"{directory / record.name}: checksum mismatch, the embedded MNIST is damaged"
+            )
 
 
 def read_directory(directory: Path, source: str, name: str) -> Found:
@@ -171,10 +264,5 @@ def read_directory(directory: Path, source: str, name: str) -> Found:
         for split, (images, labels) in SPLIT_FILES.items()
     }
     if source == "embedded":
-        for record in files:
-            stem = record.name.removesuffix(".gz")
-            if record.sha256 != EMBEDDED_SHA256[stem]:
-                raise SourceError(
-                    f"{directory / record.name}: checksum mismatch, the embedded MNIST is damaged"
-                )
+        check_embedded(directory, files)
     return Found(source=source, name=name, classes=None, splits=splits, files=files)

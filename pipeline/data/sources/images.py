@@ -35,6 +35,7 @@ from pipeline.data.sources.base import (
     file_size,
     not_utf8,
 )
+from pipeline.data.sources.stream import Chunk, SplitChunks
 from pipeline.errors import SourceError
 
 if TYPE_CHECKING:
@@ -160,7 +161,8 @@ def _class_folders(split_dir: Path) -> list[Path]:
     return folders
 
 
-def read(directory: Path, spec: str) -> Found:
+def _classes(directory: Path) -> list[str]:
+    """The train split's class folders, sorted; every test folder must be one of them."""
     if not directory.is_dir():
         raise SourceError(f"{directory}: not a directory")
     train_dir = directory / "train"
@@ -174,22 +176,30 @@ def read(directory: Path, spec: str) -> Found:
         for p in _class_folders(test_dir):
             if p.name not in classes:
                 raise SourceError(f"{p}: class {p.name!r} has no folder in {train_dir}")
-    entries: dict[str, list[_Entry]] = {}
-    for split in ("train", "test"):
-        split_dir = directory / split
-        if not split_dir.is_dir():
-            raise SourceError(f"{directory}: no {split}/ folder (expected {split}/<class>/*.png)")
-        entries[split] = [_header(p, label) for p, label in _files(split_dir, classes)]
-        if not entries[split]:
-            raise SourceError(f"{split_dir}: no images")
-        sizes = {e.size for e in entries[split]}
-        if len(sizes) > 1:
-            first = entries[split][0]
-            odd = next(e for e in entries[split] if e.size != first.size)
-            raise SourceError(
-                f"{odd.path}: {odd.size[0]}x{odd.size[1]} pixels, but {first.path.name} "
-                f"is {first.size[0]}x{first.size[1]}; all images of a split share one size"
-            )
+    return classes
+
+
+def _entries(directory: Path, split: str, classes: list[str]) -> list[_Entry]:
+    """A split's files in order, each header checked; all of one size."""
+    split_dir = directory / split
+    if not split_dir.is_dir():
+        raise SourceError(f"{directory}: no {split}/ folder (expected {split}/<class>/*.png)")
+    entries = [_header(p, label) for p, label in _files(split_dir, classes)]
+    if not entries:
+        raise SourceError(f"{split_dir}: no images")
+    first = entries[0]
+    odd = next((e for e in entries if e.size != first.size), None)
+    if odd is not None:
+        raise SourceError(
+            f"{odd.path}: {odd.size[0]}x{odd.size[1]} pixels, but {first.path.name} "
+            f"is {first.size[0]}x{first.size[1]}; all images of a split share one size"
+        )
+    return entries
+
+
+def read(directory: Path, spec: str) -> Found:
+    classes = _classes(directory)
+    entries = {split: _entries(directory, split, classes) for split in ("train", "test")}
     colour = any(e.mode in COLOUR_MODES for split in entries.values() for e in split)
     mode = "RGB" if colour else "L"
     splits, files = {}, []
@@ -204,3 +214,22 @@ def read(directory: Path, spec: str) -> Found:
         total = sum(e.path.stat().st_size for e in split_entries)
         files.append(RawFile(f"{split}/", digest.hexdigest(), total))
     return Found(spec, directory.resolve().name, classes, splits, files)
+
+
+@contextmanager
+def stream(directory: Path, split: str, rows: int) -> Iterator[SplitChunks]:
+    """One split, `rows` images at a time: the class folders, then every file's header checked
+    as `read` checks them (names and headers only: a small record per file is held), then
+    one decoding pass. Colour is the split's own: any colour image makes all RGB."""
+    classes = _classes(directory)
+    entries = _entries(directory, split, classes)
+    colour = any(e.mode in COLOUR_MODES for e in entries)
+    width, height = entries[0].size
+    dims = (len(entries), height, width, 3) if colour else (len(entries), height, width)
+
+    def chunks() -> Iterator[Chunk]:
+        for at in range(0, len(entries), rows):
+            part = entries[at : at + rows]
+            yield _decode(part, "RGB" if colour else "L"), np.array([e.label for e in part])
+
+    yield SplitChunks(dims, chunks(), str(directory / split), classes=classes)

@@ -54,21 +54,35 @@ NATIVE = (*MNIST_LIKE, "QMNIST", "EMNIST")
 EXTRA_HINT = "pip install 'mnist-pipeline[torchvision]'"
 
 
-def read(name: str, split: str | None, root: Path, spec: str) -> Found:
-    canonical = next((n for n in NATIVE if n.lower() == name.lower()), None)
-    if canonical is None:
-        return _through_torchvision(name, split, root, spec)
+def _raw(canonical: str, split: str | None, root: Path, spec: str) -> Path:
     raw = root / canonical / "raw"
     if not raw.is_dir():
         raise SourceError(
             f"{raw}: no such directory (torchvision keeps {canonical} in ROOT/{canonical}/raw)"
         )
+    if canonical in MNIST_LIKE and split is not None:
+        raise SourceError(f"{canonical} has no splits to choose from", param="source", value=spec)
+    return raw
+
+
+def mnist_like(
+    name: str, split: str | None, root: Path, spec: str
+) -> tuple[Path, list[str]] | None:
+    """The raw directory and class names of MNIST, FashionMNIST or KMNIST (None: another NAME),
+    checked as `read` checks them: what streams as an IDX pair."""
+    canonical = next((n for n in MNIST_LIKE if n.lower() == name.lower()), None)
+    if canonical is None:
+        return None
+    return _raw(canonical, split, root, spec), MNIST_LIKE[canonical]
+
+
+def read(name: str, split: str | None, root: Path, spec: str) -> Found:
+    canonical = next((n for n in NATIVE if n.lower() == name.lower()), None)
+    if canonical is None:
+        return _through_torchvision(name, split, root, spec)
+    raw = _raw(canonical, split, root, spec)
     files: list[RawFile] = []
     if canonical in MNIST_LIKE:
-        if split is not None:
-            raise SourceError(
-                f"{canonical} has no splits to choose from", param="source", value=spec
-            )
         splits = {
             part: idx.read_pair(idx.find(raw, images), idx.find(raw, labels), files)
             for part, (images, labels) in idx.SPLIT_FILES.items()
@@ -91,7 +105,7 @@ def _qmnist(raw: Path, test: str, spec: str, files: list[RawFile]) -> Found:
         images, image_file = idx.read_idx(image_path)
         table, label_file = idx.read_idx(label_path)
         files += [image_file, label_file]
-        idx.check_images(images, str(image_path))
+        idx.check_images(images.shape, images.dtype, str(image_path))
         if table.ndim != 2 or table.dtype.kind != "i" or table.shape[1] < 1:
             raise IdxFormatError(
                 f"{label_path}: expected 2-D integer label rows, found "
@@ -132,8 +146,8 @@ def _emnist(raw: Path, split: str | None, spec: str, files: list[RawFile]) -> Fo
             files.append(record)
             arrays.append((path, array))
         (image_path, images), (label_path, labels) = arrays
-        idx.check_images(images, str(image_path))
-        idx.check_labels(labels, str(label_path))
+        idx.check_images(images.shape, images.dtype, str(image_path))
+        idx.check_labels(labels.shape, labels.dtype, str(label_path))
         if len(images) != len(labels):
             raise IdxFormatError(
                 f"{image_path}: {len(images)} images but {label_path.name} has {len(labels)} labels"
