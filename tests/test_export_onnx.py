@@ -113,3 +113,31 @@ def test_scheduled_export_writes_latest_model_before_promotion(
     single = runner.invoke(app, ["run", "--run-dir", str(tmp_path / "one"), "--export", "onnx"])
     assert single.exit_code == 2
     assert "--export needs --runs" in single.stderr
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_a_float64_checkpoint_exports_to_float32_within_tolerance(
+    loss: str, slice_shards: Manifest, real_mnist: sources.RawDataset, tmp_path: Path
+) -> None:
+    """Weights trained in float64 (which float32 cannot hold exactly) cast to the graph's
+    float32: ONNX Runtime's probabilities within 1e-5 of the pipeline's float64 forward pass
+    (softmax, or MSE's output sigmoids), the same argmax for every image of a test slice."""
+    from pipeline.training import trainer
+    from pipeline.training.config import TrainConfig
+
+    run = tmp_path / "run"
+    config = TrainConfig(hidden=(32,), loss=loss, dtype="float64", epochs=1, batch_size=32)
+    trainer.train(slice_shards.directory, run, config)
+    model = Model.load(run)
+    w = model.ckpt.network.weights[0]
+    assert w.dtype == np.float64 and (w != w.astype(np.float32)).any()
+    path = export_onnx(run, tmp_path / "model.onnx")
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+    pixels = real_mnist.splits["test"].images[:2000]  # (2000, 784) uint8
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (theirs,) = session.run(None, {"images": pixels.reshape(-1, 28, 28)})
+    labels, ours = model.forward(pixels)
+    assert theirs.dtype == np.float32
+    assert np.abs(theirs - ours).max() <= 1e-5
+    assert (theirs.argmax(axis=1) == labels).all()
