@@ -4,16 +4,21 @@ predict` does not grow with the number of images."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.data import sources
 from pipeline.errors import SourceError
-from tests.conftest import REPO, idx_bytes
+from tests.conftest import REPO, idx_bytes, write_idx_dir
 from tests.test_sources import (
     TEST,
     TRAIN,
@@ -136,3 +141,43 @@ def test_predict_peak_memory_does_not_grow_with_the_inputs(
         with out.open() as f:
             assert sum(1 for _ in f) == n + 1  # the header, then one row per image
     assert peaks[40_000] - peaks[2_000] < 6, peaks
+
+
+def on_a_terminal(args: list[str]) -> str:
+    """`pipeline ARGS` with stderr on a pseudo-terminal: what it drew there, colours removed."""
+    main, side = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=side,
+        env=env,
+    )
+    os.close(side)
+    drawn = b""
+    with contextlib.suppress(OSError):  # EIO: the child closed its side
+        while data := os.read(main, 1 << 16):
+            drawn += data
+    os.close(main)
+    assert child.wait(timeout=60) == 0, drawn
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode())
+
+
+def test_the_progress_bar_knows_its_total(
+    tmp_path: Path, deploy_runs: dict[str, Path], real_mnist: sources.RawDataset
+) -> None:
+    """A source's header count, or the image files counted by name first (before: no total)."""
+    test = real_mnist.splits["test"]
+    split = (test.images[:300].reshape(-1, 28, 28), test.labels[:300])
+    write_idx_dir(tmp_path / "idx", split, split, gz=False)
+    for i in range(12):
+        (tmp_path / "png" / "sub").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(test.images[i].reshape(28, 28)).save(tmp_path / "png" / "sub" / f"{i}.png")
+    model = ["predict", "--model", str(deploy_runs["tanh"]), "--batch-size", "100"]
+    out = ["--format", "csv", "--out", str(tmp_path / "out.csv")]
+    drawn = on_a_terminal([*model, "--source", f"idx:{tmp_path / 'idx'}", *out])
+    assert "0/300" in drawn and "300/300" in drawn and "100%" in drawn, drawn
+    drawn = on_a_terminal([*model, str(tmp_path / "png"), *out])
+    assert "12/12" in drawn and "100%" in drawn, drawn

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from pipeline.cli import views
@@ -148,7 +148,13 @@ def predict(
                 inputs or [], shape, classes, batch_size, resize=resize
             )
         bar = Console(stderr=True)
-        progress = Progress(console=bar, transient=True, disable=not bar.is_terminal)
+        progress = Progress(
+            *Progress.get_default_columns(),
+            MofNCompleteColumn(),  # "done/total" images
+            console=bar,
+            transient=True,
+            disable=not bar.is_terminal,
+        )
         with progress, _output(out) as stream:
             task = progress.add_task("predicting", total=total)
             tally = _write(
