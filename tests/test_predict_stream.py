@@ -29,6 +29,7 @@ from tests.test_sources import (
     write_npz,
     write_torchvision,
 )
+from tests.test_sources_npz import CLI_PEAK  # its own peak RSS, in a child
 
 DIGITS = [str(d) for d in range(10)]
 ROWS = 64  # divides neither split: a short last chunk
@@ -91,20 +92,6 @@ def test_a_bad_sample_late_in_the_split_is_load_s_error(tmp_path: Path, few) -> 
             sources.load(spec, classes=DIGITS)
         with pytest.raises(SourceError, match=message):
             streamed(spec, "test")
-
-
-# `pipeline ARGS...` in a child that prints its own peak RSS (VmHWM, MiB) on exit
-CLI_PEAK = """
-import sys
-from pathlib import Path
-from pipeline.cli import app
-try:
-    app(sys.argv[1:], prog_name="pipeline")
-except SystemExit as exit:
-    status = Path("/proc/self/status").read_text()
-    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
-    print(exit.code, hwm // 1024)
-"""
 
 
 def predict_peak(model: Path, spec: str, out: Path) -> int:

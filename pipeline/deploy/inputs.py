@@ -6,7 +6,9 @@ Image files are read as the `images:` source reads them (`sources.images`: the s
 checks, the same decoding), so a PNG exported from a shard set comes back as the same bytes.
 Folders are walked in sorted order, lazily: memory holds one batch, whatever the count. An
 image in a folder named after one of the model's classes is labelled with that class.
-A source (`npz:`, `csv:`, `idx:`, ...) is read as prepare reads it; its split is batched.
+A source (`npz:`, `csv:`, `idx:`, ...) is streamed (`sources.stream`): its one split, a batch
+at a time, each checked as prepare checks it. `count_files` and a stream's count give the
+progress bar its total.
 """
 
 from __future__ import annotations
