@@ -163,8 +163,8 @@ def worker_train(net: str, global_batch: int, steps: int) -> dict[str, float]:
 
 
 def worker_equiv(data: str, run_dir: str, dtype: str, batch: int, steps: int) -> dict[str, float]:
+    from pipeline.config import TrainConfig
     from pipeline.training import trainer
-    from pipeline.training.config import TrainConfig
 
     comm = world()
     config = TrainConfig(
@@ -192,8 +192,8 @@ def launch(mpiexec: str | None, ranks: int, threads: int, *args: str) -> dict[st
 
 def equivalence(mpiexec: str, steps: int, batch: int) -> None:
     from pipeline.data import prepare, sources
+    from pipeline.runs.rundir import RunDir
     from pipeline.training import checkpoint
-    from pipeline.training.rundir import RunDir
 
     print(
         f"\nEquivalence on MNIST: {steps} steps of global batch {batch} (784-100-10, sigmoid MSE "

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import TrainConfig
 from pipeline.data import prepare, sources
 from pipeline.data.loader import Loader
 from pipeline.nn import fused
@@ -45,7 +46,6 @@ from pipeline.nn.optimizers import OptimizerSettings
 from pipeline.nn.schedules import Schedule
 from pipeline.training import presets
 from pipeline.training import trainer as train
-from pipeline.training.config import TrainConfig
 
 REFERENCE = presets.resolve(
     "fast", hidden=(800,), dropout=0.2, input_dropout=0.0, lr=0.05, batch_size=128, epochs=20

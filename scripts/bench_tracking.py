@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.config import TrainConfig
 from pipeline.data import prepare, sources
 from pipeline.events import EPOCH_ENDED, RUN_STARTED, Event, Events
 from pipeline.tracking.mlflow import MlflowTracker
 from pipeline.training import presets, trainer
-from pipeline.training.config import TrainConfig
 
 
 class Timed:

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.communicator import LOCAL
+from pipeline.config import TrainConfig
 from pipeline.data import Manifest, integrity, prepare, sources
 from pipeline.data.loader import Loader
 from pipeline.nn.network import Network
 from pipeline.training import trainer as train
-from pipeline.training.config import TrainConfig
 from pipeline.training.step import make_step
 
 REPO = Path(__file__).resolve().parents[1]

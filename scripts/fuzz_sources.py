@@ -34,10 +34,10 @@ from fuzzlib import BYTES, Form, flip_bits, run_form, truncate
 from fuzzlib_npz import NPZ, npy_labels
 from PIL import Image
 
+from pipeline.config import TrainConfig
 from pipeline.data import prepare as data_prepare
 from pipeline.data import sources
 from pipeline.training import trainer
-from pipeline.training.config import TrainConfig
 
 
 def prepare(d: Path, spec: str) -> list[str]:

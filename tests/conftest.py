@@ -241,8 +241,8 @@ def deploy_runs(
 ) -> dict[str, Path]:
     """Three briefly trained models (one epoch on the 3,000-image slice) for predict and
     export: the original recipe (sigmoid, MSE), `fast` (ReLU, softmax) and a 3-layer tanh."""
+    from pipeline.config import TrainConfig
     from pipeline.training import presets, trainer
-    from pipeline.training.config import TrainConfig
 
     configs = {
         "original": TrainConfig(epochs=1),

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.config import TrainConfig
 from pipeline.data import Manifest
 from pipeline.errors import CheckpointError
 from pipeline.training import checkpoint
 from pipeline.training import trainer as train
 from pipeline.training.checkpoint import MAX_FILE_BYTES
 from pipeline.training.checkpoint_meta import CheckpointMeta
-from pipeline.training.config import TrainConfig
 
 TINY = TrainConfig(hidden=(4,), epochs=1, lr=1.0)
 
@@ -180,7 +180,7 @@ def test_storage_does_not_import_compute() -> None:
     """Reading a checkpoint loads neither numba nor the network until one is asked for."""
     code = (
         "import sys\n"
-        "import pipeline.training.checkpoint, pipeline.training.rundir, pipeline.metrics\n"
+        "import pipeline.training.checkpoint, pipeline.runs.rundir, pipeline.metrics\n"
         "loaded = [m for m in ('numba', 'pipeline.nn.network', 'pipeline.nn.sparse_step',\n"
         "          'pipeline.data.loader') if m in sys.modules]\n"
         "assert not loaded, loaded\n"

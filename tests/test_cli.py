@@ -25,12 +25,12 @@ from pipeline import __version__
 from pipeline.cli import app
 from pipeline.cli.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, FLAGS
 from pipeline.cli.options import HELP, NOT_OPTIONS
+from pipeline.config import TrainConfig, field_metas
 from pipeline.data import Manifest
 from pipeline.errors import ConfigError
 from pipeline.runs import store as runs
+from pipeline.runs.rundir import RunDir
 from pipeline.training import checkpoint
-from pipeline.training.config import TrainConfig, field_metas
-from pipeline.training.rundir import RunDir
 
 runner = CliRunner()
 _group = typer.main.get_command(app)
@@ -144,7 +144,7 @@ def test_no_command_shows_the_help_without_calling_it_an_error() -> None:
 
 def test_importing_the_cli_loads_no_compiler_and_no_plotting() -> None:
     code = (
-        "import sys, pipeline.cli, pipeline.runs.flow; "
+        "import sys, pipeline.cli, pipeline.job.flow; "
         "print([m for m in ('numba', 'matplotlib', 'pipeline.nn.sparse_step') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

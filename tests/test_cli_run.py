@@ -1,4 +1,4 @@
-"""`pipeline run`: the whole job through the CLI, and `pipeline.runs.flow` beneath it.
+"""`pipeline run`: the whole job through the CLI, and `pipeline.job.flow` beneath it.
 
 A run reuses what is there: a shard set of any dataset in --data, a finished run whose report is
 current (then nothing at all is written), an interrupted run (resumed).
@@ -16,10 +16,10 @@ from typer.testing import CliRunner, Result
 
 from pipeline import events, fsutil
 from pipeline.cli import app
+from pipeline.config import TrainConfig
 from pipeline.data import Manifest, ShardInfo, integrity, manifest_file, open_set
 from pipeline.events import EPOCH_STARTED, Event, Events
-from pipeline.runs import flow as job
-from pipeline.training.config import TrainConfig
+from pipeline.job import flow as job
 from tests.conftest import snapshot
 
 runner = CliRunner()

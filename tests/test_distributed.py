@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 
 from pipeline import communicator
+from pipeline.config import TrainConfig
 from pipeline.data import Manifest, prepare, sources
 from pipeline.errors import ConfigError
+from pipeline.runs.rundir import RunDir
 from pipeline.training import checkpoint
 from pipeline.training import trainer as train
-from pipeline.training.config import TrainConfig
-from pipeline.training.rundir import RunDir
 from pipeline.training.step import check_batch
 from tests.conftest import random_split, write_idx_dir
 

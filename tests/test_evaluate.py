@@ -18,13 +18,14 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from pipeline.cli.app import EXIT_ERROR, EXIT_GATE, app
+from pipeline.config import TrainConfig
 from pipeline.data import MANIFEST, Manifest, prepare, sources
 from pipeline.errors import CheckpointError, ConfigError, OutputError, ShardSetError
 from pipeline.fsutil import sha256_file
 from pipeline.report import evaluate
-from pipeline.training import checkpoint, rundir
+from pipeline.runs import rundir
+from pipeline.training import checkpoint
 from pipeline.training import trainer as train
-from pipeline.training.config import TrainConfig
 from tests import conftest
 from tests.conftest import random_split, write_idx_dir
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline.communicator import LOCAL
+from pipeline.config import TrainConfig
 from pipeline.errors import ArrayError
 from pipeline.nn.network import Network, sigmoid
 from pipeline.nn.sparse_step import SparseStep
-from pipeline.training.config import TrainConfig
 from pipeline.training.step import make_step
 
 

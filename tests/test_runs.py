@@ -18,10 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.config import TrainConfig
 from pipeline.data import open_set, prepare, sources
 from pipeline.runs import lock as run_lock
 from pipeline.runs import store as runs
-from pipeline.training.config import TrainConfig
 from tests.conftest import REPO, write_idx_dir
 
 # a recipe that learns the slice in one short epoch (~80% test accuracy)

@@ -20,17 +20,17 @@ def test_an_upward_import_a_cycle_and_a_long_module_are_seen(tmp_path: Path) -> 
     files = {
         "pipeline/__init__.py": "",
         "pipeline/nn/__init__.py": "",
-        "pipeline/nn/bad.py": "from pipeline.training import config\n",  # nn -> training
+        "pipeline/nn/bad.py": "from pipeline.training import state\n",  # nn -> training
         "pipeline/training/__init__.py": "",
-        "pipeline/training/config.py": "from pipeline.training import loop\n",
-        "pipeline/training/loop.py": "from pipeline.training.config import X\n" + "x = 1\n" * 300,
+        "pipeline/training/state.py": "from pipeline.training import loop\n",
+        "pipeline/training/loop.py": "from pipeline.training.state import X\n" + "x = 1\n" * 300,
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert check_structure.problems(tmp_path) == [
-        "upward import: pipeline.nn.bad (pipeline.nn) imports pipeline.training.config "
+        "upward import: pipeline.nn.bad (pipeline.nn) imports pipeline.training.state "
         "(pipeline.training)",
-        "import cycle: pipeline.training.config <-> pipeline.training.loop",
+        "import cycle: pipeline.training.loop <-> pipeline.training.state",
         "pipeline/training/loop.py: 301 lines (> 300)",
     ]

@@ -21,10 +21,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.config import TrainConfig
 from pipeline.data import Manifest
 from pipeline.events import EPOCH_ENDED, EVALUATED, EXPORTED, RUN_STARTED, Event
-from pipeline.training.config import TrainConfig
-from pipeline.training.rundir import TRACKING_FILE
+from pipeline.runs.rundir import TRACKING_FILE
 from tests.test_distributed import MPIEXEC, job, run_job
 
 MlflowClient = pytest.importorskip("mlflow.tracking").MlflowClient

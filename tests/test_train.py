@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from pipeline.cli import app
+from pipeline.config import TrainConfig
 from pipeline.data import MANIFEST, Manifest
 from pipeline.data.manifest import identity_of
 from pipeline.errors import (
@@ -33,9 +34,9 @@ from pipeline.errors import (
 from pipeline.events import EPOCH_STARTED, STEP, Event, Events
 from pipeline.fsutil import dir_lock, sha256_file
 from pipeline.report import evaluate
-from pipeline.training import checkpoint, rundir
+from pipeline.runs import rundir
+from pipeline.training import checkpoint
 from pipeline.training import trainer as train
-from pipeline.training.config import TrainConfig
 from tests.conftest import run_size_limited
 
 SMALL = TrainConfig(hidden=(32,), epochs=2, lr=1.0)  # a larger lr learns in 2 short epochs

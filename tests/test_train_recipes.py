@@ -14,14 +14,14 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.config import TrainConfig
 from pipeline.data import Manifest, prepare, sources
 from pipeline.errors import ConfigError
 from pipeline.events import STEP, Event, Events
 from pipeline.report import evaluate
+from pipeline.runs.rundir import RunDir, checkpoint_name
 from pipeline.training import checkpoint, presets
 from pipeline.training import trainer as train
-from pipeline.training.config import TrainConfig
-from pipeline.training.rundir import RunDir, checkpoint_name
 
 # sha256 of the weights + biases of TrainConfig(hidden=(16,), epochs=1, lr=1.0, shuffle=True)
 # on `slice_shards`, trained by the code at tag base-v2 (before recipes existed)

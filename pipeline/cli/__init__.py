@@ -8,7 +8,7 @@
     views.py           rich progress on a terminal, plain lines in logs, the tables
     errors.py          exit codes, the parameter -> option map, one `error:` line, SIGTERM
     logs.py, world.py  plain or JSON log lines; the MPI world of a command
-The orchestration `run` calls lives in the library: `pipeline.runs.flow`.
+The orchestration `run` calls lives in the library: `pipeline.job.flow`.
 """
 
 from pipeline.cli.app import app

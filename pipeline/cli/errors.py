@@ -34,8 +34,8 @@ import typer
 from typer.core import TyperGroup
 
 from pipeline.cli.logs import LogFormat, requested
+from pipeline.config import option_help
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.training.config import option_help
 
 T = TypeVar("T")
 

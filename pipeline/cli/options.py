@@ -1,7 +1,7 @@
 """The options several commands share, each written once.
 
 The training options are made from the `TrainConfig` dataclass: its fields are the options, its
-defaults their defaults, and each field's `FieldMeta` (pipeline/training/config.py) their help.
+defaults their defaults, and each field's `FieldMeta` (pipeline/config.py) their help.
 `train` and `run` get them all through `@train_options`, which hands the command one
 `config: TrainConfig` instead of seven values. Their ranges are checked by `TrainConfig.check`,
 and a bad value exits 2 (bad usage) like typer's own checks. `--preset NAME` starts from a
@@ -24,8 +24,8 @@ import typer
 
 from pipeline.cli.errors import checked_by, friendly_errors
 from pipeline.cli.logs import ENVVAR, FLAG, LogFormat
+from pipeline.config import TrainConfig, option_help
 from pipeline.errors import ConfigError
-from pipeline.training.config import TrainConfig, option_help
 
 RunDir = Annotated[
     Path,

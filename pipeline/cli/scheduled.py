@@ -16,7 +16,7 @@ from pipeline.cli.logs import LogFormat
 from pipeline.cli.options import Logs
 from pipeline.cli.tracking import Tracking, watched
 from pipeline.cli.views import log, out
-from pipeline.runs import flow
+from pipeline.job import flow
 
 if TYPE_CHECKING:  # the stages load when a command runs, not for --help
     from pipeline.runs import store
@@ -33,7 +33,8 @@ def run_trigger(
     tracking: Tracking | None = None,
 ) -> None:
     """One trigger (`schedule.trigger`), shown; under MPI one trigger of every rank."""
-    from pipeline.runs import schedule, store
+    from pipeline.job import schedule
+    from pipeline.runs import store
 
     with watched(distributed_mode, tracking or Tracking()) as (comm, events):
         if export is not None:  # a missing extra is found before training, not after

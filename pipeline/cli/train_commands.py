@@ -1,7 +1,7 @@
 """The training commands: `train` a run, `evaluate` it, `run` the whole job.
 
 Each translates its options into one library call (`pipeline.training.trainer.train`,
-`pipeline.report.evaluate.evaluate`, `pipeline.runs.flow.run`) and shows the result; with `--runs`,
+`pipeline.report.evaluate.evaluate`, `pipeline.job.flow.run`) and shows the result; with `--runs`,
 `train` and `run` hand over to the scheduled mode (`scheduled.run_trigger`).
 """
 
@@ -37,8 +37,8 @@ from pipeline.cli.tracking import (
     watched,
 )
 from pipeline.cli.world import Distributed, world
+from pipeline.config import TrainConfig
 from pipeline.events import Events
-from pipeline.training.config import TrainConfig
 
 
 def _gate(accuracy: float, min_accuracy: float | None) -> None:
@@ -77,13 +77,13 @@ def train(
     """Train the MLP on the shards (default: the original 784-500-10 recipe).
 
     With --runs, train the run of this data and recipe (resuming it); `run --runs` finishes it."""
+    from pipeline.runs.rundir import epoch_accuracy
     from pipeline.training import trainer
-    from pipeline.training.rundir import epoch_accuracy
 
     views.log.use(log_format)
     if _one_of(run_dir, runs) is None:
         from pipeline.cli.scheduled import run_trigger
-        from pipeline.runs import flow
+        from pipeline.job import flow
 
         assert runs is not None
         spec = flow.Job(run_dir=runs, config=config, data_dir=data)
@@ -144,8 +144,8 @@ def evaluate(
     mlflow_required: MlflowRequired = False,
 ) -> None:
     """Write report.json, report.md and PNGs for a checkpoint; print the headline."""
+    from pipeline.job import flow
     from pipeline.report import evaluate as evaluate_stage
-    from pipeline.runs import flow
 
     views.log.use(log_format)
 
@@ -211,8 +211,8 @@ def run(
     With --runs (the scheduled mode): the run of the data and recipe, up to date or brought up
     to date; a run passing the gate becomes RUNS/latest."""
     from pipeline.data import sources
+    from pipeline.job import flow
     from pipeline.report.evaluate import REPORT_MD
-    from pipeline.runs import flow
 
     views.log.use(log_format)
     home = _one_of(run_dir, runs) or runs  # the run, or with --runs the directory of runs

@@ -92,7 +92,7 @@ class TrainView:
         self.progress.update(self.task, completed=step, info=info)
 
     def end_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
-        from pipeline.training.rundir import epoch_accuracy
+        from pipeline.runs.rundir import epoch_accuracy
 
         split, accuracy = epoch_accuracy(metrics)
         line = (

@@ -22,10 +22,10 @@ import numpy as np
 from pipeline.data.pixels import NORMALIZATION, normalize
 from pipeline.errors import CheckpointError
 from pipeline.nn.losses import log_softmax
+from pipeline.runs.history import history_of
+from pipeline.runs.rundir import REPORT_JSON, RunDir
 from pipeline.runs.store import LATEST  # a runs directory's promoted run
 from pipeline.training import checkpoint
-from pipeline.training.history import history_of
-from pipeline.training.rundir import REPORT_JSON, RunDir
 
 
 def checkpoint_of(model: Path) -> Path:

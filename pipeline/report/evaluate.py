@@ -26,9 +26,8 @@ from pipeline.metrics import (
     classification_report,
     confusion_on,
 )
-from pipeline.training import checkpoint
-from pipeline.training.history import history_of
-from pipeline.training.rundir import (
+from pipeline.runs.history import history_of
+from pipeline.runs.rundir import (
     CONFUSION_PNG,
     CURVES_PNG,
     REPORT_JSON,
@@ -37,6 +36,7 @@ from pipeline.training.rundir import (
     RunDir,
     epoch_accuracy,
 )
+from pipeline.training import checkpoint
 
 __all__ = ["REPORT_MD", "Evaluation", "evaluate"]
 

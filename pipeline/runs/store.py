@@ -34,8 +34,8 @@ from pipeline.data import Manifest
 from pipeline.errors import ConfigError, OutputError
 from pipeline.fsutil import atomic_write_bytes, fsync
 from pipeline.runs.lock import RunBusyError, is_held, runs_dir_lock, trigger_lock
-from pipeline.training.config import TrainConfig
-from pipeline.training.rundir import RUN_FILE, RunDir, read_json
+from pipeline.config import TrainConfig
+from pipeline.runs.rundir import RUN_FILE, RunDir, read_json
 
 LATEST = "latest"
 OUTCOME = "outcome.json"

@@ -31,7 +31,7 @@ from pipeline import __version__
 from pipeline.errors import TrackingError
 from pipeline.events import EPOCH_ENDED, EVALUATED, EXPORTED, RUN_STARTED, Event
 from pipeline.fsutil import atomic_write_bytes, read_file
-from pipeline.training.rundir import TRACKING_FILE
+from pipeline.runs.rundir import TRACKING_FILE
 
 EXTRA = "pip install 'mnist-pipeline[mlflow]'"
 # unless the user set them: our client's HTTP limits (mlflow's own, 120 s and 7 retries with

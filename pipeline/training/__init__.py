@@ -1,1 +1,1 @@
-"""Batches -> model -> checkpoints: the run's config, the training loop, checkpoints."""
+"""Batches -> model -> checkpoints: the step a run takes, the training loop, checkpoints."""

@@ -9,7 +9,7 @@ header (dtype, shape, bytes), against the largest checkpoint this project writes
 array must hold finite numbers (a NaN or inf weight or optimizer buffer is refused, read or
 written, naming the member). Storage only: no numba, no `Network` at import; a `Checkpoint`
 builds its network when asked. Naming, retention and where checkpoints live:
-`pipeline.training.rundir`.
+`pipeline.runs.rundir`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.bounded import READ_ERRORS, Npy, read_npz
+from pipeline.config import MAX_PARAMETERS
 from pipeline.errors import CheckpointError
 from pipeline.fsutil import atomic_path, read_file
 from pipeline.training.checkpoint_meta import CheckpointMeta as CheckpointMeta  # re-exported
-from pipeline.training.config import MAX_PARAMETERS
 
 if TYPE_CHECKING:
     from pipeline.nn.network import Network

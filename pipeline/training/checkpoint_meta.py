@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.training.config import TrainConfig
 
 FORMAT_VERSION = 2
 FORMATS = (1, 2)  # read; format 1 carried the run's history (see _from_format_1)

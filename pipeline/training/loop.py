@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.communicator import LOCAL, Comm
+from pipeline.config import TrainConfig
 from pipeline.data import Manifest
 from pipeline.data.loader import Loader, LoaderState
 from pipeline.errors import CheckpointError, ConfigError, DivergedError
 from pipeline.events import CHECKPOINT, EPOCH_ENDED, EPOCH_STARTED, STEP, Events
 from pipeline.metrics import EVAL_BATCH, confusion_on
 from pipeline.nn.schedules import Schedule
+from pipeline.runs.history import Metrics
+from pipeline.runs.rundir import METRICS_FILE, RunDir, improves, stopped_early
 from pipeline.training import checkpoint
 from pipeline.training.checkpoint_meta import CheckpointMeta
-from pipeline.training.config import TrainConfig
-from pipeline.training.history import Metrics
-from pipeline.training.rundir import METRICS_FILE, RunDir, improves, stopped_early
 from pipeline.training.state import RunState
 from pipeline.training.step import make_step
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.training.config import TrainConfig
 
 _MODERN: dict[str, Any] = {
     "activation": "relu",

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.communicator import digest
+from pipeline.config import MAX_PARAMETERS, TrainConfig
 from pipeline.data import Manifest
 from pipeline.errors import CheckpointError, ConfigError, ShardSetError
 from pipeline.nn.network import Network
 from pipeline.nn.step import Step, StepState
 from pipeline.training import checkpoint
-from pipeline.training.config import MAX_PARAMETERS, TrainConfig
 
 
 @dataclass

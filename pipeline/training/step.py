@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.communicator import Comm
+from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.nn.general_step import GeneralStep, StepSettings
 from pipeline.nn.network import Network
 from pipeline.nn.optimizers import OptimizerSettings
 from pipeline.nn.step import Step
-from pipeline.training.config import TrainConfig
 
 MIN_ROWS_PER_RANK = 16  # below this a step is all message and no arithmetic
 

@@ -32,13 +32,13 @@ from typing import Any
 
 from pipeline import communicator
 from pipeline.communicator import LOCAL, Comm
+from pipeline.config import TrainConfig
 from pipeline.data import Manifest, open_set
 from pipeline.errors import CheckpointError, ConfigError, OutputError
 from pipeline.events import RUN_STARTED, Events
 from pipeline.nn.network import Network
-from pipeline.training.config import TrainConfig
+from pipeline.runs.rundir import RUN_FILE, RunDir, RunFile
 from pipeline.training.loop import Trainer
-from pipeline.training.rundir import RUN_FILE, RunDir, RunFile
 from pipeline.training.state import check_compatible, position, start_state
 from pipeline.training.step import check_batch
 

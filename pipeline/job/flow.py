@@ -5,7 +5,7 @@
 
 Called on an interrupted run, `run` resumes where the last checkpoint left off; called on a
 finished one (`standing_report`: the one rule of "done"), it says "up to date" and writes
-nothing. The scheduled mode (`pipeline.runs.schedule`) goes the same way, then records the outcome
+nothing. The scheduled mode (`pipeline.job.schedule`) goes the same way, then records the outcome
 and promotes. A caller watches through `pipeline.events` (the CLI draws progress bars and
 logs lines from them; a tracker records them). The stages (numpy, h5py, numba, matplotlib)
 are imported when the job runs, not before.
@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.config import TrainConfig
 from pipeline.data import MANIFEST, Manifest
 from pipeline.errors import ConfigError
 from pipeline.events import EVALUATED, PREPARED, PREPARING, SAY, TRAINED, UP_TO_DATE, Events
-from pipeline.training.config import TrainConfig
 
 if TYPE_CHECKING:
-    from pipeline.report.evaluate import Evaluation
     from pipeline.communicator import Comm
+    from pipeline.report.evaluate import Evaluation
     from pipeline.training.trainer import TrainResult
 
 SHARDS = "shards"  # where a run keeps the shard set it made: RUN_DIR/shards
@@ -99,7 +99,9 @@ def shard_set(job: Job, events: Events, *, any_source: bool = False) -> tuple[Ma
         command=job.command,
         on_progress=lambda split, samples: events.emit(PREPARED, split=split, samples=samples),
     )
-    return integrity.under_reader_lock(result.manifest), True  # read under the reader lock, as a found set
+    return integrity.under_reader_lock(
+        result.manifest
+    ), True  # read under the reader lock, as a found set
 
 
 def open_set(
@@ -133,7 +135,7 @@ def standing_report(
     import json
 
     from pipeline.fsutil import sha256_file
-    from pipeline.training.rundir import (
+    from pipeline.runs.rundir import (
         CHECKPOINT_NAME,
         REPORT_JSON,
         REPORT_MD,
@@ -185,7 +187,7 @@ def train_and_evaluate(
 
 def gate(run_dir: Path, report: dict[str, Any], min_accuracy: float | None, events: Events) -> bool:
     """Whether the report passes `min_accuracy`; tells EVALUATED with the report's figures."""
-    from pipeline.training.rundir import REPORT_FILES, REPORT_JSON
+    from pipeline.runs.rundir import REPORT_FILES, REPORT_JSON
 
     accuracy = float(report["accuracy"])
     passed = min_accuracy is None or accuracy >= min_accuracy

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.data import Manifest, open_set
-from pipeline.runs import flow, store
-from pipeline.events import CLAIMED, DATA, EXPORTED, PROMOTED, PRUNED, UP_TO_DATE, Events
-from pipeline.report import evaluate as evaluate_stage
-from pipeline.training import trainer as train_stage
-from pipeline.training.config import TrainConfig
 from pipeline.communicator import LOCAL, Comm
+from pipeline.config import TrainConfig
+from pipeline.data import Manifest, open_set
+from pipeline.events import CLAIMED, DATA, EXPORTED, PROMOTED, PRUNED, UP_TO_DATE, Events
+from pipeline.job import flow
+from pipeline.report import evaluate as evaluate_stage
+from pipeline.runs import store
+from pipeline.training import trainer as train_stage
 
 
 @dataclass(frozen=True)

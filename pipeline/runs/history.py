@@ -10,14 +10,22 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pipeline.errors import ConfigError
 from pipeline.fsutil import fsync, open_regular
-from pipeline.training.rundir import CHECKPOINT_DIR, METRICS_FILE
+from pipeline.runs.rundir import CHECKPOINT_DIR, METRICS_FILE
 
-if TYPE_CHECKING:
-    from pipeline.training.checkpoint_meta import CheckpointMeta
+
+class Claim(Protocol):
+    """What a checkpoint claims of its history (its `CheckpointMeta` does)."""
+
+    @property
+    def epoch(self) -> int: ...  # epochs trained
+
+    @property
+    def history_sha256(self) -> str: ...  # of metrics.jsonl's first `epoch` lines
+
 
 MAX_RECORD_BYTES = 1 << 16  # a metrics.jsonl line: one epoch's few numbers
 
@@ -92,7 +100,7 @@ class Metrics:
         self._sha256.update(line)
 
 
-def history_of(path: Path, meta: CheckpointMeta, *, strict: bool) -> list[dict[str, Any]]:
+def history_of(path: Path, claim: Claim, *, strict: bool) -> list[dict[str, Any]]:
     """The records of the epochs the checkpoint at `path` has trained, from its run's
     metrics.jsonl (the lines its sha256 vouches for). A run's own history must be there
     (`strict`: else ConfigError naming the file); a checkpoint from elsewhere (a copy, one kept
@@ -102,7 +110,7 @@ def history_of(path: Path, meta: CheckpointMeta, *, strict: bool) -> list[dict[s
     if not strict and (where.name != CHECKPOINT_DIR or not metrics.path.is_file()):
         return []
     try:
-        return metrics.load(meta.epoch, meta.history_sha256, of=path.name)
+        return metrics.load(claim.epoch, claim.history_sha256, of=path.name)
     except ConfigError:
         if strict:
             raise

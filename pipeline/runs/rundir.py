@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError, OutputError
 from pipeline.fsutil import TMP_SUFFIX, atomic_write_bytes, dir_lock
-from pipeline.training.config import TrainConfig
+from pipeline.config import TrainConfig
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
