@@ -122,8 +122,8 @@ def test_a_float64_checkpoint_exports_to_float32_within_tolerance(
     """Weights trained in float64 (which float32 cannot hold exactly) cast to the graph's
     float32: ONNX Runtime's probabilities within 1e-5 of the pipeline's float64 forward pass
     (softmax, or MSE's output sigmoids), the same argmax for every image of a test slice."""
+    from pipeline.config import TrainConfig
     from pipeline.training import trainer
-    from pipeline.training.config import TrainConfig
 
     run = tmp_path / "run"
     config = TrainConfig(hidden=(32,), loss=loss, dtype="float64", epochs=1, batch_size=32)
