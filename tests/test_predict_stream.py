@@ -5,11 +5,14 @@ predict` does not grow with the number of images."""
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
 import os
 import pty
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +44,33 @@ def streamed(spec: str, split: str, classes: list[str] = DIGITS) -> tuple[np.nda
         assert all(len(x) <= ROWS for x, _ in chunks)
         images = np.concatenate([x for x, _ in chunks])
         labels = np.concatenate([y for _, y in chunks])
-        assert s.count == len(images) and s.image_shape == (28, 28) and s.classes == DIGITS
+        assert s.count == len(images) and s.image_shape == (28, 28) and s.classes == classes
     return images, labels
+
+
+def torchvision_native(root: Path, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """The same images as EMNIST (letters, extracted and in gzip.zip) and QMNIST (label rows)."""
+    letters, qmnist, packed = {}, {}, io.BytesIO()
+    for part, (images, labels) in data.items():
+        stem = f"emnist-letters-{part}"
+        letters[f"{stem}-images-idx3-ubyte.gz"] = idx_bytes(images.transpose(0, 2, 1).copy())
+        letters[f"{stem}-labels-idx1-ubyte.gz"] = idx_bytes(labels + np.uint8(1))
+        table = np.zeros((len(labels), 8), ">i4")
+        table[:, 0] = labels
+        header = bytes([0, 0, 0x0C, 2]) + np.array(table.shape, ">u4").tobytes()
+        qmnist[f"qmnist-{part}-images-idx3-ubyte.gz"] = idx_bytes(images)
+        qmnist[f"qmnist-{part}-labels-idx2-int"] = header + table.tobytes()
+    with zipfile.ZipFile(packed, "w") as zf:
+        for name, content in letters.items():
+            zf.writestr(f"gzip/{name}", gzip.compress(content, mtime=0))
+    write_torchvision(root / "extracted", "EMNIST", letters)
+    write_torchvision(root / "zipped", "EMNIST", {"gzip.zip": packed.getvalue()})
+    write_torchvision(root / "q", "QMNIST", qmnist)
+    return [
+        f"torchvision:EMNIST/letters:{root / 'extracted'}",
+        f"torchvision:EMNIST/letters:{root / 'zipped'}",
+        f"torchvision:QMNIST/test10k:{root / 'q'}",
+    ]
 
 
 def test_every_form_streams_what_load_reads(tmp_path: Path, few) -> None:  # noqa: F811
@@ -59,12 +87,13 @@ def test_every_form_streams_what_load_reads(tmp_path: Path, few) -> None:  # noq
         write_csv(tmp_path / "csv", few, header=True),
         write_csv(tmp_path / "csvf", few, header=False, floats=True),
         f"images:{write_folder(tmp_path / 'png', few, DIGITS)}",
+        *torchvision_native(tmp_path / "native", few),
     ]
     assert idx_dir.is_dir()
     for spec in specs:
         raw = sources.load(spec)
         for split in ("train", "test"):
-            images, labels = streamed(spec, split)
+            images, labels = streamed(spec, split, raw.classes)
             np.testing.assert_array_equal(images, raw.splits[split].images, err_msg=spec)
             np.testing.assert_array_equal(labels, raw.splits[split].labels, err_msg=spec)
             assert images.dtype == labels.dtype == np.uint8

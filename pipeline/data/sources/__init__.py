@@ -187,8 +187,8 @@ def load(
 def stream(spec: str | None, split: str, rows: int, classes: list[str]) -> Iterator[SplitStream]:
     """One split of the source `spec`, `rows` samples at a time, checked as `load` checks it
     (stream.py); its labels are checked against the source's class names, or `classes` if it
-    names none. Every form streams, but torchvision's QMNIST, EMNIST and the datasets read
-    through torchvision itself: those are loaded whole (`load`), then chunked."""
+    names none. Every form streams but the datasets read through torchvision itself (CIFAR10,
+    ...; torchvision holds them whole): those are loaded (`load`), then chunked."""
     spec = spec or "embedded"
     resolve(spec)
     if split not in SPLITS:
@@ -205,10 +205,10 @@ def _form_stream(
 ) -> contextlib.AbstractContextManager[SplitChunks]:
     if spec == "embedded":
         verify = functools.partial(idx.check_embedded, EMBEDDED_DIR)
-        return _named(idx.stream_split(EMBEDDED_DIR, split, rows, check=verify), torchvision.DIGITS)
+        return idx.stream_split(EMBEDDED_DIR, split, rows, classes=torchvision.DIGITS, check=verify)
     if kind == "idx":
         directory = _path(spec, rest, directory=True)
-        return _named(idx.stream_split(directory, split, rows), _idx_identity(directory)[1])
+        return idx.stream_split(directory, split, rows, classes=_idx_identity(directory)[1])
     if kind == "npz":
         return npz.stream(_path(spec, rest, directory=False), split, rows)
     if kind == "csv":
@@ -218,20 +218,8 @@ def _form_stream(
         return images.stream(_path(spec, rest, directory=True), split, rows)
     dataset, _, root = rest.partition(":")
     name, _, part = dataset.partition("/")
-    found = torchvision.mnist_like(name, part or None, _path(spec, root, directory=True), spec)
-    if found is None:
-        return _whole(spec, split, rows)
-    raw, classes = found
-    return _named(idx.stream_split(raw, split, rows), classes)
-
-
-@contextmanager
-def _named(
-    found: contextlib.AbstractContextManager[SplitChunks], classes: list[str] | None
-) -> Iterator[SplitChunks]:
-    with found as split:
-        split.classes = classes
-        yield split
+    found = torchvision.stream(name, part or None, _path(spec, root, directory=True), spec)
+    return _whole(spec, split, rows) if found is None else found(split, rows)
 
 
 @contextmanager

@@ -14,9 +14,11 @@ import gzip
 import io
 import math
 import struct
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -106,6 +108,24 @@ def parse(data: bytes, where: str) -> np.ndarray:
     return parse_stream(io.BytesIO(data), where, stored=len(data), compressed=False)[0]
 
 
+@dataclass(frozen=True)
+class Header:
+    """An open IDX file's header, its reader at the data."""
+
+    path: Path
+    dtype: np.dtype
+    dims: tuple[int, ...]
+    reader: HashingReader
+
+    def records(self, start: int, stop: int) -> np.ndarray:
+        """The next records, `start` to `stop` (`records`); after the last, the file must end."""
+        with read_errors(str(self.path)):
+            array = records(self.reader, self.dtype, self.dims, start, stop)
+            if stop == self.dims[0]:
+                self.reader.expect_end()
+        return array
+
+
 @contextmanager
 def read_errors(where: str) -> Iterator[None]:
     """Damaged or unreadable bytes read in the block: one error naming the file."""
@@ -113,6 +133,8 @@ def read_errors(where: str) -> Iterator[None]:
         yield
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise IdxFormatError(f"{where}: not a complete gzip file ({exc})") from None
+    except zipfile.BadZipFile as exc:  # an archive member's CRC
+        raise SourceError(f"{where}: not a readable zip member ({exc})") from None
     except FileNotFoundError:
         raise SourceError(f"{where}: no such file") from None
     except OSError as exc:
@@ -126,7 +148,7 @@ def opened(
     *,
     stored: int | None = None,
     compressed: bool = False,
-) -> Iterator[tuple[np.dtype, tuple[int, ...], HashingReader]]:
+) -> Iterator[Header]:
     """The header of the IDX file `path` (`.gz` or raw) and a reader at its data, open for
     the block (whose reads go under `read_errors`). Or of `stream`, an open member of an
     archive: `stored` is then the member's bytes on disk and `compressed` whether the
@@ -143,7 +165,7 @@ def opened(
             if gz:
                 stream = files.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[assignment]
             header = read_header(stream, where, stored=stored, compressed=compressed or gz)
-        yield header
+        yield Header(path, *header)
 
 
 def read_idx(
@@ -154,13 +176,9 @@ def read_idx(
     compressed: bool = False,
 ) -> tuple[np.ndarray, RawFile]:
     """The array in an IDX file (`opened`'s arguments) and the record of what was read."""
-    with (
-        opened(path, stream, stored=stored, compressed=compressed) as (dtype, dims, reader),
-        read_errors(str(path)),
-    ):
-        array = records(reader, dtype, dims, 0, dims[0]).reshape(dims)
-        reader.expect_end()
-        return array, reader.record(path.name)
+    with opened(path, stream, stored=stored, compressed=compressed) as header:
+        array = header.records(0, header.dims[0]).reshape(header.dims)
+        return array, header.reader.record(path.name)
 
 
 def check_images(dims: tuple[int, ...], dtype: np.dtype, where: str) -> None:
@@ -207,12 +225,36 @@ def read_pair(image_path: Path, label_path: Path, files: list[RawFile]) -> Found
     return FoundSplit(images, labels, str(image_path), str(label_path))
 
 
+def pair_chunks(
+    images: Header, labels: Header, rows: int, window: slice = slice(None)
+) -> Iterator[Chunk]:
+    """Both files' records `rows` at a time, those within `window` yielded; each file is read
+    to its end and must end there."""
+    n = images.dims[0]
+    low, high, _ = window.indices(n)
+    for start in range(0, max(n, 1), rows):  # no records: still both ends checked
+        stop = min(start + rows, n)
+        x, y = images.records(start, stop), labels.records(start, stop)
+        a, b = max(start, low) - start, min(stop, high) - start
+        if a < b:
+            yield x[a:b], y[a:b]
+
+
+def whole(images: Header, labels: Header, window: slice = slice(None)) -> Chunk:
+    """All records within `window` (`pair_chunks` in one chunk)."""
+    for chunk in pair_chunks(images, labels, max(images.dims[0], 1), window):
+        return chunk
+    empty = [np.empty((0, *h.dims[1:]), h.dtype) for h in (images, labels)]
+    return empty[0], empty[1]
+
+
 @contextmanager
 def stream_split(
     directory: Path,
     split: str,
     rows: int,
     *,
+    classes: list[str] | None = None,
     check: Callable[[list[RawFile]], None] | None = None,
 ) -> Iterator[SplitChunks]:
     """A split's images and labels files of `directory` (SPLIT_FILES), `rows` samples at a
@@ -220,30 +262,17 @@ def stream_split(
     must end where its header says; at the end `check` sees both files' records (the
     embedded checksums)."""
     image_path, label_path = (find(directory, stem) for stem in SPLIT_FILES[split])
-    with (
-        opened(image_path) as (image_type, dims, images),
-        opened(label_path) as (label_type, label_dims, labels),
-    ):
-        check_images(dims, image_type, str(image_path))
-        check_labels(label_dims, label_type, str(label_path))
-        check_count(dims[0], label_dims[0], image_path, label_path)
+    with opened(image_path) as images, opened(label_path) as labels:
+        check_images(images.dims, images.dtype, str(image_path))
+        check_labels(labels.dims, labels.dtype, str(label_path))
+        check_count(images.dims[0], labels.dims[0], image_path, label_path)
 
         def chunks() -> Iterator[Chunk]:
-            for start in range(0, dims[0], rows):  # the last chunk checks that both files end
-                stop = min(start + rows, dims[0])
-                with read_errors(str(image_path)):
-                    x = records(images, image_type, dims, start, stop)
-                    if stop == dims[0]:
-                        images.expect_end()
-                with read_errors(str(label_path)):
-                    y = records(labels, label_type, label_dims, start, stop)
-                    if stop == dims[0]:
-                        labels.expect_end()
-                yield x, y
+            yield from pair_chunks(images, labels, rows)
             if check is not None:
-                check([images.record(image_path.name), labels.record(label_path.name)])
+                check([h.reader.record(h.path.name) for h in (images, labels)])
 
-        yield SplitChunks(dims, chunks(), str(image_path), str(label_path))
+        yield SplitChunks(images.dims, chunks(), str(image_path), str(label_path), classes)
 
 
 def check_embedded(directory: Path, files: list[RawFile]) -> None:

@@ -20,8 +20,11 @@ optional `torchvision` extra); otherwise the error says so.
 
 from __future__ import annotations
 
+import contextlib
 import string
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ import numpy as np
 from pipeline import bounded
 from pipeline.data.sources import idx
 from pipeline.data.sources.base import Found, FoundSplit, RawFile, file_size
+from pipeline.data.sources.stream import Chunk, SplitChunks
 from pipeline.errors import IdxFormatError, SourceError
 
 FASHION_CLASSES = [
@@ -65,15 +69,23 @@ def _raw(canonical: str, split: str | None, root: Path, spec: str) -> Path:
     return raw
 
 
-def mnist_like(
+def stream(
     name: str, split: str | None, root: Path, spec: str
-) -> tuple[Path, list[str]] | None:
-    """The raw directory and class names of MNIST, FashionMNIST or KMNIST (None: another NAME),
-    checked as `read` checks them: what streams as an IDX pair."""
-    canonical = next((n for n in MNIST_LIKE if n.lower() == name.lower()), None)
+) -> Callable[[str, int], AbstractContextManager[SplitChunks]] | None:
+    """What streams a part ("train", "test") of NAME, `rows` samples at a time, checked as
+    `read` checks it; None for the datasets read through torchvision itself."""
+    canonical = next((n for n in NATIVE if n.lower() == name.lower()), None)
     if canonical is None:
         return None
-    return _raw(canonical, split, root, spec), MNIST_LIKE[canonical]
+    raw = _raw(canonical, split, root, spec)
+    if canonical in MNIST_LIKE:
+        classes = MNIST_LIKE[canonical]
+        return lambda part, rows: idx.stream_split(raw, part, rows, classes=classes)
+    if canonical == "QMNIST":
+        test = _qmnist_test(split or "test", spec)
+        return lambda part, rows: _qmnist_stream(raw, part, test, rows)
+    emnist = _emnist_split(split, spec)
+    return lambda part, rows: _emnist_stream(raw, part, emnist, rows)
 
 
 def read(name: str, split: str | None, root: Path, spec: str) -> Found:
@@ -93,95 +105,144 @@ def read(name: str, split: str | None, root: Path, spec: str) -> Found:
     return _emnist(raw, split, spec, files)
 
 
-def _qmnist(raw: Path, test: str, spec: str, files: list[RawFile]) -> Found:
+def _qmnist_test(test: str, spec: str) -> str:
     if test not in QMNIST_SPLITS:
         raise SourceError(
             f"QMNIST test part {test!r}; choose one of {QMNIST_SPLITS}", param="source", value=spec
         )
-    splits = {}
-    for part in ("train", "test"):
-        image_path = idx.find(raw, f"qmnist-{part}-images-idx3-ubyte")
-        label_path = idx.find(raw, f"qmnist-{part}-labels-idx2-int")
-        images, image_file = idx.read_idx(image_path)
-        table, label_file = idx.read_idx(label_path)
-        files += [image_file, label_file]
-        idx.check_images(images.shape, images.dtype, str(image_path))
-        if table.ndim != 2 or table.dtype.kind != "i" or table.shape[1] < 1:
+    return test
+
+
+@contextmanager
+def _qmnist_files(raw: Path, part: str) -> Iterator[tuple[idx.Header, idx.Header]]:
+    """A QMNIST part's two files, open, their headers checked (the labels are (n, 8) integer
+    rows: column 0 is the class, the others QMNIST's provenance)."""
+    image_path = idx.find(raw, f"qmnist-{part}-images-idx3-ubyte")
+    label_path = idx.find(raw, f"qmnist-{part}-labels-idx2-int")
+    with idx.opened(image_path) as images, idx.opened(label_path) as table:
+        idx.check_images(images.dims, images.dtype, str(image_path))
+        if len(table.dims) != 2 or table.dtype.kind != "i" or table.dims[1] < 1:
             raise IdxFormatError(
                 f"{label_path}: expected 2-D integer label rows, found "
-                f"{table.ndim}-D {table.dtype} {list(table.shape)}"
+                f"{len(table.dims)}-D {table.dtype} {list(table.dims)}"
             )
-        if len(images) != len(table):
+        if images.dims[0] != table.dims[0]:
             raise IdxFormatError(
-                f"{image_path}: {len(images)} images but {label_path.name} has {len(table)} rows"
+                f"{image_path}: {images.dims[0]} images but {label_path.name} has "
+                f"{table.dims[0]} rows"
             )
-        labels = table[:, 0]  # the class; the other columns are QMNIST's provenance
-        if part == "test" and test != "test":
-            cut = slice(0, 10_000) if test == "test10k" else slice(10_000, None)
-            images, labels = images[cut], labels[cut]
-        splits[part] = FoundSplit(images, labels, str(image_path), str(label_path))
+        yield images, table
+
+
+def _qmnist_window(part: str, test: str) -> slice:
+    """The test file holds 60k; test10k/test50k are its first 10k / the rest."""
+    if part == "test" and test != "test":
+        return slice(0, 10_000) if test == "test10k" else slice(10_000, None)
+    return slice(None)
+
+
+def _qmnist(raw: Path, test: str, spec: str, files: list[RawFile]) -> Found:
+    _qmnist_test(test, spec)
+    splits = {}
+    for part in ("train", "test"):
+        with _qmnist_files(raw, part) as (images, table):
+            x, y = idx.whole(images, table, _qmnist_window(part, test))
+            files += [h.reader.record(h.path.name) for h in (images, table)]
+        splits[part] = FoundSplit(x, y[:, 0], str(images.path), str(table.path))
     name = "qmnist" if test == "test" else f"qmnist-{test}"
     return Found(spec, name, DIGITS, splits, files)
 
 
-def _emnist(raw: Path, split: str | None, spec: str, files: list[RawFile]) -> Found:
+@contextmanager
+def _qmnist_stream(raw: Path, part: str, test: str, rows: int) -> Iterator[SplitChunks]:
+    with _qmnist_files(raw, part) as (images, table):
+        window = _qmnist_window(part, test)
+        n = len(range(images.dims[0])[window])
+        chunks = ((x, y[:, 0]) for x, y in idx.pair_chunks(images, table, rows, window))
+        yield SplitChunks((n, *images.dims[1:]), chunks, str(images.path), str(table.path), DIGITS)
+
+
+def _emnist_split(split: str | None, spec: str) -> str:
     if split not in EMNIST_CLASSES:
         raise SourceError(
             f"EMNIST needs a split, one of {'/'.join(EMNIST_CLASSES)}", param="source", value=spec
         )
-    archive = raw / "gzip.zip"
-    splits = {}
-    for part in ("train", "test"):
-        arrays = []
+    return split
+
+
+@contextmanager
+def _emnist_files(raw: Path, split: str, part: str) -> Iterator[tuple[idx.Header, idx.Header]]:
+    """An EMNIST part's two IDX files, extracted or inside raw/gzip.zip, open and checked."""
+    with contextlib.ExitStack() as files:
+        headers = []
         for kind in ("images-idx3", "labels-idx1"):
             stem = f"emnist-{split}-{part}-{kind}-ubyte"
             try:
-                path = idx.find(raw, stem)
-                array, record = idx.read_idx(path)
+                found = idx.opened(idx.find(raw, stem))
             except SourceError as exc:
-                if not archive.is_file() or "missing IDX file" not in str(exc):
+                if not (raw / "gzip.zip").is_file() or "missing IDX file" not in str(exc):
                     raise
-                array, record = _from_zip(archive, f"gzip/{stem}.gz")
-                path = archive / f"gzip/{stem}.gz"
-            files.append(record)
-            arrays.append((path, array))
-        (image_path, images), (label_path, labels) = arrays
-        idx.check_images(images.shape, images.dtype, str(image_path))
-        idx.check_labels(labels.shape, labels.dtype, str(label_path))
-        if len(images) != len(labels):
-            raise IdxFormatError(
-                f"{image_path}: {len(images)} images but {label_path.name} has {len(labels)} labels"
-            )
-        if split == "letters":
-            if len(labels) and labels.min() == 0:
-                raise IdxFormatError(f"{label_path}: label 0 in EMNIST letters (labels are 1..26)")
-            labels = labels - 1
-        # EMNIST keeps each image transposed: (n, cols, rows) -> upright (n, rows, cols)
-        splits[part] = FoundSplit(
-            images.transpose(0, 2, 1), labels, str(image_path), str(label_path)
-        )
+                found = _zip_member(raw / "gzip.zip", f"gzip/{stem}.gz")
+            headers.append(files.enter_context(found))
+        images, labels = headers
+        idx.check_images(images.dims, images.dtype, str(images.path))
+        idx.check_labels(labels.dims, labels.dtype, str(labels.path))
+        idx.check_count(images.dims[0], labels.dims[0], images.path, labels.path)
+        yield images, labels
+
+
+def _upright(chunk: Chunk, split: str, labels_path: Path) -> Chunk:
+    """EMNIST keeps each image transposed: (k, cols, rows) -> upright (k, rows, cols); the
+    letters split's labels 1..26 become 0..25."""
+    images, labels = chunk
+    if split == "letters":
+        if len(labels) and labels.min() == 0:
+            raise IdxFormatError(f"{labels_path}: label 0 in EMNIST letters (labels are 1..26)")
+        labels = labels - 1
+    return images.transpose(0, 2, 1), labels
+
+
+def _emnist(raw: Path, split: str | None, spec: str, files: list[RawFile]) -> Found:
+    split = _emnist_split(split, spec)
+    splits = {}
+    for part in ("train", "test"):
+        with _emnist_files(raw, split, part) as (images, labels):
+            x, y = _upright(idx.whole(images, labels), split, labels.path)
+            files += [h.reader.record(h.path.name) for h in (images, labels)]
+        splits[part] = FoundSplit(x, y, str(images.path), str(labels.path))
     return Found(spec, f"emnist-{split}", EMNIST_CLASSES[split], splits, files)
 
 
-def _from_zip(archive: Path, member: str) -> tuple[np.ndarray, RawFile]:
-    """An IDX .gz member of EMNIST's gzip.zip: the zip entry checked by `pipeline.bounded`, the
-    IDX header's claim against the member's bytes on disk (one ratio for zip and gzip)."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
+@contextmanager
+def _emnist_stream(raw: Path, part: str, split: str, rows: int) -> Iterator[SplitChunks]:
+    with _emnist_files(raw, split, part) as (images, labels):
+        upright = (images.dims[0], images.dims[2], images.dims[1])  # (n, rows, cols)
+        chunks = (_upright(c, split, labels.path) for c in idx.pair_chunks(images, labels, rows))
+        classes = EMNIST_CLASSES[split]
+        yield SplitChunks(upright, chunks, str(images.path), str(labels.path), classes)
+
+
+@contextmanager
+def _zip_member(archive: Path, member: str) -> Iterator[idx.Header]:
+    """An IDX .gz member of EMNIST's gzip.zip, open: the zip entry checked by
+    `pipeline.bounded`, the IDX header's claim against the member's bytes on disk (one ratio
+    for zip and gzip)."""
+    with contextlib.ExitStack() as files:
+        try:
+            zf = files.enter_context(zipfile.ZipFile(archive))
             infos = bounded.members(zf, file_size(archive), str(archive), error=SourceError,
                                     suffix="")  # fmt: skip
             if member not in infos:
                 raise SourceError(f"{archive}: has no member {member}")
             info = infos[member]
-            with zf.open(info) as stream:
-                return idx.read_idx(
-                    archive / member,
-                    stream,
-                    stored=info.compress_size,
-                    compressed=info.compress_type != zipfile.ZIP_STORED,
-                )
-    except bounded.READ_ERRORS as exc:
-        raise SourceError(f"{archive}: not a readable zip archive ({exc})") from None
+            compressed = info.compress_type != zipfile.ZIP_STORED
+            stream = files.enter_context(zf.open(info))
+            opened = idx.opened(archive / member, stream, stored=info.compress_size,
+                                compressed=compressed)  # fmt: skip
+            header = files.enter_context(opened)
+        except bounded.READ_ERRORS as exc:
+            raise SourceError(f"{archive}: not a readable zip archive ({exc})") from None
+        yield header
 
 
 def _through_torchvision(name: str, split: str | None, root: Path, spec: str) -> Found:
