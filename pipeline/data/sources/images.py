@@ -109,26 +109,26 @@ class _Entry:
     mode: str
 
 
-def _files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    found = []
+def _files(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """A split's image files as (name within its class folder, class index), in the split's
+    order: by that name, then class (index-named files keep their order across class
+    folders). Names are kept as text (~120 bytes a file): the order needs them all."""
+    found: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
         folder = split_dir / name
         if not folder.is_dir():
             continue
-        files = [
-            p
+        count = len(found)
+        found += [
+            (str(p.relative_to(folder)), label)
             for p in folder.rglob("*")
             if p.suffix.lower() in EXTENSIONS
             and p.is_file()
             and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         ]
-        if not files:
+        if len(found) == count:
             raise SourceError(f"{folder}: no image files ({', '.join(sorted(EXTENSIONS))})")
-        found += [(p, label) for p in files]
-    # by file name, then class: index-named files keep their order across class folders
-    return sorted(
-        found, key=lambda item: (str(item[0].relative_to(split_dir / classes[item[1]])), item[1])
-    )
+    return sorted(found)
 
 
 def _header(path: Path, label: int) -> _Entry:
@@ -136,15 +136,16 @@ def _header(path: Path, label: int) -> _Entry:
         return _Entry(path, label, image.size, image.mode)
 
 
-def _decode(entries: list[_Entry], mode: str) -> np.ndarray:
-    """(n, rows, cols) or (n, rows, cols, 3) uint8: one allocation, filled image by image."""
-    width, height = entries[0].size
+def _decode(paths: list[Path], size: tuple[int, int], mode: str) -> np.ndarray:
+    """(n, rows, cols) or (n, rows, cols, 3) uint8 of images of `size` (width, height, their
+    headers' claim): one allocation, filled image by image."""
+    width, height = size
     shape = (height, width) if mode == "L" else (height, width, 3)
-    images = np.empty((len(entries), *shape), np.uint8)
-    for i, entry in enumerate(entries):
-        image = read_image(entry.path, mode)
+    images = np.empty((len(paths), *shape), np.uint8)
+    for i, path in enumerate(paths):
+        image = read_image(path, mode)
         if image.shape != shape:  # the file changed since its header was read
-            raise SourceError(f"{entry.path}: changed while being read")
+            raise SourceError(f"{path}: changed while being read")
         images[i] = image
     return images
 
@@ -179,32 +180,34 @@ def _classes(directory: Path) -> list[str]:
     return classes
 
 
-def _entries(directory: Path, split: str, classes: list[str]) -> list[_Entry]:
-    """A split's files in order, each header checked; all of one size."""
+def _entries(directory: Path, split: str, classes: list[str]) -> Iterator[_Entry]:
+    """A split's files in order, each header checked as it is reached; all of one size."""
     split_dir = directory / split
     if not split_dir.is_dir():
         raise SourceError(f"{directory}: no {split}/ folder (expected {split}/<class>/*.png)")
-    entries = [_header(p, label) for p, label in _files(split_dir, classes)]
-    if not entries:
+    first = None
+    for name, label in _files(split_dir, classes):
+        path = split_dir / classes[label] / name
+        entry = _header(path, label)
+        first = first or entry
+        if entry.size != first.size:
+            raise SourceError(
+                f"{path}: {entry.size[0]}x{entry.size[1]} pixels, but {first.path.name} "
+                f"is {first.size[0]}x{first.size[1]}; all images of a split share one size"
+            )
+        yield entry
+    if first is None:
         raise SourceError(f"{split_dir}: no images")
-    first = entries[0]
-    odd = next((e for e in entries if e.size != first.size), None)
-    if odd is not None:
-        raise SourceError(
-            f"{odd.path}: {odd.size[0]}x{odd.size[1]} pixels, but {first.path.name} "
-            f"is {first.size[0]}x{first.size[1]}; all images of a split share one size"
-        )
-    return entries
 
 
 def read(directory: Path, spec: str) -> Found:
     classes = _classes(directory)
-    entries = {split: _entries(directory, split, classes) for split in ("train", "test")}
+    entries = {split: list(_entries(directory, split, classes)) for split in ("train", "test")}
     colour = any(e.mode in COLOUR_MODES for split in entries.values() for e in split)
     mode = "RGB" if colour else "L"
     splits, files = {}, []
     for split, split_entries in entries.items():
-        images = _decode(split_entries, mode)
+        images = _decode([e.path for e in split_entries], split_entries[0].size, mode)
         labels = np.array([e.label for e in split_entries], np.int64)
         splits[split] = FoundSplit(images, labels, str(directory / split))
         digest = hashlib.sha256()
@@ -219,17 +222,25 @@ def read(directory: Path, spec: str) -> Found:
 @contextmanager
 def stream(directory: Path, split: str, rows: int) -> Iterator[SplitChunks]:
     """One split, `rows` images at a time: the class folders, then every file's header checked
-    as `read` checks them (names and headers only: a small record per file is held), then
-    one decoding pass. Colour is the split's own: any colour image makes all RGB."""
+    as `read` checks them, then one decoding pass. Memory holds the split's sorted file names
+    (the order needs them all), never its pixels. Colour is the split's own: any colour image
+    makes all RGB."""
     classes = _classes(directory)
-    entries = _entries(directory, split, classes)
-    colour = any(e.mode in COLOUR_MODES for e in entries)
-    width, height = entries[0].size
-    dims = (len(entries), height, width, 3) if colour else (len(entries), height, width)
+    count, colour, size = 0, False, (0, 0)
+    for entry in _entries(directory, split, classes):
+        count, colour, size = count + 1, colour or entry.mode in COLOUR_MODES, entry.size
+    split_dir = directory / split
+    files = _files(split_dir, classes)  # as `_entries` walked them
+    if len(files) != count:
+        raise SourceError(f"{split_dir}: changed while being read")
+    width, height = size
+    dims = (count, height, width, 3) if colour else (count, height, width)
 
     def chunks() -> Iterator[Chunk]:
-        for at in range(0, len(entries), rows):
-            part = entries[at : at + rows]
-            yield _decode(part, "RGB" if colour else "L"), np.array([e.label for e in part])
+        for at in range(0, count, rows):
+            part = files[at : at + rows]
+            paths = [split_dir / classes[label] / name for name, label in part]
+            labels = np.array([label for _, label in part])
+            yield _decode(paths, size, "RGB" if colour else "L"), labels
 
     yield SplitChunks(dims, chunks(), str(directory / split), classes=classes)
