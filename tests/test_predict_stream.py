@@ -41,7 +41,8 @@ ROWS = 64  # divides neither split: a short last chunk
 def streamed(spec: str, split: str, classes: list[str] = DIGITS) -> tuple[np.ndarray, ...]:
     with sources.stream(spec, split, ROWS, classes) as s:
         chunks = list(s.chunks)
-        assert all(len(x) <= ROWS for x, _ in chunks)
+        assert [len(x) for x, _ in chunks[:-1]] == [ROWS] * (len(chunks) - 1)  # batches
+        assert 0 < len(chunks[-1][0]) <= ROWS
         images = np.concatenate([x for x, _ in chunks])
         labels = np.concatenate([y for _, y in chunks])
         assert s.count == len(images) and s.image_shape == (28, 28) and s.classes == classes

@@ -197,7 +197,7 @@ def stream(spec: str | None, split: str, rows: int, classes: list[str]) -> Itera
         )
     kind, _, rest = spec.partition(":")
     with _form_stream(spec, kind, rest, split, rows) as found:
-        yield checked(split, found, classes)
+        yield checked(split, found, classes, rows)
 
 
 def _form_stream(

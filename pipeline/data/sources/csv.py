@@ -119,14 +119,16 @@ def _lines(f: TextIO, path: Path) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _batches(lines: Iterator[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]:
-    """The lines in batches of at most BLOCK_ROWS lines and about BLOCK_CHARS characters."""
+def _batches(
+    lines: Iterator[tuple[int, str]], rows: int = BLOCK_ROWS
+) -> Iterator[list[tuple[int, str]]]:
+    """The lines in batches of at most `rows` lines and about BLOCK_CHARS characters."""
     batch: list[tuple[int, str]] = []
     chars = 0
     for number, line in lines:
         batch.append((number, line))
         chars += len(line)
-        if len(batch) == BLOCK_ROWS or chars >= BLOCK_CHARS:
+        if len(batch) == rows or chars >= BLOCK_CHARS:
             yield batch
             batch, chars = [], 0
     if batch:
@@ -161,10 +163,10 @@ def _data_lines(f: TextIO, path: Path) -> Iterator[tuple[int, str]]:
     yield from lines
 
 
-def _blocks(f: TextIO, path: Path) -> Iterator[_Block]:
-    """The file's rows parsed a block at a time, every block as wide as the first."""
+def _blocks(f: TextIO, path: Path, rows: int = BLOCK_ROWS) -> Iterator[_Block]:
+    """The file's rows parsed a block (`_batches`) at a time, every block as wide as the first."""
     columns = None
-    for batch in _batches(_data_lines(f, path)):
+    for batch in _batches(_data_lines(f, path), rows):
         block = _Block(batch, path, columns)
         columns = block.columns
         yield block
@@ -226,12 +228,12 @@ def _scan(path: Path) -> tuple[int, int | None]:
 
 @contextmanager
 def stream(path: Path, rows: int, image_shape: tuple[int, ...] | None) -> Iterator[SplitChunks]:
-    """One file as a split, about `rows` rows a time (a block's): the text scanned first for
-    the row count and the file's type (`_scan`: no parsing), then one parsing pass, each block
-    checked and typed as `_rows` does."""
+    """One file as a split, in blocks of at most `rows` (and BLOCK_ROWS) rows: the text
+    scanned first for the row count and the file's type (`_scan`: no parsing), then one
+    parsing pass, each block checked and typed as `_rows` does."""
     count, float_line = _scan(path)
     with _opened(path) as f:
-        blocks = _blocks(f, path)
+        blocks = _blocks(f, path, min(rows, BLOCK_ROWS))
         first = next(blocks, None)
         if first is None:
             raise SourceError(f"{path}: no data rows")
@@ -240,9 +242,7 @@ def stream(path: Path, rows: int, image_shape: tuple[int, ...] | None) -> Iterat
         def chunks() -> Iterator[Chunk]:
             for block in itertools.chain([first], blocks):
                 pixels = _typed(block, float_line)  # (k, features) uint8
-                for at in range(0, len(pixels), rows):
-                    part = pixels[at : at + rows]
-                    yield part.reshape(len(part), *shape), block.labels[at : at + rows]
+                yield pixels.reshape(len(pixels), *shape), block.labels
 
         yield SplitChunks((count, *shape), chunks(), str(path))
 

@@ -43,11 +43,12 @@ class SplitStream:
     image_shape: tuple[int, ...]  # (rows, cols) or (rows, cols, 3)
     count: int  # samples in the split
     classes: list[str]  # the source's class names, else those the labels are checked against
-    chunks: Iterator[tuple[np.ndarray, np.ndarray]]  # (k, features) uint8, (k,) uint8
+    chunks: Iterator[Chunk]  # (k, features) uint8, (k,) uint8
 
 
-def checked(split: str, found: SplitChunks, classes: list[str]) -> SplitStream:
-    """`found` under validate()'s rules, per chunk; its labels checked against `classes`."""
+def checked(split: str, found: SplitChunks, classes: list[str], rows: int) -> SplitStream:
+    """`found` under validate()'s rules, per chunk, in chunks of exactly `rows` samples (the
+    last: the rest), whatever the form's own; its labels checked against `classes`."""
     shape = image_shape_of(found.dims, found.where)
     if found.dims[0] == 0:
         raise SourceError(f"{found.where}: the {split} split holds no images")
@@ -56,11 +57,33 @@ def checked(split: str, found: SplitChunks, classes: list[str]) -> SplitStream:
     names = found.classes or classes
     labels_where = found.labels_where or found.where
 
-    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def chunks() -> Iterator[Chunk]:
         start = 0
         for images, labels in found.chunks:
             pixels = to_uint8(images, found.where, start).reshape(len(images), -1)
             yield pixels, class_indices(labels, labels_where, len(names), start)
             start += len(images)
 
-    return SplitStream(shape, found.dims[0], names, chunks())
+    return SplitStream(shape, found.dims[0], names, _rechunk(chunks(), rows))
+
+
+def _rechunk(chunks: Iterator[Chunk], rows: int) -> Iterator[Chunk]:
+    """The same samples in chunks of `rows` (a CSV block may be longer, or cut short)."""
+    held: list[Chunk] = []
+    count = 0
+    for chunk in chunks:
+        held.append(chunk)
+        count += len(chunk[0])
+        while count >= rows:
+            images, labels = _joined(held)
+            yield images[:rows], labels[:rows]
+            held, count = [(images[rows:], labels[rows:])], count - rows
+    if count:
+        yield _joined(held)
+
+
+def _joined(held: list[Chunk]) -> Chunk:
+    if len(held) == 1:
+        return held[0]  # no copy: a form's chunk of the batch size passes as it is
+    images, labels = (np.concatenate(part) for part in zip(*held, strict=True))
+    return images, labels
