@@ -10,7 +10,8 @@
 `load()` parses the spec, lets the form's reader return its arrays as found, and passes them
 through `base.validate()`, which every source shares: the prepare stage receives the same
 `RawDataset` (uint8 pixels, uint8 labels) whatever the form, so the same images give the same
-shard set. `carve_val()` then takes a validation split from train if asked.
+shard set. `carve_val()` then takes a validation split from train if asked. `stream()` reads
+one split a chunk at a time instead, with the same checks (stream.py): what `predict` reads.
 """
 
 from __future__ import annotations
