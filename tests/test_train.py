@@ -579,7 +579,7 @@ def test_a_batch_larger_than_the_train_split_is_refused(
     result = runner.invoke(app, ["train", *args, "--batch-size", "10000000"])
     assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--batch-size" in lines[0] and "3000 samples" in lines[0]
+    assert len(lines) == 1 and "--batch-size" in lines[0] and "3,000 samples" in lines[0]
     assert "memory" not in lines[0]
 
 
