@@ -89,6 +89,18 @@ def test_second_trigger_is_up_to_date_and_touches_nothing(tmp_path: Path, slice_
     assert tree(runs_dir) == before
 
 
+def test_the_outcome_counts_training_and_evaluation(tmp_path: Path, slice_set: Path) -> None:
+    """outcome.json's seconds: the training of every try (the history's total) plus this
+    trigger's evaluation, which draws two PNGs with matplotlib: never under 50 ms (it was
+    left out, and the difference was the microseconds between evaluate and the outcome)."""
+    code, output = trigger(tmp_path / "runs", slice_set)
+    assert code == 0, output
+    [run] = [p for p in (tmp_path / "runs").iterdir() if runs.RUN_NAME.match(p.name)]
+    outcome = json.loads((run / runs.OUTCOME).read_text())
+    trained = json.loads((run / "report.json").read_text())["history"][-1]["seconds_total"]
+    assert outcome["seconds"] - trained > 0.05, (outcome["seconds"], trained)
+
+
 def test_new_data_or_recipe_makes_a_new_run_and_leaves_the_old_one(
     tmp_path: Path, slice_set: Path, other_set: Path
 ) -> None:

@@ -571,7 +571,7 @@ def test_a_batch_larger_than_the_train_split_is_refused(
     slice_shards: Manifest, tmp_path: Path
 ) -> None:
     """Refused (not clamped: the config is what runs) before anything is written."""
-    with pytest.raises(ConfigError, match="larger than the 3000 samples") as caught:
+    with pytest.raises(ConfigError, match="more than the 3,000 samples") as caught:
         train.train(slice_shards.directory, tmp_path / "run", replace(SMALL, batch_size=10**7))
     assert caught.value.param == "batch_size"
     assert not (tmp_path / "run" / "run.json").exists()
@@ -579,7 +579,7 @@ def test_a_batch_larger_than_the_train_split_is_refused(
     result = runner.invoke(app, ["train", *args, "--batch-size", "10000000"])
     assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--batch-size" in lines[0] and "3000 samples" in lines[0]
+    assert len(lines) == 1 and "--batch-size" in lines[0] and "3,000 samples" in lines[0]
     assert "memory" not in lines[0]
 
 

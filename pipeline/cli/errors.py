@@ -104,6 +104,9 @@ def exit_code(exc: PipelineError) -> int:
     return EXIT_USAGE if isinstance(exc, ConfigError) and exc.param in VALUE_PARAMS else EXIT_ERROR
 
 
+TRAINING_OUT_OF_MEMORY = "out of memory (a smaller --hidden or --batch-size?)"
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     """Print the one error line (a JSON object with --log-format json); the caller raises what
     this returns."""
@@ -114,8 +117,11 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
 
 
 @contextlib.contextmanager
-def friendly_errors(how_to_continue: str = "rerun the same command") -> Iterator[None]:
-    """Turn the pipeline's exceptions into one line on stderr and an exit code."""
+def friendly_errors(
+    how_to_continue: str = "rerun the same command", out_of_memory: str = "out of memory"
+) -> Iterator[None]:
+    """Turn the pipeline's exceptions into one line on stderr and an exit code; a command
+    that can lower its own memory says how in `out_of_memory`."""
     from pipeline.cli.views import log
     from pipeline.runs.lock import RunBusyError
 
@@ -136,7 +142,7 @@ def friendly_errors(how_to_continue: str = "rerun the same command") -> Iterator
         log.error(message, event=what)
         raise typer.Exit(code) from None
     except MemoryError:
-        raise fail("out of memory (a smaller --hidden or --batch-size?)") from None
+        raise fail(out_of_memory) from None
     except OSError as exc:  # a safety net: the stages turn the ones they expect into errors
         raise fail(str(exc)) from None
 

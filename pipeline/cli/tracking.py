@@ -106,13 +106,13 @@ def watched(
     live display; yields (comm, the job's events: the terminal and the tracker on rank 0,
     no listener on the other ranks)."""
     from pipeline.cli import views
-    from pipeline.cli.errors import friendly_errors
+    from pipeline.cli.errors import TRAINING_OUT_OF_MEMORY, friendly_errors
     from pipeline.cli.watch import Terminal
     from pipeline.cli.world import world
 
     with (
         world(distributed_mode) as comm,
-        friendly_errors(how_to_continue),
+        friendly_errors(how_to_continue, TRAINING_OUT_OF_MEMORY),
         tracker(tracking, comm.rank) as listener,
         views.display(comm) as progress,
     ):

@@ -115,13 +115,9 @@ def open_set(
     comm.barrier()
     if comm.rank != 0:
         manifest, prepared = shard_set(job, Events(), any_source=any_source)
-    samples = manifest.split("train").samples
-    if job.config.batch_size > samples:  # refused: clamping would change the recipe silently
-        raise ConfigError(
-            f"more than the {samples:,} samples of {manifest.name}'s train split",
-            param="batch_size",
-            value=job.config.batch_size,
-        )
+    from pipeline.training.state import check_fits
+
+    check_fits(job.config, manifest)
     return manifest, prepared
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +47,7 @@ class Evaluation:
     report: ClassificationReport
     doc: dict[str, Any]  # what report.json holds
     run_dir: Path
+    seconds: float  # scoring and writing the report
 
 
 def _data_dir(run: RunDir, data_dir: Path | None) -> Path:
@@ -102,7 +104,7 @@ def evaluate(
     trained on], opened here. Under MPI every rank scores its part of the split, and rank 0
     alone writes (the others return an empty `doc`)."""
     assert manifest is None or data_dir is None, "the data once: a manifest or a directory"
-    run = RunDir(run_dir)
+    started, run = time.perf_counter(), RunDir(run_dir)
     if not run_dir.is_dir():
         raise ConfigError("no such run directory", param="run_dir", value=run_dir)
     path = comm.broadcast(checkpoint_path or run.newest_checkpoint())
@@ -140,7 +142,7 @@ def evaluate(
     comm.allreduce_sum(confusion)
     report = classification_report(confusion)
     if comm.rank != 0:
-        return Evaluation(report, {}, run_dir)
+        return Evaluation(report, {}, run_dir, time.perf_counter() - started)
     from pipeline.report import plots  # matplotlib: only when a report is drawn
 
     try:
@@ -165,7 +167,7 @@ def evaluate(
             atomic_write_bytes(run_dir / REPORT_JSON, (json.dumps(doc, indent=2) + "\n").encode())
     except OSError as exc:
         raise OutputError(f"{run_dir}: cannot write the report ({exc})") from None
-    return Evaluation(report, doc, run_dir)
+    return Evaluation(report, doc, run_dir, time.perf_counter() - started)
 
 
 def _headline(doc: dict[str, Any], what: str, value: str) -> str:

@@ -54,7 +54,7 @@ def check_fits(config: TrainConfig, manifest: Manifest) -> list[int]:
         raise ShardSetError(f"{manifest.directory}: the train split is empty: nothing to train on")
     if config.batch_size > samples:  # refused, not clamped: the config is what runs
         raise ConfigError(
-            f"larger than the {samples} samples of {manifest.name}'s train split",
+            f"more than the {samples:,} samples of {manifest.name}'s train split",
             param="batch_size",
             value=config.batch_size,
         )
