@@ -59,6 +59,18 @@ def test_a_byte_order_mark_or_quotes_do_not_make_the_first_row_a_header(
     np.testing.assert_array_equal(raw.splits["train"].images, PIXELS)
 
 
+def test_a_first_row_missing_its_label_is_refused_not_taken_for_a_header(
+    tmp_path: Path,
+) -> None:
+    """`,0,1,128,255`: an empty label before numbers is a broken data row, refused naming the
+    file (it was taken for a header and the image silently dropped); a header whose first
+    name is empty (`,p0,p1,...`) still is one."""
+    with pytest.raises(SourceError, match=r"train\.csv"):
+        load(tmp_path, ",0,1,128,255\n" + rows(PIXELS[1:], LABELS[1:]))
+    raw = load(tmp_path, ",p0,p1,p2,p3\n" + rows(PIXELS))
+    np.testing.assert_array_equal(raw.splits["train"].images, PIXELS)
+
+
 def test_pixels_are_typed_by_how_they_are_written_not_by_their_values(tmp_path: Path) -> None:
     binary = PIXELS.clip(0, 1)
     # written as floats (pandas writes 1.0): floats in [0, 1], 1.0 is 255

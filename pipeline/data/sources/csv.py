@@ -2,7 +2,8 @@
 
 Both common MNIST layouts are read: "MNIST in CSV" (no header) and Kaggle's digit-recognizer
 `train.csv` (header `label,pixel0,...`). A header is a first row whose first field (a UTF-8
-byte order mark and quotes aside) is not a number. Kaggle's `test.csv` carries no labels
+byte order mark and quotes aside) is not a number, and not empty before numbers (a data row
+missing its label). Kaggle's `test.csv` carries no labels
 (header `pixel0,...`: it is for submissions) and is refused: a test split without labels cannot
 be scored; cut a labelled test file off `train.csv` instead (README). The image side is
 inferred when the pixel count is a square; otherwise `image_shape` gives it (rows, cols[, ch]).
@@ -136,9 +137,11 @@ def _batches(
 
 
 def _is_header(first: str, path: Path) -> bool:
-    cell = first.split(",", 1)[0].strip().strip('"').strip()
+    cell, _, rest = (c.strip().strip('"').strip() for c in first.partition(","))
     if _is_number(cell):
         return False
+    if not cell and all(_is_number(c.strip().strip('"')) for c in rest.split(",")):
+        return False  # a data row missing its label (its pixels are numbers): refused as one
     if re.fullmatch(r"pixel\d*", cell.lower()):
         raise SourceError(
             f"{path}: has no label column (header starts {cell!r}); an unlabelled file "
