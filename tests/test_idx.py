@@ -374,6 +374,12 @@ def test_damaged_embedded_mnist_fails_its_checksum(
     with pytest.raises(SourceError, match=re.escape(str(target))) as info:
         sources.load(None)
     assert "checksum mismatch" in str(info.value)
+    # streamed (predict --source embedded): refused before any sample is handed out
+    with (
+        pytest.raises(SourceError, match="checksum mismatch"),
+        sources.stream(None, "train", 100, []) as found,
+    ):
+        next(found.chunks)
 
     # the same files as an ordinary idx: source are accepted: the checksums are MNIST's only
     assert sources.load(f"idx:{copy}").splits["train"].labels[100] == data[8 + 100]

@@ -17,7 +17,6 @@ one split a chunk at a time instead, with the same checks (stream.py): what `pre
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -205,8 +204,8 @@ def _form_stream(
     spec: str, kind: str, rest: str, split: str, rows: int
 ) -> contextlib.AbstractContextManager[SplitChunks]:
     if spec == "embedded":
-        verify = functools.partial(idx.check_embedded, EMBEDDED_DIR)
-        return idx.stream_split(EMBEDDED_DIR, split, rows, classes=torchvision.DIGITS, check=verify)
+        idx.check_embedded_split(EMBEDDED_DIR, split)  # its checksums before any sample
+        return idx.stream_split(EMBEDDED_DIR, split, rows, classes=torchvision.DIGITS)
     if kind == "idx":
         directory = _path(spec, rest, directory=True)
         return idx.stream_split(directory, split, rows, classes=_idx_identity(directory)[1])

@@ -16,7 +16,7 @@ import math
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,30 +249,33 @@ def whole(images: Header, labels: Header, window: slice = slice(None)) -> Chunk:
 
 
 @contextmanager
-def stream_split(
-    directory: Path,
-    split: str,
-    rows: int,
-    *,
-    classes: list[str] | None = None,
-    check: Callable[[list[RawFile]], None] | None = None,
-) -> Iterator[SplitChunks]:
-    """A split's images and labels files of `directory` (SPLIT_FILES), `rows` samples at a
-    time: both headers checked as `read_pair` checks them before any data is read; each file
-    must end where its header says; at the end `check` sees both files' records (the
-    embedded checksums)."""
+def _pair(directory: Path, split: str) -> Iterator[tuple[Header, Header]]:
+    """A split's images and labels files of `directory` (SPLIT_FILES), open, both headers
+    checked as `read_pair` checks them, before any data is read."""
     image_path, label_path = (find(directory, stem) for stem in SPLIT_FILES[split])
     with opened(image_path) as images, opened(label_path) as labels:
         check_images(images.dims, images.dtype, str(image_path))
         check_labels(labels.dims, labels.dtype, str(label_path))
         check_count(images.dims[0], labels.dims[0], image_path, label_path)
+        yield images, labels
 
-        def chunks() -> Iterator[Chunk]:
-            yield from pair_chunks(images, labels, rows)
-            if check is not None:
-                check([h.reader.record(h.path.name) for h in (images, labels)])
 
-        yield SplitChunks(images.dims, chunks(), str(image_path), str(label_path), classes)
+@contextmanager
+def stream_split(
+    directory: Path, split: str, rows: int, *, classes: list[str] | None = None
+) -> Iterator[SplitChunks]:
+    """A split's files (`_pair`), `rows` samples at a time, each to the end its header says."""
+    with _pair(directory, split) as (images, labels):
+        chunks = pair_chunks(images, labels, rows)
+        yield SplitChunks(images.dims, chunks, str(images.path), str(labels.path), classes)
+
+
+def check_embedded_split(directory: Path, split: str) -> None:
+    """One split's embedded files read through, checksums checked, before a stream starts."""
+    with _pair(directory, split) as (images, labels):
+        for _ in pair_chunks(images, labels, 10_000, slice(0, 0)):  # 7.8 MB at a time
+            pass  # the window holds no record: read to the ends, hashing, none kept
+        check_embedded(directory, [h.reader.record(h.path.name) for h in (images, labels)])
 
 
 def check_embedded(directory: Path, files: list[RawFile]) -> None:
