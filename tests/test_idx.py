@@ -377,7 +377,7 @@ def test_damaged_embedded_mnist_fails_its_checksum(
     # streamed (predict --source embedded): refused before any sample is handed out
     with (
         pytest.raises(SourceError, match="checksum mismatch"),
-        sources.stream(None, "train", 100, []) as found,
+        sources.stream(None, "train", 100) as found,
     ):
         next(found.chunks)
 

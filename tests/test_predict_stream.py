@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from pipeline.cli import app
 from pipeline.data import sources
 from pipeline.errors import SourceError
 from tests.conftest import REPO, idx_bytes, write_idx_dir
@@ -36,10 +38,12 @@ from tests.test_sources_npz import CLI_PEAK  # its own peak RSS, in a child
 
 DIGITS = [str(d) for d in range(10)]
 ROWS = 64  # divides neither split: a short last chunk
+runner = CliRunner()
 
 
-def streamed(spec: str, split: str, classes: list[str] = DIGITS) -> tuple[np.ndarray, ...]:
-    with sources.stream(spec, split, ROWS, classes) as s:
+def streamed(spec: str, split: str, classes: list[str] | None) -> tuple[np.ndarray, ...]:
+    """The split through `sources.stream`, its chunks checked; `classes`: the source's."""
+    with sources.stream(spec, split, ROWS) as s:
         chunks = list(s.chunks)
         assert [len(x) for x, _ in chunks[:-1]] == [ROWS] * (len(chunks) - 1)  # batches
         assert 0 < len(chunks[-1][0]) <= ROWS
@@ -94,7 +98,8 @@ def test_every_form_streams_what_load_reads(tmp_path: Path, few) -> None:  # noq
     for spec in specs:
         raw = sources.load(spec)
         for split in ("train", "test"):
-            images, labels = streamed(spec, split, raw.classes)
+            named = not spec.startswith(("csv:", "npz:"))  # these two name no classes
+            images, labels = streamed(spec, split, raw.classes if named else None)
             np.testing.assert_array_equal(images, raw.splits[split].images, err_msg=spec)
             np.testing.assert_array_equal(labels, raw.splits[split].labels, err_msg=spec)
             assert images.dtype == labels.dtype == np.uint8
@@ -105,7 +110,8 @@ def test_every_form_streams_what_load_reads(tmp_path: Path, few) -> None:  # noq
 def test_a_bad_sample_late_in_the_split_is_load_s_error(tmp_path: Path, few) -> None:  # noqa: F811
     """The chunk reader applies prepare's rules with the sample's own index in the split."""
     labels = few["test"][1].copy()
-    labels[90] = 12  # in the second chunk
+    labels = labels.astype(np.int64)
+    labels[90] = 300  # in the second chunk: no class index (a source naming none: 0..255)
     csv = write_csv(tmp_path / "csv", {**few, "test": (few["test"][0], labels)}, header=False)
     floats = few["test"][0].astype(np.float32) / 255
     floats[70, 3, 3] = 1.5
@@ -114,14 +120,14 @@ def test_a_bad_sample_late_in_the_split_is_load_s_error(tmp_path: Path, few) -> 
     for name, data in mnist_files(few, gz=False).items():
         (tmp_path / "cut" / name).write_bytes(data[:-5] if "t10k-images" in name else data)
     for spec, message in [
-        (csv, r"mnist_test\.csv: label 12 at index 90 is out of range for 10 classes"),
+        (csv, r"mnist_test\.csv: line 91: label 300 is not a class index \(0\.\.255\)"),
         (npz, r"bad\.npz:x_test: float pixel 1\.5 at image 70 is outside \[0, 1\]"),
         (f"idx:{tmp_path / 'cut'}", r"t10k-images-idx3-ubyte: \d+ bytes but the header"),
     ]:
         with pytest.raises(SourceError, match=message):
-            sources.load(spec, classes=DIGITS)
+            sources.load(spec)
         with pytest.raises(SourceError, match=message):
-            streamed(spec, "test")
+            streamed(spec, "test", None)
 
 
 def predict_peak(model: Path, spec: str, out: Path) -> int:
@@ -198,3 +204,78 @@ def test_the_progress_bar_knows_its_total(
     assert "0/300" in drawn and "300/300" in drawn and "100%" in drawn, drawn
     drawn = on_a_terminal([*model, str(tmp_path / "png"), *out])
     assert "12/12" in drawn and "100%" in drawn, drawn
+
+
+def test_colour_is_the_dataset_s_in_a_stream_as_in_load(tmp_path: Path, few) -> None:  # noqa: F811
+    """One RGB image in train, a grey test split: load reads both splits as RGB, and so does
+    the stream of the test split alone (it read the test split as grey, so a model trained on
+    the set refused its own test split)."""
+    folder = write_folder(tmp_path / "png", few, DIGITS)
+    first = next((folder / "train").rglob("*.png"))
+    Image.open(first).convert("RGB").save(first)
+    raw = sources.load(f"images:{folder}")
+    assert raw.image_shape == (28, 28, 3)
+    with sources.stream(f"images:{folder}", "test", ROWS) as s:
+        assert s.image_shape == (28, 28, 3)
+        images = np.concatenate([x for x, _ in s.chunks])
+    np.testing.assert_array_equal(images, raw.splits["test"].images)
+
+
+def test_labels_beyond_the_model_s_classes_withhold_the_accuracy_not_the_predictions(
+    tmp_path: Path,
+    deploy_runs: dict[str, Path],
+    few,  # noqa: F811
+) -> None:
+    """A CSV (it names no classes) labelled 0..25 for a 10-class model: every row predicted,
+    and no accuracy, saying why (it was refused: "label 10 ... out of range for 10 classes")."""
+    images, _ = few["test"]
+    letters = np.arange(len(images)) % 26
+    csv = write_csv(
+        tmp_path / "csv", {"train": few["train"], "test": (images, letters)}, header=False
+    )
+    out = tmp_path / "out.csv"
+    args = ["--model", str(deploy_runs["tanh"]), "--source", csv, "--format", "csv"]
+    result = runner.invoke(app, ["predict", *args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == len(images) + 1
+    assert "% on" not in result.output  # no accuracy figure
+    assert f"{np.sum(letters >= 10):,} labels are beyond the model's 10 classes" in result.output
+    # labels within the model's classes still give the accuracy
+    digits = np.arange(len(images)) % 10
+    csv = write_csv(
+        tmp_path / "csv10", {"train": few["train"], "test": (images, digits)}, header=False
+    )
+    result = runner.invoke(app, ["predict", *args[:3], csv, "--format", "csv", "--out", str(out)])
+    assert result.exit_code == 0 and "labelled inputs" in result.output, result.output
+
+
+def test_a_csv_of_non_square_images_is_read_in_the_model_s_shape(tmp_path: Path) -> None:
+    """A model trained on 6x4 CSV rows (prepare --image-shape 6x4) predicts that CSV: the
+    stream reads rows in the model's shape (it asked for an --image-shape predict lacks)."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (60, 6, 4), np.uint8), np.arange(60) % 3
+    csv = write_csv(
+        tmp_path / "csv", {"train": (images, labels), "test": (images, labels)}, header=False
+    )
+    shards, run = tmp_path / "shards", tmp_path / "run"
+    steps = [
+        ["prepare", "--source", csv, "--out", str(shards), "--image-shape", "6x4"],
+        [
+            "train",
+            "--data",
+            str(shards),
+            "--run-dir",
+            str(run),
+            "--epochs",
+            "1",
+            "--hidden",
+            "8",
+            "--batch-size",
+            "10",
+        ],
+        ["predict", "--model", str(run), "--source", csv, "--format", "csv"],
+    ]
+    for args in steps:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args[0], result.output)
+    assert len(result.stdout.splitlines()) == 60 + 1

@@ -170,6 +170,9 @@ def predict(
     if tally.accuracy is not None:
         note += f"; accuracy {tally.accuracy:.2%} on {tally.labelled:,} labelled inputs"
         note += f" ({tally.correct:,} correct)"
+    elif tally.beyond:
+        beyond = f"{tally.beyond:,} labels are beyond the model's {len(classes)} classes"
+        note += f"; no accuracy: {beyond}"
     Console(
         stderr=out is None and output_format is not Format.table, highlight=False, soft_wrap=True
     ).print(note)

@@ -125,16 +125,17 @@ def source_batches(
 ) -> Iterator[tuple[int, Iterator[Batch]]]:
     """A source's split, streamed (`sources.stream`: read and checked as prepare reads it, a
     batch at a time): its sample count and its batches, in order. Labels count only where
-    the source's class names are the model's (a source without names: its labels are the
-    model's class indices, checked against its class count)."""
+    the source's class names are the model's; a source without names has its labels taken as
+    the model's class indices (`Tally` withholds the accuracy if one is beyond them)."""
     from pipeline.data import sources
 
-    with sources.stream(spec, split, batch, list(classes)) as found:
+    # the model's shape: a csv: row is read as the model's images (as --image-shape would)
+    with sources.stream(spec, split, batch, image_shape=tuple(shape)) as found:
         if tuple(found.image_shape) != tuple(shape):
             raise SourceError(
                 f"{spec}: images of shape {list(found.image_shape)}; the model takes {list(shape)}"
             )
-        same = list(found.classes) == list(classes)
+        same = found.classes is None or list(found.classes) == list(classes)
 
         def batches() -> Iterator[Batch]:
             start = 0

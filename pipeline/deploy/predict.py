@@ -36,16 +36,18 @@ class Tally:
     labelled: int = 0
     correct: int = 0
     inputs: int = 0
+    beyond: int = 0  # labels past the model's classes (a source naming none): no accuracy
 
     def add(self, p: Prediction) -> None:
         known = p.batch.targets >= 0
         self.inputs += len(p.labels)
         self.labelled += int(known.sum())
         self.correct += int((p.labels[known] == p.batch.targets[known]).sum())
+        self.beyond += int((p.batch.targets >= p.probabilities.shape[1]).sum())
 
     @property
     def accuracy(self) -> float | None:
-        return self.correct / self.labelled if self.labelled else None
+        return self.correct / self.labelled if self.labelled and not self.beyond else None
 
 
 def predict(model: Model, batches: Iterable[Batch]) -> Iterator[Prediction]:

@@ -184,11 +184,14 @@ def load(
 
 
 @contextmanager
-def stream(spec: str | None, split: str, rows: int, classes: list[str]) -> Iterator[SplitStream]:
+def stream(
+    spec: str | None, split: str, rows: int, *, image_shape: tuple[int, ...] | None = None
+) -> Iterator[SplitStream]:
     """One split of the source `spec`, `rows` samples at a time, checked as `load` checks it
-    (stream.py); its labels are checked against the source's class names, or `classes` if it
-    names none. Every form streams but the datasets read through torchvision itself (CIFAR10,
-    ...; torchvision holds them whole): those are loaded (`load`), then chunked."""
+    (stream.py): its labels against the source's class names, or as class indices if it names
+    none (`SplitStream.classes` is None); `image_shape` as for `load`. Every form streams but
+    the datasets read through torchvision itself (CIFAR10, ...; torchvision holds them whole):
+    loaded, then chunked."""
     spec = spec or "embedded"
     resolve(spec)
     if split not in SPLITS:
@@ -196,12 +199,12 @@ def stream(spec: str | None, split: str, rows: int, classes: list[str]) -> Itera
             f"{spec} has no such split ({', '.join(SPLITS)})", param="split", value=split
         )
     kind, _, rest = spec.partition(":")
-    with _form_stream(spec, kind, rest, split, rows) as found:
-        yield checked(split, found, classes, rows)
+    with _form_stream(spec, kind, rest, split, rows, image_shape) as found:
+        yield checked(split, found, rows)
 
 
 def _form_stream(
-    spec: str, kind: str, rest: str, split: str, rows: int
+    spec: str, kind: str, rest: str, split: str, rows: int, image_shape: tuple[int, ...] | None
 ) -> contextlib.AbstractContextManager[SplitChunks]:
     if spec == "embedded":
         idx.check_embedded_split(EMBEDDED_DIR, split)  # its checksums before any sample
@@ -213,7 +216,7 @@ def _form_stream(
         return npz.stream(_path(spec, rest, directory=False), split, rows)
     if kind == "csv":
         files = [_path(spec, p, directory=False) for p in rest.split(",")]
-        return csv.stream(files[SPLITS.index(split)], rows, None)
+        return csv.stream(files[SPLITS.index(split)], rows, image_shape)
     if kind == "images":
         return images.stream(_path(spec, rest, directory=True), split, rows)
     dataset, _, root = rest.partition(":")

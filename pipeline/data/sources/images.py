@@ -223,12 +223,15 @@ def read(directory: Path, spec: str) -> Found:
 def stream(directory: Path, split: str, rows: int) -> Iterator[SplitChunks]:
     """One split, `rows` images at a time: the class folders, then every file's header checked
     as `read` checks them, then one decoding pass. Memory holds the split's sorted file names
-    (the order needs them all), never its pixels. Colour is the split's own: any colour image
-    makes all RGB."""
+    (the order needs them all), never its pixels. Colour is the dataset's, as for `read`: a
+    colour image in either split makes all RGB (the other split's headers are read for it)."""
     classes = _classes(directory)
     count, colour, size = 0, False, (0, 0)
     for entry in _entries(directory, split, classes):
         count, colour, size = count + 1, colour or entry.mode in COLOUR_MODES, entry.size
+    other = "test" if split == "train" else "train"
+    if not colour and (directory / other).is_dir():
+        colour = any(e.mode in COLOUR_MODES for e in _entries(directory, other, classes))
     split_dir = directory / split
     files = _files(split_dir, classes)  # as `_entries` walked them
     if len(files) != count:

@@ -1,6 +1,6 @@
 """One split of a source, a chunk at a time: what `predict --source` reads in bounded memory.
 
-    with sources.stream(spec, split, rows, classes) as s:    # sources/__init__.py
+    with sources.stream(spec, split, rows) as s:    # sources/__init__.py
         s.image_shape, s.count, s.classes
         for images, labels in s.chunks: ...   # (k, features) uint8, (k,) uint8 class indices
 
@@ -42,29 +42,30 @@ class SplitChunks:
 class SplitStream:
     image_shape: tuple[int, ...]  # (rows, cols) or (rows, cols, 3)
     count: int  # samples in the split
-    classes: list[str]  # the source's class names, else those the labels are checked against
+    classes: list[str] | None  # the source's class names; None: it names none
     chunks: Iterator[Chunk]  # (k, features) uint8, (k,) uint8
 
 
-def checked(split: str, found: SplitChunks, classes: list[str], rows: int) -> SplitStream:
+def checked(split: str, found: SplitChunks, rows: int) -> SplitStream:
     """`found` under validate()'s rules, per chunk, in chunks of exactly `rows` samples (the
-    last: the rest), whatever the form's own; its labels checked against `classes`."""
+    last: the rest), whatever the form's own; its labels checked against its class names, or
+    as class indices (0..MAX_CLASSES - 1) if it names none, as `load` checks them."""
     shape = image_shape_of(found.dims, found.where)
     if found.dims[0] == 0:
         raise SourceError(f"{found.where}: the {split} split holds no images")
     if found.classes:
         check_names(found.classes)
-    names = found.classes or classes
+    n_classes = len(found.classes) if found.classes else None
     labels_where = found.labels_where or found.where
 
     def chunks() -> Iterator[Chunk]:
         start = 0
         for images, labels in found.chunks:
             pixels = to_uint8(images, found.where, start).reshape(len(images), -1)
-            yield pixels, class_indices(labels, labels_where, len(names), start)
+            yield pixels, class_indices(labels, labels_where, n_classes, start)
             start += len(images)
 
-    return SplitStream(shape, found.dims[0], names, _rechunk(chunks(), rows))
+    return SplitStream(shape, found.dims[0], found.classes, _rechunk(chunks(), rows))
 
 
 def _rechunk(chunks: Iterator[Chunk], rows: int) -> Iterator[Chunk]:
