@@ -17,7 +17,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -168,19 +168,6 @@ def opened(
         yield Header(path, *header)
 
 
-def read_idx(
-    path: Path,
-    stream: IO[bytes] | None = None,
-    *,
-    stored: int | None = None,
-    compressed: bool = False,
-) -> tuple[np.ndarray, RawFile]:
-    """The array in an IDX file (`opened`'s arguments) and the record of what was read."""
-    with opened(path, stream, stored=stored, compressed=compressed) as header:
-        array = header.records(0, header.dims[0]).reshape(header.dims)
-        return array, header.reader.record(path.name)
-
-
 def check_images(dims: tuple[int, ...], dtype: np.dtype, where: str) -> None:
     """(n, rows, cols) uint8 images (an array's shape and dtype, or a header's)."""
     if len(dims) != 3 or dtype != np.uint8:
@@ -191,21 +178,6 @@ def check_images(dims: tuple[int, ...], dtype: np.dtype, where: str) -> None:
         raise IdxFormatError(f"{where}: images of size {tuple(dims[1:])} hold no pixels")
 
 
-def check_labels(dims: tuple[int, ...], dtype: np.dtype, where: str) -> None:
-    """(n,) uint8 labels (their range is checked against the class names later)."""
-    if len(dims) != 1 or dtype != np.uint8:
-        raise IdxFormatError(
-            f"{where}: expected 1-D unsigned-byte labels, found {len(dims)}-D {dtype}"
-        )
-
-
-def check_count(images: int, labels: int, image_path: Path, label_path: Path) -> None:
-    if images != labels:
-        raise IdxFormatError(
-            f"{image_path}: {images} images but {label_path.name} has {labels} labels"
-        )
-
-
 def find(directory: Path, stem: str) -> Path:
     """`stem.gz` or `stem` in `directory` (torchvision keeps both; either will do)."""
     for candidate in (directory / f"{stem}.gz", directory / stem):
@@ -214,15 +186,36 @@ def find(directory: Path, stem: str) -> Path:
     raise SourceError(f"{directory}: missing IDX file {stem}[.gz]")
 
 
+def check_pair(images: Header, labels: Header) -> None:
+    """(n, rows, cols) uint8 images and (n,) uint8 labels, from the headers: before any
+    record is read (the labels' range is checked against the class names later)."""
+    check_images(images.dims, images.dtype, str(images.path))
+    if len(labels.dims) != 1 or labels.dtype != np.uint8:
+        raise IdxFormatError(
+            f"{labels.path}: expected 1-D unsigned-byte labels, found "
+            f"{len(labels.dims)}-D {labels.dtype}"
+        )
+    if images.dims[0] != labels.dims[0]:
+        raise IdxFormatError(
+            f"{images.path}: {images.dims[0]} images but {labels.path.name} has "
+            f"{labels.dims[0]} labels"
+        )
+
+
+@contextmanager
+def opened_pair(image_path: Path, label_path: Path) -> Iterator[tuple[Header, Header]]:
+    """An images file and a labels file, open, their headers checked (`check_pair`)."""
+    with opened(image_path) as images, opened(label_path) as labels:
+        check_pair(images, labels)
+        yield images, labels
+
+
 def read_pair(image_path: Path, label_path: Path, files: list[RawFile]) -> FoundSplit:
     """One split from an images file and a labels file; appends both to `files`."""
-    images, image_file = read_idx(image_path)
-    labels, label_file = read_idx(label_path)
-    files += [image_file, label_file]
-    check_images(images.shape, images.dtype, str(image_path))
-    check_labels(labels.shape, labels.dtype, str(label_path))
-    check_count(len(images), len(labels), image_path, label_path)
-    return FoundSplit(images, labels, str(image_path), str(label_path))
+    with opened_pair(image_path, label_path) as (images, labels):
+        x, y = whole(images, labels)
+        files += [h.reader.record(h.path.name) for h in (images, labels)]
+    return FoundSplit(x, y, str(image_path), str(label_path))
 
 
 def pair_chunks(
@@ -248,16 +241,10 @@ def whole(images: Header, labels: Header, window: slice = slice(None)) -> Chunk:
     return empty[0], empty[1]
 
 
-@contextmanager
-def _pair(directory: Path, split: str) -> Iterator[tuple[Header, Header]]:
-    """A split's images and labels files of `directory` (SPLIT_FILES), open, both headers
-    checked as `read_pair` checks them, before any data is read."""
-    image_path, label_path = (find(directory, stem) for stem in SPLIT_FILES[split])
-    with opened(image_path) as images, opened(label_path) as labels:
-        check_images(images.dims, images.dtype, str(image_path))
-        check_labels(labels.dims, labels.dtype, str(label_path))
-        check_count(images.dims[0], labels.dims[0], image_path, label_path)
-        yield images, labels
+def _pair(directory: Path, split: str) -> AbstractContextManager[tuple[Header, Header]]:
+    """A split's two files of `directory` (SPLIT_FILES), open, checked (`opened_pair`)."""
+    image_stem, label_stem = SPLIT_FILES[split]
+    return opened_pair(find(directory, image_stem), find(directory, label_stem))
 
 
 @contextmanager

@@ -185,9 +185,7 @@ def _emnist_files(raw: Path, split: str, part: str) -> Iterator[tuple[idx.Header
                 found = _zip_member(raw / "gzip.zip", f"gzip/{stem}.gz")
             headers.append(files.enter_context(found))
         images, labels = headers
-        idx.check_images(images.dims, images.dtype, str(images.path))
-        idx.check_labels(labels.dims, labels.dtype, str(labels.path))
-        idx.check_count(images.dims[0], labels.dims[0], images.path, labels.path)
+        idx.check_pair(images, labels)
         yield images, labels
 
 
