@@ -194,11 +194,12 @@ def export(
     """Export a trained model for serving: model.onnx (uint8 images in, probabilities out)."""
     from pipeline.deploy.model import checkpoint_of
     from pipeline.deploy.onnx_export import ONNX_FILE, OPSET, export_onnx
+    from pipeline.runs.rundir import run_of
 
     tracking = Tracking(mlflow, mlflow_experiment, mlflow_required)
     with friendly_errors(), tracker(tracking) as listener:
         ckpt = checkpoint_of(model)
-        run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        run = run_of(ckpt) or ckpt.parent  # beside a checkpoint that is in no run
         written = export_onnx(model, out or run / ONNX_FILE)
         if listener is not None:  # into the run's MLflow run, if it has one
             fields = {"run": run.name, "run_dir": str(run), "path": str(written)}

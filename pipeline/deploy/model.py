@@ -23,7 +23,7 @@ from pipeline.data.pixels import NORMALIZATION, normalize
 from pipeline.errors import CheckpointError
 from pipeline.nn.losses import log_softmax
 from pipeline.runs.history import history_of
-from pipeline.runs.rundir import REPORT_JSON, RunDir
+from pipeline.runs.rundir import REPORT_JSON, RunDir, run_of
 from pipeline.runs.store import LATEST  # a runs directory's promoted run
 from pipeline.training import checkpoint
 
@@ -89,9 +89,9 @@ class Model:
 
     def test_accuracy(self) -> float | None:
         """The report's accuracy on test for this very checkpoint, else its epoch's test score."""
-        report = self.ckpt.path.parent.parent / REPORT_JSON
+        run = run_of(self.ckpt.path)  # a checkpoint outside a run has no report: {}
         try:
-            doc = json.loads(report.read_text())
+            doc = json.loads((run / REPORT_JSON).read_text()) if run else {}
             if doc["split"] == "test" and doc["checkpoint"]["sha256"] == self.ckpt.sha256:
                 return float(doc["accuracy"])
         except (OSError, ValueError, KeyError, TypeError):

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from pipeline.errors import ConfigError
 from pipeline.fsutil import fsync, open_regular
-from pipeline.runs.rundir import CHECKPOINT_DIR, METRICS_FILE
+from pipeline.runs.rundir import METRICS_FILE, run_of
 
 
 class Claim(Protocol):
@@ -105,9 +105,8 @@ def history_of(path: Path, claim: Claim, *, strict: bool) -> list[dict[str, Any]
     metrics.jsonl (the lines its sha256 vouches for). A run's own history must be there
     (`strict`: else ConfigError naming the file); a checkpoint from elsewhere (a copy, one kept
     for a report) may have none."""
-    where = path.parent
-    metrics = Metrics(where.parent / METRICS_FILE)
-    if not strict and (where.name != CHECKPOINT_DIR or not metrics.path.is_file()):
+    metrics = Metrics(path.parent.parent / METRICS_FILE)
+    if not strict and (run_of(path) is None or not metrics.path.is_file()):
         return []
     try:
         return metrics.load(claim.epoch, claim.history_sha256, of=path.name)

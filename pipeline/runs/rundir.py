@@ -48,6 +48,11 @@ def checkpoint_name(epoch: int, step: int) -> str:
     return f"checkpoint-e{epoch:04d}-s{step:07d}.npz"
 
 
+def run_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint lies in (RUN/checkpoints/NAME); None for one elsewhere."""
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else None
+
+
 def is_kept(path: Path) -> bool:
     """Epoch-end checkpoints stay for good; mid-epoch ones are replaced by the next."""
     match = CHECKPOINT_NAME.match(path.name)
