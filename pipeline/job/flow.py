@@ -99,9 +99,8 @@ def shard_set(job: Job, events: Events, *, any_source: bool = False) -> tuple[Ma
         command=job.command,
         on_progress=lambda split, samples: events.emit(PREPARED, split=split, samples=samples),
     )
-    return integrity.under_reader_lock(
-        result.manifest
-    ), True  # read under the reader lock, as a found set
+    # read under the reader lock, as a found set
+    return integrity.under_reader_lock(result.manifest), True
 
 
 def open_set(

@@ -180,13 +180,20 @@ def _classes(directory: Path) -> list[str]:
     return classes
 
 
-def _entries(directory: Path, split: str, classes: list[str]) -> Iterator[_Entry]:
-    """A split's files in order, each header checked as it is reached; all of one size."""
+def _split_files(
+    directory: Path, split: str, classes: list[str]
+) -> tuple[Path, list[tuple[str, int]]]:
+    """A split's folder and its image files (`_files`), or the error that it has none."""
     split_dir = directory / split
     if not split_dir.is_dir():
         raise SourceError(f"{directory}: no {split}/ folder (expected {split}/<class>/*.png)")
+    return split_dir, _files(split_dir, classes)
+
+
+def _entries(split_dir: Path, files: list[tuple[str, int]], classes: list[str]) -> Iterator[_Entry]:
+    """A split's files in order, each header checked as it is reached; all of one size."""
     first = None
-    for name, label in _files(split_dir, classes):
+    for name, label in files:
         path = split_dir / classes[label] / name
         entry = _header(path, label)
         first = first or entry
@@ -202,7 +209,10 @@ def _entries(directory: Path, split: str, classes: list[str]) -> Iterator[_Entry
 
 def read(directory: Path, spec: str) -> Found:
     classes = _classes(directory)
-    entries = {split: list(_entries(directory, split, classes)) for split in ("train", "test")}
+    entries = {
+        split: list(_entries(*_split_files(directory, split, classes), classes))
+        for split in ("train", "test")
+    }
     colour = any(e.mode in COLOUR_MODES for split in entries.values() for e in split)
     mode = "RGB" if colour else "L"
     splits, files = {}, []
@@ -226,16 +236,14 @@ def stream(directory: Path, split: str, rows: int) -> Iterator[SplitChunks]:
     (the order needs them all), never its pixels. Colour is the dataset's, as for `read`: a
     colour image in either split makes all RGB (the other split's headers are read for it)."""
     classes = _classes(directory)
-    count, colour, size = 0, False, (0, 0)
-    for entry in _entries(directory, split, classes):
-        count, colour, size = count + 1, colour or entry.mode in COLOUR_MODES, entry.size
+    split_dir, files = _split_files(directory, split, classes)
+    colour, size, count = False, (0, 0), len(files)
+    for entry in _entries(split_dir, files, classes):  # every header checked, as `read` does
+        colour, size = colour or entry.mode in COLOUR_MODES, entry.size
     other = "test" if split == "train" else "train"
     if not colour and (directory / other).is_dir():
-        colour = any(e.mode in COLOUR_MODES for e in _entries(directory, other, classes))
-    split_dir = directory / split
-    files = _files(split_dir, classes)  # as `_entries` walked them
-    if len(files) != count:
-        raise SourceError(f"{split_dir}: changed while being read")
+        found = _entries(*_split_files(directory, other, classes), classes)
+        colour = any(e.mode in COLOUR_MODES for e in found)
     width, height = size
     dims = (count, height, width, 3) if colour else (count, height, width)
 
